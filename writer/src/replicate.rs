@@ -1,0 +1,682 @@
+//! Replicating one document: lock, snapshot, version, conditional write, bookkeeping.
+//!
+//! How this keeps the invariants of the design:
+//!
+//! - **Serialised per document.** The document's `edge.document` row is locked
+//!   (`FOR NO KEY UPDATE`) in a READ COMMITTED transaction (the *lock transaction*) before
+//!   anything is read, and held until the bookkeeping commits.
+//! - **One snapshot.** The core rows are read on a second connection, in a REPEATABLE READ
+//!   READ ONLY transaction begun *after* the lock was taken, so the snapshot includes every
+//!   commit of every earlier holder and every change that was queued before the claim.
+//! - **Version after the snapshot.** The version comes from one global sequence, taken on the
+//!   lock connection after the snapshot. A later lock holder therefore always has both a newer
+//!   snapshot and a higher version, even when the earlier holder lost its connection (and so
+//!   its lock) with a write still in flight: that late write carries the lower version and
+//!   DynamoDB's condition refuses it.
+//! - **Conditional writes.** Puts apply only over an older version; deletes only to our own
+//!   older item. A delete cannot carry its version forward (the item is gone), so a late put
+//!   could resurrect it; every applied delete is re-checked after the longest time a write can
+//!   be in flight ([`Settings::delete_recheck_after`]), durably, through the queue.
+//! - **Progress only after a durable write.** The queue row is removed, and the state
+//!   advanced, in the lock transaction after DynamoDB accepted every write. A crash anywhere
+//!   before that commit leaves the queue row: the document is projected again (with a new
+//!   snapshot and a higher version), which at worst rewrites the same content.
+//! - **Items written are known.** The items a write will touch are recorded (and committed)
+//!   before the write, so an item whose key later changes is found and deleted even if the
+//!   writer died before its bookkeeping.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use edge_documents::hash::content_hash;
+use edge_documents::item::{encode, EncodedItem, Item, ItemError, ReplicationMeta};
+use edge_documents::tables::TableKind;
+use futures::future::join_all;
+use serde_json::{json, Value};
+use sqlx::{Acquire, PgConnection, PgPool};
+
+use crate::doc_key::{DocKey, InvalidDocKey};
+use crate::metrics as m;
+use crate::projection::environment::iso;
+use crate::projection::{self, DesiredItem, ProjectionError};
+use crate::state::documents::{self, DocState, RecordedItem};
+use crate::state::{dead_letters, pending};
+use crate::store::{ItemStore, StoreError, WriteOutcome};
+
+/// Tuning of the replication of one document.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Environment and `_META` items above this size are written compressed.
+    pub compress_above_bytes: usize,
+    /// Delay before an applied delete is checked again (longer than a write can be in flight).
+    pub delete_recheck_after: Duration,
+    /// Attempts before a document that keeps failing with an unclassified error is parked.
+    /// Transient errors (DynamoDB or Postgres unreachable, throttling) are retried forever.
+    pub max_attempts: i32,
+    /// Backoff between failed attempts: doubles from `retry_base` up to `retry_cap`, with
+    /// full jitter.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// How long `sync` waits for a document's lock.
+    pub lock_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            compress_above_bytes: edge_documents::item::DEFAULT_COMPRESS_ABOVE_BYTES,
+            delete_recheck_after: Duration::from_secs(120),
+            max_attempts: 5,
+            retry_base: Duration::from_millis(500),
+            retry_cap: Duration::from_secs(60),
+            lock_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a failure is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Infrastructure: retried with backoff until it works, never parked.
+    Transient,
+    /// Core data that cannot become a valid document: parked at once.
+    InvalidData,
+    /// A document over DynamoDB's item limit even compressed: parked at once.
+    TooLarge,
+    /// DynamoDB refused the request for good (validation): parked at once.
+    Rejected,
+    /// Anything else: retried, parked after `max_attempts`.
+    Other,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Transient => "transient",
+            FailureKind::InvalidData => "invalid_data",
+            FailureKind::TooLarge => "too_large",
+            FailureKind::Rejected => "rejected",
+            FailureKind::Other => "persistent",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    #[error("{doc_key}: {source}")]
+    Projection {
+        doc_key: String,
+        #[source]
+        source: ProjectionError,
+    },
+    #[error("{source}")]
+    Item {
+        doc_key: String,
+        #[source]
+        source: ItemError,
+    },
+    #[error("{doc_key}: {source}")]
+    Store {
+        doc_key: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{doc_key}: writer state in Postgres: {source}")]
+    State {
+        doc_key: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    InvalidKey(#[from] InvalidDocKey),
+}
+
+impl ReplicateError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ReplicateError::Projection { source, .. } => match source {
+                ProjectionError::InvalidData(_) => FailureKind::InvalidData,
+                ProjectionError::Db(e) => classify_sqlx(e),
+            },
+            ReplicateError::Item { source, .. } => match source {
+                ItemError::TooLarge { .. } | ItemError::TooLargeUncompressible { .. } => {
+                    FailureKind::TooLarge
+                }
+                _ => FailureKind::InvalidData,
+            },
+            ReplicateError::Store { source, .. } => {
+                if source.retryable {
+                    FailureKind::Transient
+                } else {
+                    FailureKind::Rejected
+                }
+            }
+            ReplicateError::State { source, .. } => classify_sqlx(source),
+            ReplicateError::InvalidKey(_) => FailureKind::InvalidData,
+        }
+    }
+}
+
+/// Postgres errors: connection trouble, lock timeouts, serialisation failures and the like
+/// are transient; undecodable rows are bad data; the rest is unclassified.
+pub fn classify_sqlx(e: &sqlx::Error) -> FailureKind {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => FailureKind::Transient,
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => FailureKind::InvalidData,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let transient = code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || matches!(code.as_ref(), "40001" | "40P01" | "55P03");
+            if transient {
+                FailureKind::Transient
+            } else {
+                FailureKind::Other
+            }
+        }
+        _ => FailureKind::Other,
+    }
+}
+
+/// What one replication did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Outcome {
+    pub doc_key: String,
+    /// The document's version in DynamoDB after this call (None: never written).
+    pub version: Option<i64>,
+    /// Items put / deleted, and writes DynamoDB refused because a newer version was there.
+    pub written: usize,
+    pub deleted: usize,
+    pub superseded: usize,
+    /// The projection matched what was last written: nothing was sent to DynamoDB.
+    pub unchanged: bool,
+    /// The document has no items (deleted, or not on the edge).
+    pub absent: bool,
+}
+
+/// Replicates documents into an [`ItemStore`].
+#[derive(Clone)]
+pub struct Replicator<S> {
+    pool: PgPool,
+    store: S,
+    settings: Arc<Settings>,
+}
+
+impl<S: ItemStore> Replicator<S> {
+    pub fn new(pool: PgPool, store: S, settings: Settings) -> Self {
+        Replicator {
+            pool,
+            store,
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Claims the next due document whose lock is free and replicates it. `Ok(None)` when
+    /// nothing is due. A failed document is rescheduled or parked here; its error is
+    /// returned for logging.
+    pub async fn replicate_next(
+        &self,
+    ) -> Result<Option<Result<Outcome, ReplicateError>>, sqlx::Error> {
+        let mut lock = self.pool.begin().await?;
+        let Some(claim) = pending::claim_next(&mut lock).await? else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let result = match claim.doc_key.parse::<DocKey>() {
+            Ok(doc) => {
+                self.replicate_locked(
+                    &mut lock,
+                    doc,
+                    &claim.state,
+                    Some(claim.seq),
+                    claim.last_change_at,
+                )
+                .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        let result = match result {
+            Ok(outcome) => match lock.commit().await {
+                Ok(()) => Ok(outcome),
+                Err(source) => Err(ReplicateError::State {
+                    doc_key: claim.doc_key.clone(),
+                    source,
+                }),
+            },
+            Err(e) => {
+                // Releases the lock; nothing of this attempt is recorded.
+                let _ = lock.rollback().await;
+                Err(e)
+            }
+        };
+        match &result {
+            Ok(outcome) => {
+                m::record_outcome(outcome, started.elapsed());
+                if let (false, Some(first)) = (outcome.unchanged, claim.first_change_at) {
+                    m::record_lag(first);
+                }
+            }
+            Err(err) => self.handle_failure(&claim, err).await?,
+        }
+        Ok(Some(result))
+    }
+
+    /// Replicates one document now, waiting for its lock (write-through for callers that
+    /// need read-your-writes). On failure the document is queued for the daemon as well.
+    pub async fn replicate_now(&self, doc: DocKey) -> Result<Outcome, ReplicateError> {
+        let doc_key = doc.to_string();
+        let state_err = |source| ReplicateError::State {
+            doc_key: doc_key.clone(),
+            source,
+        };
+        let mut lock = self.pool.begin().await.map_err(state_err)?;
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.settings.lock_timeout.as_millis()
+        ))
+        .execute(&mut *lock)
+        .await
+        .map_err(state_err)?;
+        let state = documents::lock(&mut lock, &doc_key)
+            .await
+            .map_err(state_err)?;
+        let queued = pending::current(&mut lock, &doc_key)
+            .await
+            .map_err(state_err)?;
+        let started = Instant::now();
+        let result = self
+            .replicate_locked(
+                &mut lock,
+                doc,
+                &state,
+                queued.map(|q| q.0),
+                queued.and_then(|q| q.1),
+            )
+            .await;
+        match result {
+            Ok(outcome) => {
+                lock.commit().await.map_err(state_err)?;
+                m::record_outcome(&outcome, started.elapsed());
+                Ok(outcome)
+            }
+            Err(e) => {
+                let _ = lock.rollback().await;
+                // Leave it to the daemon's retry and dead-letter policy too.
+                if let Ok(mut conn) = self.pool.acquire().await {
+                    let _ = pending::schedule(&mut conn, &doc_key, Utc::now()).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn handle_failure(
+        &self,
+        claim: &pending::Claim,
+        err: &ReplicateError,
+    ) -> Result<(), sqlx::Error> {
+        let kind = err.kind();
+        let attempts = claim.attempts + 1;
+        let message = error_chain(err);
+        m::record_failure(kind);
+        let park = match kind {
+            FailureKind::Transient => false,
+            FailureKind::InvalidData | FailureKind::TooLarge | FailureKind::Rejected => true,
+            FailureKind::Other => attempts >= self.settings.max_attempts,
+        };
+        if park {
+            tracing::error!(doc = %claim.doc_key, kind = kind.as_str(), attempts, error = %message,
+                "document parked in dead letters; other documents carry on");
+            dead_letters::park(
+                &self.pool,
+                &claim.doc_key,
+                kind.as_str(),
+                &message,
+                attempts,
+            )
+            .await?;
+            pending::drop_parked(&self.pool, &claim.doc_key, claim.seq).await?;
+        } else {
+            let delay = backoff_delay(&self.settings, attempts);
+            tracing::warn!(doc = %claim.doc_key, kind = kind.as_str(), attempts,
+                retry_in_ms = delay.as_millis() as u64, error = %message, "replication failed; will retry");
+            pending::record_failure(&self.pool, &claim.doc_key, &message, delay).await?;
+        }
+        Ok(())
+    }
+
+    async fn replicate_locked(
+        &self,
+        lock: &mut PgConnection,
+        doc: DocKey,
+        state: &DocState,
+        queued_seq: Option<i64>,
+        last_change_at: Option<DateTime<Utc>>,
+    ) -> Result<Outcome, ReplicateError> {
+        let doc_key = doc.to_string();
+        let state_err = |source| ReplicateError::State {
+            doc_key: doc_key.clone(),
+            source,
+        };
+
+        // The snapshot, on its own connection, begun after the lock was taken.
+        let mut snap = self.pool.acquire().await.map_err(state_err)?;
+        let projected = {
+            let mut tx = snap.begin().await.map_err(state_err)?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(state_err)?;
+            let projected = projection::project(&mut tx, doc).await;
+            let _ = tx.rollback().await;
+            projected.map_err(|source| ReplicateError::Projection {
+                doc_key: doc_key.clone(),
+                source,
+            })?
+        };
+
+        // The version, after the snapshot, under the lock.
+        let version = documents::next_version(lock).await.map_err(state_err)?;
+        let source_time = last_change_at.unwrap_or(projected.snapshot_time);
+        let meta = ReplicationMeta {
+            version,
+            source_time: iso(source_time),
+            doc_key: doc_key.clone(),
+        };
+        let encoded = encode_all(&projected.items, &meta, self.settings.compress_above_bytes)
+            .map_err(|source| ReplicateError::Item {
+                doc_key: doc_key.clone(),
+                source,
+            })?;
+        let doc_hash = document_hash(&encoded);
+
+        let recorded = documents::recorded_items(lock, &doc_key)
+            .await
+            .map_err(state_err)?;
+        let desired: HashSet<(TableKind, String)> = projected
+            .items
+            .iter()
+            .map(|d| (d.table, Value::Object(d.key.clone()).to_string()))
+            .collect();
+        let stale: Vec<RecordedItem> = recorded
+            .into_iter()
+            .filter(|r| !desired.contains(&(r.table, r.key.to_string())))
+            .collect();
+        let content_unchanged = doc_hash == state.content_hash;
+
+        if content_unchanged && stale.is_empty() {
+            self.finish_unchanged(lock, &doc_key, queued_seq, projected.next_change_at)
+                .await
+                .map_err(state_err)?;
+            return Ok(Outcome {
+                doc_key,
+                version: state.version,
+                written: 0,
+                deleted: 0,
+                superseded: 0,
+                unchanged: true,
+                absent: projected.items.is_empty(),
+            });
+        }
+
+        // Record the items before writing them (committed at once, outside the lock).
+        let keys: Vec<(TableKind, Value)> = projected
+            .items
+            .iter()
+            .map(|d| (d.table, Value::Object(d.key.clone())))
+            .collect();
+        documents::record_items(&mut snap, &doc_key, &keys)
+            .await
+            .map_err(state_err)?;
+        drop(snap);
+
+        // The writes: every item in parallel, each conditional on the version.
+        let puts = if content_unchanged { vec![] } else { encoded };
+        let put_results = join_all(
+            puts.iter()
+                .map(|(d, e)| with_retry(|| self.store.put(d.table, e.item.clone(), version))),
+        );
+        let delete_results = join_all(stale.iter().map(|r| {
+            let key = key_item(&r.key);
+            let doc_key = doc_key.as_str();
+            with_retry(move || self.store.delete(r.table, key.clone(), doc_key, version))
+        }));
+        let (put_results, delete_results) = futures::join!(put_results, delete_results);
+        let store_err = |source| ReplicateError::Store {
+            doc_key: doc_key.clone(),
+            source,
+        };
+        let mut superseded = 0;
+        for outcome in put_results.iter().chain(delete_results.iter()) {
+            match outcome {
+                Ok(WriteOutcome::Applied) => {}
+                Ok(WriteOutcome::Superseded { stored_version }) => {
+                    superseded += 1;
+                    tracing::info!(doc = %doc_key, version, ?stored_version,
+                        "a newer version is already stored; this write was not applied");
+                }
+                Err(e) => return Err(store_err(e.clone())),
+            }
+        }
+
+        crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);
+
+        // Bookkeeping, in the lock transaction: only now does progress move.
+        documents::record_write(
+            lock,
+            &doc_key,
+            version,
+            doc_hash.as_deref(),
+            source_time,
+            projected.next_change_at,
+        )
+        .await
+        .map_err(state_err)?;
+        let mut recheck = false;
+        for item in &stale {
+            match item.removed_at {
+                Some(t)
+                    if projected.snapshot_time - t
+                        >= chrono_duration(self.settings.delete_recheck_after) =>
+                {
+                    documents::forget_item(lock, &doc_key, item.table, &item.key)
+                        .await
+                        .map_err(state_err)?;
+                }
+                _ => {
+                    documents::mark_removed(lock, &doc_key, item.table, &item.key)
+                        .await
+                        .map_err(state_err)?;
+                    recheck = true;
+                }
+            }
+        }
+        if let Some(seq) = queued_seq {
+            pending::complete(lock, &doc_key, seq)
+                .await
+                .map_err(state_err)?;
+        }
+        if let Some(at) = projected.next_change_at {
+            pending::schedule(lock, &doc_key, at)
+                .await
+                .map_err(state_err)?;
+        }
+        if recheck {
+            let at = Utc::now() + chrono_duration(self.settings.delete_recheck_after);
+            pending::schedule(lock, &doc_key, at)
+                .await
+                .map_err(state_err)?;
+        }
+        dead_letters::clear(lock, &doc_key)
+            .await
+            .map_err(state_err)?;
+
+        Ok(Outcome {
+            doc_key,
+            version: Some(version),
+            written: puts.len(),
+            deleted: stale.iter().filter(|s| s.removed_at.is_none()).count(),
+            superseded,
+            unchanged: false,
+            absent: projected.items.is_empty(),
+        })
+    }
+
+    async fn finish_unchanged(
+        &self,
+        lock: &mut PgConnection,
+        doc_key: &str,
+        queued_seq: Option<i64>,
+        next_change_at: Option<DateTime<Utc>>,
+    ) -> Result<(), sqlx::Error> {
+        documents::record_next_projection(lock, doc_key, next_change_at).await?;
+        if let Some(seq) = queued_seq {
+            pending::complete(lock, doc_key, seq).await?;
+        }
+        if let Some(at) = next_change_at {
+            pending::schedule(lock, doc_key, at).await?;
+        }
+        dead_letters::clear(lock, doc_key).await
+    }
+}
+
+fn encode_all(
+    items: &[DesiredItem],
+    meta: &ReplicationMeta,
+    compress_above: usize,
+) -> Result<Vec<(DesiredItem, EncodedItem)>, ItemError> {
+    items
+        .iter()
+        .map(|d| {
+            let threshold = d.compressible.then_some(compress_above);
+            encode(&d.body, meta, threshold).map(|e| (d.clone(), e))
+        })
+        .collect()
+}
+
+/// Hash of a whole document: its items' tables, keys and content hashes. `None` when the
+/// document has no items.
+fn document_hash(encoded: &[(DesiredItem, EncodedItem)]) -> Option<String> {
+    if encoded.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<Value> = encoded
+        .iter()
+        .map(|(d, e)| json!([d.table.as_str(), Value::Object(d.key.clone()), e.hash]))
+        .collect();
+    parts.sort_by_key(|p| p.to_string());
+    Some(content_hash(&Value::Array(parts)))
+}
+
+fn key_item(key: &Value) -> Item {
+    serde_dynamo::aws_sdk_dynamodb_1::to_item(key).expect("item keys are JSON objects of strings")
+}
+
+/// Retries a DynamoDB call a few times in-process (exponential backoff with jitter) before
+/// the failure goes back to the queue's durable backoff.
+async fn with_retry<F, Fut>(op: F) -> Result<WriteOutcome, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<WriteOutcome, StoreError>>,
+{
+    op.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .with_max_times(2)
+            .with_jitter(),
+    )
+    .when(|e: &StoreError| e.retryable)
+    .notify(|e: &StoreError, after: Duration| {
+        tracing::debug!(error = %e, retry_in_ms = after.as_millis() as u64, "retrying DynamoDB call");
+    })
+    .await
+}
+
+/// Exponential backoff with full jitter for failed attempts.
+pub fn backoff_delay(settings: &Settings, attempts: i32) -> Duration {
+    let exp = settings
+        .retry_base
+        .saturating_mul(1u32 << attempts.clamp(0, 20) as u32)
+        .min(settings.retry_cap);
+    let jitter: f64 = rand::random::<f64>();
+    // Never less than half the exponential step, so retries still spread out.
+    exp.mul_f64(0.5 + jitter / 2.0)
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let s = Settings::default();
+        for attempts in 1..30 {
+            let d = backoff_delay(&s, attempts);
+            assert!(d <= s.retry_cap, "{d:?}");
+            assert!(d >= s.retry_base.min(s.retry_cap) / 2, "{d:?}");
+        }
+        assert!(backoff_delay(&s, 20) >= s.retry_cap / 2);
+    }
+
+    #[test]
+    fn failures_are_classified_for_the_retry_policy() {
+        let store = |retryable| ReplicateError::Store {
+            doc_key: "environment:1".into(),
+            source: StoreError {
+                op: "PutItem",
+                table: "t".into(),
+                message: "m".into(),
+                retryable,
+            },
+        };
+        assert_eq!(store(true).kind(), FailureKind::Transient);
+        assert_eq!(store(false).kind(), FailureKind::Rejected);
+        let invalid = ReplicateError::Projection {
+            doc_key: "environment:1".into(),
+            source: ProjectionError::invalid("bad operator"),
+        };
+        assert_eq!(invalid.kind(), FailureKind::InvalidData);
+        assert!(error_chain(&invalid).contains("environment:1"));
+        assert_eq!(
+            classify_sqlx(&sqlx::Error::PoolTimedOut),
+            FailureKind::Transient
+        );
+    }
+}

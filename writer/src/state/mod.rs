@@ -1,0 +1,6 @@
+//! The writer's state in the `edge` schema: one module per table group, one statement per
+//! function. Column meanings are documented in the migrations.
+
+pub mod dead_letters;
+pub mod documents;
+pub mod pending;

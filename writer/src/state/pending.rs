@@ -1,0 +1,195 @@
+//! `edge.pending`: the coalesced queue of documents to project.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use crate::capture::ChangeSpan;
+use crate::doc_key::DocKey;
+use crate::state::documents::DocState;
+
+/// A document taken from the queue, with its lock held by the claiming transaction.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub doc_key: String,
+    /// The queue row's `seq` when claimed: the row is removed after success only if no new
+    /// change arrived since.
+    pub seq: i64,
+    pub attempts: i32,
+    pub first_change_at: Option<DateTime<Utc>>,
+    pub last_change_at: Option<DateTime<Utc>>,
+    pub state: DocState,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    doc_key: String,
+    seq: i64,
+    attempts: i32,
+    first_change_at: Option<DateTime<Utc>>,
+    last_change_at: Option<DateTime<Utc>>,
+    version: Option<i64>,
+    content_hash: Option<String>,
+    deleted: bool,
+}
+
+/// Inserts or refreshes queue rows (and their document rows, which are the locks) for the
+/// documents of a batch of changes. Keys are sorted, so concurrent callers lock in one order.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    docs: &BTreeMap<DocKey, ChangeSpan>,
+) -> Result<(), sqlx::Error> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = docs.keys().map(ToString::to_string).collect();
+    let firsts: Vec<DateTime<Utc>> = docs.values().map(|s| s.first).collect();
+    let lasts: Vec<DateTime<Utc>> = docs.values().map(|s| s.last).collect();
+    sqlx::query(
+        "INSERT INTO edge.document (doc_key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&keys)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        r#"INSERT INTO edge.pending (doc_key, seq, not_before, first_change_at, last_change_at)
+           SELECT k, nextval('edge.pending_seq'), now(), f, l
+           FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS t(k, f, l)
+           ORDER BY k
+           ON CONFLICT (doc_key) DO UPDATE SET
+               seq = excluded.seq,
+               not_before = LEAST(edge.pending.not_before, excluded.not_before),
+               first_change_at = LEAST(edge.pending.first_change_at, excluded.first_change_at),
+               last_change_at = GREATEST(edge.pending.last_change_at, excluded.last_change_at)"#,
+    )
+    .bind(&keys)
+    .bind(&firsts)
+    .bind(&lasts)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Claims the next due document whose lock is free, taking its lock (`FOR NO KEY UPDATE` on
+/// its `edge.document` row) in the caller's transaction. Locked documents are skipped, not
+/// waited for.
+pub async fn claim_next(conn: &mut PgConnection) -> Result<Option<Claim>, sqlx::Error> {
+    let row: Option<ClaimRow> = sqlx::query_as(
+        r#"SELECT p.doc_key, p.seq, p.attempts, p.first_change_at, p.last_change_at,
+                  d.version, d.content_hash, d.deleted
+           FROM edge.pending p
+           JOIN edge.document d ON d.doc_key = p.doc_key
+           WHERE p.not_before <= now()
+           ORDER BY p.not_before
+           LIMIT 1
+           FOR NO KEY UPDATE OF d SKIP LOCKED"#,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| Claim {
+        doc_key: r.doc_key,
+        seq: r.seq,
+        attempts: r.attempts,
+        first_change_at: r.first_change_at,
+        last_change_at: r.last_change_at,
+        state: DocState {
+            version: r.version,
+            content_hash: r.content_hash,
+            deleted: r.deleted,
+        },
+    }))
+}
+
+/// The queue row of a document, if any: `(seq, last_change_at)`.
+pub async fn current(
+    conn: &mut PgConnection,
+    doc_key: &str,
+) -> Result<Option<(i64, Option<DateTime<Utc>>)>, sqlx::Error> {
+    sqlx::query_as("SELECT seq, last_change_at FROM edge.pending WHERE doc_key = $1")
+        .bind(doc_key)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Removes the queue row after success, unless a new change arrived since it was claimed.
+pub async fn complete(conn: &mut PgConnection, doc_key: &str, seq: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM edge.pending WHERE doc_key = $1 AND seq = $2")
+        .bind(doc_key)
+        .bind(seq)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Makes sure the document is projected again at `at` (or earlier, if it already is due
+/// earlier). Durable: a restarted writer finds it.
+pub async fn schedule(
+    conn: &mut PgConnection,
+    doc_key: &str,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO edge.document (doc_key) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(doc_key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        r#"INSERT INTO edge.pending (doc_key, seq, not_before)
+           VALUES ($1, nextval('edge.pending_seq'), $2)
+           ON CONFLICT (doc_key) DO UPDATE SET
+               not_before = LEAST(edge.pending.not_before, excluded.not_before)"#,
+    )
+    .bind(doc_key)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt and pushes the document back by `delay`. Returns the number of
+/// failed attempts so far.
+pub async fn record_failure(
+    pool: &PgPool,
+    doc_key: &str,
+    error: &str,
+    delay: Duration,
+) -> Result<i32, sqlx::Error> {
+    let attempts: Option<i32> = sqlx::query_scalar(
+        r#"UPDATE edge.pending
+           SET attempts = attempts + 1, last_error = $2,
+               not_before = now() + make_interval(secs => $3)
+           WHERE doc_key = $1
+           RETURNING attempts"#,
+    )
+    .bind(doc_key)
+    .bind(error)
+    .bind(delay.as_secs_f64())
+    .fetch_optional(pool)
+    .await?;
+    Ok(attempts.unwrap_or(1))
+}
+
+/// Removes the queue row of a document parked in dead letters (unless a new change arrived).
+pub async fn drop_parked(pool: &PgPool, doc_key: &str, seq: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM edge.pending WHERE doc_key = $1 AND seq = $2")
+        .bind(doc_key)
+        .bind(seq)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// When the next queued document is due (None: the queue is empty).
+pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(not_before) FROM edge.pending")
+        .fetch_one(pool)
+        .await
+}
+
+/// Documents in the queue, and how many of them are due now.
+pub async fn depth(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE not_before <= now()) FROM edge.pending")
+        .fetch_one(pool)
+        .await
+}

@@ -1,0 +1,170 @@
+//! [`ItemStore`] on DynamoDB: conditional PutItem / DeleteItem with the replication version.
+
+use std::fmt::Debug;
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use edge_documents::item::{Item, ATTR_DOC, ATTR_VERSION};
+use edge_documents::tables::{TableKind, TableNames};
+
+use super::{ItemStore, StoreError, WriteOutcome};
+
+/// Put only over an older version, an item that carries no version, or nothing.
+const PUT_CONDITION: &str = "attribute_not_exists(#v) OR #v < :v";
+/// Delete only our own item, and only if it is older than the deleting version.
+const DELETE_CONDITION: &str = "attribute_not_exists(#v) OR (#d = :d AND #v < :v)";
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    tables: TableNames,
+}
+
+impl DynamoStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, tables: TableNames) -> Self {
+        DynamoStore { client, tables }
+    }
+
+    pub fn client(&self) -> &aws_sdk_dynamodb::Client {
+        &self.client
+    }
+
+    pub fn tables(&self) -> &TableNames {
+        &self.tables
+    }
+}
+
+fn stored_version(item: Option<&Item>) -> Option<i64> {
+    match item?.get(ATTR_VERSION)? {
+        AttributeValue::N(n) => n.parse().ok(),
+        _ => None,
+    }
+}
+
+impl ItemStore for DynamoStore {
+    async fn put(
+        &self,
+        table: TableKind,
+        item: Item,
+        version: i64,
+    ) -> Result<WriteOutcome, StoreError> {
+        let name = self.tables.name(table);
+        let result = self
+            .client
+            .put_item()
+            .table_name(name)
+            .set_item(Some(item))
+            .condition_expression(PUT_CONDITION)
+            .expression_attribute_names("#v", ATTR_VERSION)
+            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(WriteOutcome::Applied),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
+                let PutItemError::ConditionalCheckFailedException(c) = e.err() else {
+                    unreachable!("matched above")
+                };
+                Ok(WriteOutcome::Superseded {
+                    stored_version: stored_version(c.item()),
+                })
+            }
+            Err(e) => Err(classify("PutItem", name, e)),
+        }
+    }
+
+    async fn delete(
+        &self,
+        table: TableKind,
+        key: Item,
+        doc_key: &str,
+        version: i64,
+    ) -> Result<WriteOutcome, StoreError> {
+        let name = self.tables.name(table);
+        let result = self
+            .client
+            .delete_item()
+            .table_name(name)
+            .set_key(Some(key))
+            .condition_expression(DELETE_CONDITION)
+            .expression_attribute_names("#v", ATTR_VERSION)
+            .expression_attribute_names("#d", ATTR_DOC)
+            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+            .expression_attribute_values(":d", AttributeValue::S(doc_key.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(WriteOutcome::Applied),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), DeleteItemError::ConditionalCheckFailedException(_)) =>
+            {
+                let DeleteItemError::ConditionalCheckFailedException(c) = e.err() else {
+                    unreachable!("matched above")
+                };
+                Ok(WriteOutcome::Superseded {
+                    stored_version: stored_version(c.item()),
+                })
+            }
+            Err(e) => Err(classify("DeleteItem", name, e)),
+        }
+    }
+
+    async fn get(&self, table: TableKind, key: Item) -> Result<Option<Item>, StoreError> {
+        let name = self.tables.name(table);
+        let out = self
+            .client
+            .get_item()
+            .table_name(name)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("GetItem", name, e))?;
+        Ok(out.item)
+    }
+}
+
+/// Turns an SDK error into a [`StoreError`] with the retry decision.
+pub(crate) fn classify<E, R>(op: &'static str, table: &str, err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: Debug,
+{
+    let (retryable, message) = match &err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("Unknown");
+            let retryable = matches!(
+                code,
+                "ProvisionedThroughputExceededException"
+                    | "RequestLimitExceeded"
+                    | "ThrottlingException"
+                    | "InternalServerError"
+                    | "ServiceUnavailable"
+                    | "ResourceNotFoundException"
+                    | "TransactionConflictException"
+                    | "LimitExceededException"
+                    | "UnrecognizedClientException"
+            );
+            (
+                retryable,
+                format!("{code}: {}", se.err().message().unwrap_or("(no message)")),
+            )
+        }
+        SdkError::ConstructionFailure(_) => (false, DisplayErrorContext(&err).to_string()),
+        // Timeouts, dispatch failures (connection refused, DNS) and unreadable responses.
+        _ => (true, DisplayErrorContext(&err).to_string()),
+    };
+    StoreError {
+        op,
+        table: table.to_string(),
+        message,
+        retryable,
+    }
+}

@@ -1,0 +1,66 @@
+//! The sink: DynamoDB items, written conditionally on their version.
+//!
+//! Delivery contract of [`ItemStore`]: at least once, idempotent by version. A put or delete
+//! carries the document version; DynamoDB applies it only if the stored item is older (or
+//! absent, or not ours), so a retried, duplicated or late write can never replace a newer
+//! one. Nothing is ordered across items: each item converges on its own.
+
+pub mod client;
+pub mod dynamo;
+pub mod tables;
+
+use std::future::Future;
+
+use edge_documents::item::Item;
+use edge_documents::tables::TableKind;
+
+pub use dynamo::DynamoStore;
+
+/// Result of one conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// DynamoDB applied the write.
+    Applied,
+    /// The stored item has a version at least as new: ours is obsolete and was not applied.
+    Superseded { stored_version: Option<i64> },
+}
+
+/// A failed DynamoDB call, classified for the retry policy.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("DynamoDB {op} on table {table}: {message}")]
+pub struct StoreError {
+    pub op: &'static str,
+    pub table: String,
+    pub message: String,
+    /// Worth retrying (network, throttling, a server error, a missing table that an
+    /// operator may still create); `false` for a request DynamoDB will never accept.
+    pub retryable: bool,
+}
+
+/// Where items go. Implemented by [`DynamoStore`]; tests add failing or slow ones.
+pub trait ItemStore: Clone + Send + Sync + 'static {
+    /// Puts `item` unless the stored item has a version `>= version`.
+    fn put(
+        &self,
+        table: TableKind,
+        item: Item,
+        version: i64,
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
+
+    /// Deletes the item at `key` if it belongs to `doc_key` and is older than `version`
+    /// (or carries no version at all).
+    fn delete(
+        &self,
+        table: TableKind,
+        key: Item,
+        doc_key: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
+
+    /// Reads one item (consistent read).
+    fn get(
+        &self,
+        table: TableKind,
+        key: Item,
+    ) -> impl Future<Output = Result<Option<Item>, StoreError>> + Send;
+}
