@@ -7,8 +7,10 @@
 //! - [`wait`]: polling with deadlines.
 
 pub mod core;
+pub mod counting;
 pub mod dynamo;
 pub mod pg;
+pub mod proxy;
 pub mod wait;
 pub mod writer;
 

@@ -1,0 +1,63 @@
+//! An [`ItemStore`] wrapper that counts what reaches DynamoDB.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use edge_documents::item::Item;
+use edge_documents::tables::TableKind;
+use edge_writer::store::{ItemStore, StoreError, WriteOutcome};
+
+#[derive(Clone)]
+pub struct CountingStore<S> {
+    inner: S,
+    pub puts: Arc<AtomicUsize>,
+    pub environment_puts: Arc<AtomicUsize>,
+    pub deletes: Arc<AtomicUsize>,
+}
+
+impl<S> CountingStore<S> {
+    pub fn new(inner: S) -> Self {
+        CountingStore {
+            inner,
+            puts: Arc::default(),
+            environment_puts: Arc::default(),
+            deletes: Arc::default(),
+        }
+    }
+    pub fn puts(&self) -> usize {
+        self.puts.load(Ordering::SeqCst)
+    }
+    pub fn environment_puts(&self) -> usize {
+        self.environment_puts.load(Ordering::SeqCst)
+    }
+}
+
+impl<S: ItemStore> ItemStore for CountingStore<S> {
+    async fn put(
+        &self,
+        table: TableKind,
+        item: Item,
+        version: i64,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        if table == TableKind::Environments {
+            self.environment_puts.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.put(table, item, version).await
+    }
+
+    async fn delete(
+        &self,
+        table: TableKind,
+        key: Item,
+        doc_key: &str,
+        version: i64,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.deletes.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(table, key, doc_key, version).await
+    }
+
+    async fn get(&self, table: TableKind, key: Item) -> Result<Option<Item>, StoreError> {
+        self.inner.get(table, key).await
+    }
+}
