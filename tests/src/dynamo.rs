@@ -52,7 +52,7 @@ fn free_port() -> u16 {
 pub fn start_instance() -> DynamoLocal {
     let dir = jar_dir();
     let port = free_port();
-    let script = r#"java -Djava.library.path="$1/DynamoDBLocal_lib" -jar "$1/DynamoDBLocal.jar" -inMemory -sharedDb -port "$2" >/dev/null 2>&1 &
+    let script = r#"java -Djava.library.path="$1/DynamoDBLocal_lib" -jar "$1/DynamoDBLocal.jar" -inMemory -sharedDb -disableTelemetry -port "$2" >/dev/null 2>&1 &
 j=$!
 trap 'kill $j 2>/dev/null' EXIT TERM
 while kill -0 "$3" 2>/dev/null && kill -0 "$j" 2>/dev/null; do sleep 1; done"#;
@@ -64,6 +64,8 @@ while kill -0 "$3" 2>/dev/null && kill -0 "$j" 2>/dev/null; do sleep 1; done"#;
         .arg(port.to_string())
         .arg(std::process::id().to_string())
         .stdin(Stdio::null())
+        // DynamoDB Local writes a metadata file into its working directory.
+        .current_dir(std::env::temp_dir())
         .spawn()
         .expect("start DynamoDB Local (is java installed?)");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -9,6 +9,7 @@
 pub mod core;
 pub mod counting;
 pub mod dynamo;
+pub mod http;
 pub mod pg;
 pub mod proxy;
 pub mod wait;

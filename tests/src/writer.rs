@@ -130,6 +130,16 @@ impl WriterProcess {
         self.child.kill().await.expect("kill the writer");
     }
 
+    /// SIGKILL without giving the handle up (the process is reaped).
+    pub async fn kill9_ref(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-9")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
     /// Waits for the process to exit by itself (e.g. at a crash point).
     pub async fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
         tokio::time::timeout(timeout, self.child.wait())

@@ -1,0 +1,245 @@
+//! Every fan-out row of `flagsmith-core.md` §4 reaches every document it touches, and no
+//! other.
+
+use edge_documents::tables::TableKind;
+use edge_tests::core::{Core, Val};
+use edge_tests::dynamo::{document_of, version_of, TestTables};
+use edge_tests::pg::TestDb;
+use edge_tests::wait;
+use edge_tests::writer::InProcessWriter;
+use serde_json::Value;
+
+async fn doc(tables: &TestTables, api_key: &str) -> Option<Value> {
+    tables.environment(api_key).await.map(|i| document_of(&i))
+}
+
+/// Applies `sql`, then waits until `check` holds for the documents of every key in `keys`.
+async fn change_reaches(
+    core: &Core,
+    tables: &TestTables,
+    what: &str,
+    sql: &str,
+    keys: &[&str],
+    check: impl Fn(&Value) -> bool,
+) {
+    core.exec(sql).await;
+    for key in keys {
+        wait::until(&format!("{what} reaches {key}"), wait::DEFAULT, || async {
+            let d = doc(tables, key).await?;
+            check(&d).then_some(())
+        })
+        .await;
+    }
+}
+
+fn fs<'a>(d: &'a Value, name: &str) -> Option<&'a Value> {
+    d["feature_states"]
+        .as_array()?
+        .iter()
+        .find(|f| f["feature"]["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fan_out_row_reaches_every_document_it_touches() {
+    edge_tests::init_logging();
+    let db = TestDb::new().await;
+    let tables = TestTables::new().await;
+    let core = Core::new(db.pool.clone());
+
+    let org = core.create_organisation("Acme").await;
+    let project = core.create_project(org, "P", true, "COMPLETE").await;
+    let e1 = core.create_environment(project, "E1", "fanE1").await;
+    let e2 = core.create_environment(project, "E2", "fanE2").await;
+    let k1 = core.create_api_key(e1, "ser.fanE1").await;
+    let flag = core
+        .create_feature(project, "flag", "MULTIVARIATE", true, Val::str("control"))
+        .await;
+    let option = core
+        .create_mv_option(flag, Val::str("variant"), "v", 40.0)
+        .await;
+    let seg = core
+        .create_segment(
+            project,
+            "seg",
+            "ANY",
+            &[("EQUAL", Some("plan"), Some("gold"))],
+        )
+        .await;
+    let fseg = core
+        .create_segment_override(e1, flag, seg, 3, true, Val::str("seg value"))
+        .await;
+    // A control: another organisation's environment must not be rewritten.
+    let other_org = core.create_organisation("Other").await;
+    let other_project = core.create_project(other_org, "Q", true, "COMPLETE").await;
+    core.create_environment(other_project, "E3", "fanE3").await;
+    core.create_feature(other_project, "q", "STANDARD", true, Val::Int(1))
+        .await;
+
+    let writer = InProcessWriter::start_on(&db.pool, &tables, 4);
+    for key in ["fanE1", "fanE2", "fanE3"] {
+        wait::until(&format!("{key} written"), wait::DEFAULT, || async {
+            let d = doc(&tables, key).await?;
+            fs(&d, if key == "fanE3" { "q" } else { "flag" }).map(|_| ())
+        })
+        .await;
+    }
+    wait::until("queue settled", wait::DEFAULT, || async {
+        (db.scalar_i64("SELECT count(*) FROM edge.pending").await == 0).then_some(())
+    })
+    .await;
+    let control_version = version_of(&tables.environment("fanE3").await.unwrap());
+    let both = ["fanE1", "fanE2"];
+
+    change_reaches(
+        &core,
+        &tables,
+        "organisation",
+        &format!("UPDATE organisations_organisation SET name = 'Acme 2' WHERE id = {org}"),
+        &both,
+        |d| d["project"]["organisation"]["name"] == "Acme 2",
+    )
+    .await;
+    change_reaches(&core, &tables, "project", &format!("UPDATE projects_project SET name = 'P2', hide_disabled_flags = true WHERE id = {project}"), &both,
+        |d| d["project"]["name"] == "P2" && d["project"]["hide_disabled_flags"] == true).await;
+    change_reaches(
+        &core,
+        &tables,
+        "feature",
+        &format!("UPDATE features_feature SET name = 'flag2' WHERE id = {flag}"),
+        &both,
+        |d| fs(d, "flag2").is_some(),
+    )
+    .await;
+    change_reaches(&core, &tables, "multivariate option", &format!("UPDATE multivariate_multivariatefeatureoption SET string_value = 'variant2' WHERE id = {option}"), &both,
+        |d| fs(d, "flag2").is_some_and(|f| f["multivariate_feature_state_values"][0]["multivariate_feature_option"]["value"] == "variant2")).await;
+    change_reaches(
+        &core,
+        &tables,
+        "segment",
+        &format!("UPDATE segments_segment SET name = 'seg2' WHERE id = {seg}"),
+        &both,
+        |d| d["project"]["segments"][0]["name"] == "seg2",
+    )
+    .await;
+    change_reaches(&core, &tables, "nested segment rule",
+        &format!("UPDATE segments_segmentrule SET type = 'NONE' WHERE rule_id = (SELECT id FROM segments_segmentrule WHERE segment_id = {seg})"), &both,
+        |d| d["project"]["segments"][0]["rules"][0]["rules"][0]["type"] == "NONE").await;
+    let cond = core.first_condition(seg).await;
+    change_reaches(
+        &core,
+        &tables,
+        "segment condition",
+        &format!("UPDATE segments_condition SET value = 'platinum' WHERE id = {cond}"),
+        &both,
+        |d| {
+            d["project"]["segments"][0]["rules"][0]["rules"][0]["conditions"][0]["value"]
+                == "platinum"
+        },
+    )
+    .await;
+    change_reaches(
+        &core,
+        &tables,
+        "feature segment",
+        &format!("UPDATE features_featuresegment SET priority = 0 WHERE id = {fseg}"),
+        &["fanE1"],
+        |d| d["project"]["segments"][0]["feature_states"][0]["feature_segment"]["priority"] == 0,
+    )
+    .await;
+    let fs_e1 = core.default_state(e1, flag).await;
+    change_reaches(&core, &tables, "feature state value", &format!("UPDATE features_featurestatevalue SET string_value = 'control2' WHERE feature_state_id = {fs_e1}"), &["fanE1"],
+        |d| fs(d, "flag2").is_some_and(|f| f["feature_state_value"] == "control2")).await;
+    let fs_e2 = core.default_state(e2, flag).await;
+    change_reaches(&core, &tables, "multivariate value", &format!("UPDATE multivariate_multivariatefeaturestatevalue SET percentage_allocation = 55 WHERE feature_state_id = {fs_e2}"), &["fanE2"],
+        |d| fs(d, "flag2").is_some_and(|f| f["multivariate_feature_state_values"][0]["percentage_allocation"] == 55)).await;
+    change_reaches(
+        &core,
+        &tables,
+        "feature state",
+        &format!("UPDATE features_featurestate SET enabled = false WHERE id = {fs_e2}"),
+        &["fanE2"],
+        |d| fs(d, "flag2").is_some_and(|f| f["enabled"] == false),
+    )
+    .await;
+    change_reaches(&core, &tables, "integration", &format!("INSERT INTO heap_heapconfiguration (api_key, environment_id, uuid) VALUES ('heapkey', {e1}, gen_random_uuid())"), &["fanE1"],
+        |d| d["heap_config"]["api_key"] == "heapkey").await;
+    change_reaches(&core, &tables, "webhook", &format!("INSERT INTO webhook_webhookconfiguration (url, secret, environment_id, uuid) VALUES ('https://hook', 's3cret', {e2}, gen_random_uuid())"), &["fanE2"],
+        |d| d["webhook_config"]["url"] == "https://hook" && d["webhook_config"]["secret"] == "s3cret").await;
+    change_reaches(
+        &core,
+        &tables,
+        "integration soft delete",
+        &format!(
+            "UPDATE heap_heapconfiguration SET deleted_at = now() WHERE environment_id = {e1}"
+        ),
+        &["fanE1"],
+        |d| d["heap_config"].is_null(),
+    )
+    .await;
+    change_reaches(&core, &tables, "environment", &format!("UPDATE environments_environment SET name = 'E1 renamed', first_evaluated_at = now() WHERE id = {e1}"), &["fanE1"],
+        |d| d["name"] == "E1 renamed" && d["onboarding_pending"] == false).await;
+    change_reaches(
+        &core,
+        &tables,
+        "condition hard delete",
+        &format!("DELETE FROM segments_condition WHERE id = {cond}"),
+        &both,
+        |d| {
+            d["project"]["segments"][0]["rules"][0]["rules"][0]["conditions"]
+                == serde_json::json!([])
+        },
+    )
+    .await;
+
+    // An API key row reaches its key document.
+    core.exec(&format!(
+        "UPDATE environments_environmentapikey SET active = false WHERE id = {k1}"
+    ))
+    .await;
+    wait::until("api key deactivated", wait::DEFAULT, || async {
+        let item = tables
+            .get(TableKind::EnvironmentApiKeys, &[("key", "ser.fanE1")])
+            .await?;
+        (document_of(&item)["active"] == false).then_some(())
+    })
+    .await;
+
+    // A new api_key moves the environment item and updates the key document; the old item
+    // is deleted.
+    core.exec(&format!(
+        "UPDATE environments_environment SET api_key = 'fanE1new' WHERE id = {e1}"
+    ))
+    .await;
+    wait::until(
+        "environment item moved to its new key",
+        wait::DEFAULT,
+        || async {
+            let moved =
+                doc(&tables, "fanE1new").await.is_some() && doc(&tables, "fanE1").await.is_none();
+            let key_doc = tables
+                .get(TableKind::EnvironmentApiKeys, &[("key", "ser.fanE1")])
+                .await?;
+            (moved && document_of(&key_doc)["client_api_key"] == "fanE1new").then_some(())
+        },
+    )
+    .await;
+    let meta = tables
+        .get(
+            TableKind::EnvironmentsV2,
+            &[
+                ("environment_id", &e1.to_string()),
+                ("document_key", "_META"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(document_of(&meta)["environment_api_key"], "fanE1new");
+
+    assert_eq!(
+        version_of(&tables.environment("fanE3").await.unwrap()),
+        control_version,
+        "another organisation's environment was rewritten"
+    );
+    writer.stop().await;
+    db.drop_db().await;
+}
