@@ -131,7 +131,7 @@ impl WriterProcess {
     }
 
     /// SIGKILL without giving the handle up (the process is reaped).
-    pub async fn kill9_ref(&self) {
+    pub fn kill9_ref(&self) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .arg("-9")

@@ -9,7 +9,6 @@ use edge_tests::pg::TestDb;
 use edge_tests::wait;
 use edge_tests::writer::WriterProcess;
 use edge_writer::failpoint::AFTER_DYNAMODB_WRITE;
-use serde_json::Value;
 
 async fn setup() -> (TestDb, TestTables, Core) {
     edge_tests::init_logging();
@@ -118,14 +117,13 @@ async fn kill_9_during_a_burst_then_restart_converges() {
     for i in 1..=100 {
         core.set_flag(env, feature, true, Val::Int(i)).await;
         if i == 50 {
-            writer.kill9_ref().await;
+            writer.kill9_ref();
         }
     }
     let writer = WriterProcess::spawn(&db.url, &tables, &[]);
     wait::until("the last value", wait::DEFAULT, || async {
         let item = tables.environment("envKill").await?;
-        (document_of(&item)["feature_states"][0]["feature_state_value"] == Value::from(100))
-            .then_some(())
+        (document_of(&item)["feature_states"][0]["feature_state_value"] == 100).then_some(())
     })
     .await;
     writer.kill9().await;

@@ -176,6 +176,22 @@ async fn environment_document_has_flagsmiths_shape() {
     assert_eq!(key_doc["active"], true);
     assert_eq!(key_doc["expires_at"], Value::Null);
 
+    // Every item carries its replication metadata, and its content hash verifies.
+    for table in [
+        TableKind::Environments,
+        TableKind::EnvironmentsV2,
+        TableKind::EnvironmentApiKeys,
+    ] {
+        for item in tables.scan(table).await {
+            let meta =
+                stream_consumer::verify(&item, None).unwrap_or_else(|e| panic!("{table:?}: {e}"));
+            assert!(meta.source_time.ends_with("+00:00"));
+            assert!(
+                meta.doc_key.starts_with("environment:") || meta.doc_key.starts_with("api_key:")
+            );
+        }
+    }
+
     writer.stop().await;
     db.drop_db().await;
 }

@@ -70,11 +70,9 @@ fn anchors_of_keys(table: &str, keys: &Value, out: &mut Vec<Anchor>) {
             out.extend(int(keys, "rule_id").map(Rule));
         }
         "segments_condition" => out.extend(int(keys, "rule_id").map(Rule)),
-        "features_featurestate" => {
-            // Identity overrides feed identity documents, not the environment document.
-            if keys.get("identity_id").is_none_or(Value::is_null) {
-                out.extend(env.map(Environment));
-            }
+        // Identity overrides feed identity documents, not the environment document.
+        "features_featurestate" if keys.get("identity_id").is_none_or(Value::is_null) => {
+            out.extend(env.map(Environment))
         }
         "features_featurestatevalue" | "multivariate_multivariatefeaturestatevalue" => {
             out.extend(int(keys, "feature_state_id").map(FeatureState))

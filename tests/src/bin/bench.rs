@@ -1,0 +1,347 @@
+//! Benchmark: commit -> DynamoDB latency at a steady change rate, and coalesced throughput,
+//! each against a reference measured in the same run on the same kind of table (raw
+//! conditional PutItem into a streams-enabled DynamoDB Local table).
+//!
+//! Run with `infra/local/bench.sh` (release build, real Postgres, a fresh DynamoDB Local).
+//! Options: `--rate N` changes per second (20), `--seconds N` (20), `--environments N` (20),
+//! `--burst N` changes for the coalescing run (10000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_documents::item::{encode, ReplicationMeta};
+use edge_documents::tables::TableKind;
+use edge_tests::core::{Core, Val};
+use edge_tests::counting::CountingStore;
+use edge_tests::dynamo::{document_of, start_instance, TestTables};
+use edge_tests::pg::TestDb;
+use edge_tests::writer::{test_settings, InProcessWriter};
+use edge_writer::replicate::Replicator;
+use edge_writer::store::ItemStore;
+use futures::future::join_all;
+use serde_json::Value;
+
+struct Options {
+    rate: u64,
+    seconds: u64,
+    environments: usize,
+    burst: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        rate: 20,
+        seconds: 20,
+        environments: 20,
+        burst: 10_000,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).and_then(|v| v.parse::<u64>().ok());
+        let Some(value) = value.filter(|v| *v > 0) else {
+            eprintln!("usage: bench [--rate N] [--seconds N] [--environments N] [--burst N] (positive integers)");
+            std::process::exit(2);
+        };
+        match args[i].as_str() {
+            "--rate" => o.rate = value,
+            "--seconds" => o.seconds = value,
+            "--environments" => o.environments = value as usize,
+            "--burst" => o.burst = value as usize,
+            other => {
+                eprintln!("unknown option {other}");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+async fn flag_value(tables: &TestTables, api_key: &str) -> Option<i64> {
+    let item = tables.environment(api_key).await?;
+    let doc = document_of(&item);
+    doc["feature_states"]
+        .as_array()?
+        .iter()
+        .find(|f| f["feature"]["name"] == "counter")?["feature_state_value"]
+        .as_i64()
+}
+
+/// Reference: sequential conditional PutItem of an environment-sized item.
+async fn raw_put_latency(tables: &TestTables, body: &Value, n: usize) -> Vec<Duration> {
+    let store = tables.store();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut body = body.clone();
+        body["api_key"] = Value::from(format!("raw{}", i % 20));
+        let meta = ReplicationMeta {
+            version: i as i64 + 1,
+            source_time: "2025-01-01T00:00:00+00:00".into(),
+            doc_key: format!("bench:{}", i % 20),
+        };
+        let item = encode(&body, &meta, Some(350 * 1024)).unwrap().item;
+        let t = Instant::now();
+        store
+            .put(TableKind::Environments, item, i as i64 + 1)
+            .await
+            .expect("raw put");
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
+/// Reference: conditional PutItem throughput with `concurrency` writers.
+async fn raw_put_throughput(
+    tables: &TestTables,
+    body: &Value,
+    total: usize,
+    concurrency: usize,
+) -> f64 {
+    let store = tables.store();
+    let started = Instant::now();
+    let per = total / concurrency;
+    join_all((0..concurrency).map(|w| {
+        let store = store.clone();
+        let body = body.clone();
+        async move {
+            for i in 0..per {
+                let mut body = body.clone();
+                body["api_key"] = Value::from(format!("tp{w}_{i}"));
+                let meta = ReplicationMeta {
+                    version: 1,
+                    source_time: "2025-01-01T00:00:00+00:00".into(),
+                    doc_key: format!("bench:{w}:{i}"),
+                };
+                let item = encode(&body, &meta, Some(350 * 1024)).unwrap().item;
+                store
+                    .put(TableKind::Environments, item, 1)
+                    .await
+                    .expect("raw put");
+            }
+        }
+    }))
+    .await;
+    (per * concurrency) as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    edge_tests::init_logging();
+    eprintln!("bench: starting Postgres database and DynamoDB Local");
+    let db = TestDb::new().await;
+    let ddb = start_instance();
+    let tables = TestTables::on(&ddb.endpoint).await;
+    let core = Core::new(db.pool.clone());
+
+    let org = core.create_organisation("Bench").await;
+    let project = core.create_project(org, "Bench", true, "COMPLETE").await;
+    let mut envs = Vec::new();
+    for i in 0..o.environments {
+        envs.push(
+            core.create_environment(project, &format!("E{i}"), &format!("bench{i}"))
+                .await,
+        );
+    }
+    let counter = core
+        .create_feature(project, "counter", "STANDARD", true, Val::Int(0))
+        .await;
+    for i in 0..9 {
+        core.create_feature(
+            project,
+            &format!("feature_{i}"),
+            "STANDARD",
+            i % 2 == 0,
+            Val::Str(format!("value {i}")),
+        )
+        .await;
+    }
+    let seg = core
+        .create_segment(
+            project,
+            "beta",
+            "ANY",
+            &[("EQUAL", Some("beta"), Some("true"))],
+        )
+        .await;
+    core.create_segment_override(envs[0], counter, seg, 0, true, Val::Int(-1))
+        .await;
+
+    // Initial replication.
+    let store = CountingStore::new(tables.store());
+    let writer = InProcessWriter::start(
+        Replicator::new(db.pool.clone(), store.clone(), test_settings()),
+        8,
+    );
+    for i in 0..envs.len() {
+        let key = format!("bench{i}");
+        edge_tests::wait::until("initial documents", Duration::from_secs(120), || {
+            flag_value(&tables, &key)
+        })
+        .await;
+    }
+    let sample = document_of(&tables.environment("bench0").await.unwrap());
+    let item_bytes = serde_json::to_vec(&sample).unwrap().len();
+
+    // Reference: raw PutItem latency, same table kind (streams on), same item size.
+    eprintln!("bench: raw PutItem reference");
+    let raw = raw_put_latency(&tables, &sample, 300).await;
+    let raw_p50 = percentile(&raw, 0.5);
+    let raw_p99 = percentile(&raw, 0.99);
+
+    // Steady rate: commit -> visible in DynamoDB.
+    eprintln!(
+        "bench: steady rate {} changes/s for {} s",
+        o.rate, o.seconds
+    );
+    let total = (o.rate * o.seconds) as usize;
+    let tables_arc = Arc::new(tables.clone());
+    let mut watchers = Vec::with_capacity(total);
+    let started = Instant::now();
+    for n in 0..total {
+        let due = started + Duration::from_secs_f64(n as f64 / o.rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let env_index = n % o.environments;
+        let value = n as i32 + 1;
+        core.set_flag(envs[env_index], counter, true, Val::Int(value))
+            .await;
+        let committed = Instant::now();
+        let tables = tables_arc.clone();
+        watchers.push(tokio::spawn(async move {
+            let key = format!("bench{env_index}");
+            loop {
+                if flag_value(&tables, &key)
+                    .await
+                    .is_some_and(|v| v >= i64::from(value))
+                {
+                    return committed.elapsed();
+                }
+                if committed.elapsed() > Duration::from_secs(60) {
+                    panic!("change {value} to {key} not visible after 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    let mut lat: Vec<Duration> = join_all(watchers)
+        .await
+        .into_iter()
+        .map(|r| r.expect("watcher"))
+        .collect();
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    writer.stop().await;
+
+    // Coalescing: a burst committed while no writer runs, then drained.
+    eprintln!(
+        "bench: burst of {} changes over {} environments",
+        o.burst, o.environments
+    );
+    let burst_started = Instant::now();
+    let per_conn = o.burst.div_ceil(8);
+    join_all((0..8).map(|c| {
+        let core = core.clone();
+        let envs = envs.clone();
+        async move {
+            for i in 0..per_conn {
+                let n = c * per_conn + i;
+                if n >= o.burst {
+                    break;
+                }
+                core.set_flag(
+                    envs[n % envs.len()],
+                    counter,
+                    true,
+                    Val::Int(1_000_000 + n as i32),
+                )
+                .await;
+            }
+        }
+    }))
+    .await;
+    let commit_secs = burst_started.elapsed().as_secs_f64();
+    let before = store.environment_puts();
+    let drain_started = Instant::now();
+    let writer = InProcessWriter::start(
+        Replicator::new(db.pool.clone(), store.clone(), test_settings()),
+        8,
+    );
+    edge_tests::wait::until("burst drained", Duration::from_secs(300), || async {
+        let left = db.scalar_i64("SELECT (SELECT count(*) FROM edge.change_log) + (SELECT count(*) FROM edge.pending WHERE not_before <= now())").await;
+        (left == 0).then_some(())
+    })
+    .await;
+    let drain_secs = drain_started.elapsed().as_secs_f64();
+    writer.stop().await;
+    let burst_writes = store.environment_puts() - before;
+
+    eprintln!("bench: raw PutItem throughput reference");
+    let raw_tp = raw_put_throughput(&tables, &sample, 2000, 8).await;
+
+    println!("## Benchmark ({})", machine());
+    println!();
+    println!("Environment document: {item_bytes} bytes of JSON, {} environments, DynamoDB Local in memory with streams on.", o.environments);
+    println!();
+    println!("| measure | value | reference (same run) | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| commit -> DynamoDB p50, {} changes/s | {:.1} ms | raw PutItem p50 {:.1} ms | {:.1}x |",
+        o.rate,
+        ms(p50),
+        ms(raw_p50),
+        ms(p50) / ms(raw_p50)
+    );
+    println!(
+        "| commit -> DynamoDB p99, {} changes/s | {:.1} ms | raw PutItem p99 {:.1} ms | {:.1}x |",
+        o.rate,
+        ms(p99),
+        ms(raw_p99),
+        ms(p99) / ms(raw_p99)
+    );
+    println!(
+        "| burst: {} changes drained | {:.0} changes/s ({:.2} s) | raw PutItem x8 {:.0} items/s | {:.1}x |",
+        o.burst, o.burst as f64 / drain_secs, drain_secs, raw_tp, (o.burst as f64 / drain_secs) / raw_tp
+    );
+    println!(
+        "| burst: environment writes | {burst_writes} for {} changes ({:.0} changes per write) | | |",
+        o.burst, o.burst as f64 / burst_writes.max(1) as f64
+    );
+    println!();
+    println!(
+        "(burst commit time, {} changes on 8 connections: {:.2} s; samples: {} latency, {} raw)",
+        o.burst,
+        commit_secs,
+        lat.len(),
+        raw.len()
+    );
+    db.drop_db().await;
+}
