@@ -36,3 +36,12 @@ pub fn repo_root() -> std::path::PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
+
+/// A test's world: a fresh core database, fresh DynamoDB tables, and the core-row writer.
+pub async fn setup() -> (pg::TestDb, dynamo::TestTables, core::Core) {
+    init_logging();
+    let db = pg::TestDb::new().await;
+    let tables = dynamo::TestTables::new().await;
+    let core = core::Core::new(db.pool.clone());
+    (db, tables, core)
+}

@@ -79,6 +79,33 @@ pub fn writer_binary() -> PathBuf {
     bin
 }
 
+/// The `writer` binary configured for the test database and tables (add a subcommand).
+pub fn writer_command(database_url: &str, tables: &TestTables) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(writer_binary());
+    cmd.arg("--log-format=text")
+        .env("DATABASE_URL", database_url)
+        .env("DYNAMODB_ENDPOINT", &tables.endpoint)
+        .env("AWS_REGION", "eu-west-2")
+        .env("AWS_ACCESS_KEY_ID", "local")
+        .env("AWS_SECRET_ACCESS_KEY", "local")
+        .env("EDGE_ENVIRONMENTS_TABLE", &tables.names.environments)
+        .env("EDGE_ENVIRONMENTS_V2_TABLE", &tables.names.environments_v2)
+        .env("EDGE_IDENTITIES_TABLE", &tables.names.identities)
+        .env(
+            "EDGE_ENVIRONMENT_API_KEYS_TABLE",
+            &tables.names.environment_api_keys,
+        )
+        .env(
+            "EDGE_PROJECT_METADATA_TABLE",
+            &tables.names.project_metadata,
+        )
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    cmd
+}
+
 /// A real writer process.
 pub struct WriterProcess {
     pub child: tokio::process::Child,

@@ -3,20 +3,14 @@
 use std::time::Duration;
 
 use edge_documents::tables::TableKind;
-use edge_tests::core::{basic_project, Core, Val};
-use edge_tests::dynamo::{document_of, version_of, TestTables};
+use edge_tests::core::{basic_project, Val};
+use edge_tests::dynamo::{document_of, version_of};
 use edge_tests::pg::TestDb;
 use edge_tests::wait;
 use edge_tests::writer::WriterProcess;
 use edge_writer::failpoint::AFTER_DYNAMODB_WRITE;
 
-async fn setup() -> (TestDb, TestTables, Core) {
-    edge_tests::init_logging();
-    let db = TestDb::new().await;
-    let tables = TestTables::new().await;
-    let core = Core::new(db.pool.clone());
-    (db, tables, core)
-}
+use edge_tests::setup;
 
 async fn state_version(db: &TestDb, doc_key: &str) -> Option<i64> {
     sqlx::query_scalar("SELECT version FROM edge.document WHERE doc_key = $1")

@@ -15,13 +15,7 @@ use edge_tests::writer::{test_settings, InProcessWriter};
 use edge_writer::replicate::Replicator;
 use serde_json::Value;
 
-async fn setup() -> (TestDb, TestTables, Core) {
-    edge_tests::init_logging();
-    let db = TestDb::new().await;
-    let tables = TestTables::new().await;
-    let core = Core::new(db.pool.clone());
-    (db, tables, core)
-}
+use edge_tests::setup;
 
 /// The value of a flag in the environment's item, if the item exists.
 async fn flag_value(

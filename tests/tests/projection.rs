@@ -4,20 +4,13 @@
 use std::time::Duration;
 
 use edge_documents::tables::TableKind;
-use edge_tests::core::{basic_project, Core, Val};
-use edge_tests::dynamo::{document_of, version_of, TestTables};
-use edge_tests::pg::TestDb;
+use edge_tests::core::{basic_project, Val};
+use edge_tests::dynamo::{document_of, version_of};
 use edge_tests::wait;
 use edge_tests::writer::InProcessWriter;
 use serde_json::{json, Value};
 
-async fn setup() -> (TestDb, TestTables, Core) {
-    edge_tests::init_logging();
-    let db = TestDb::new().await;
-    let tables = TestTables::new().await;
-    let core = Core::new(db.pool.clone());
-    (db, tables, core)
-}
+use edge_tests::setup;
 
 fn flag<'a>(doc: &'a Value, name: &str) -> &'a Value {
     doc["feature_states"]
@@ -237,6 +230,65 @@ async fn large_document_is_written_compressed() {
             .len(),
         19_992
     );
+    writer.stop().await;
+    db.drop_db().await;
+}
+
+/// The `_META` item follows the project's v2 migration status; a deleted API key row
+/// removes its item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_status_gates_the_meta_item_and_key_deletes_remove_items() {
+    let (db, tables, core) = setup().await;
+    let org = core.create_organisation("Acme").await;
+    let project = core.create_project(org, "P", true, "NOT_STARTED").await;
+    let env = core.create_environment(project, "E", "envGate").await;
+    let key = core.create_api_key(env, "ser.envGate").await;
+    core.create_feature(project, "f", "STANDARD", true, Val::Int(1))
+        .await;
+    let meta = || {
+        let tables = tables.clone();
+        async move {
+            tables
+                .get(
+                    TableKind::EnvironmentsV2,
+                    &[
+                        ("environment_id", &env.to_string()),
+                        ("document_key", "_META"),
+                    ],
+                )
+                .await
+        }
+    };
+    let writer = InProcessWriter::start_on(&db.pool, &tables, 2);
+    wait::until("environment item", wait::DEFAULT, || {
+        tables.environment("envGate")
+    })
+    .await;
+    wait::until("queue settled", wait::DEFAULT, || async {
+        (db.scalar_i64("SELECT count(*) FROM edge.pending").await == 0).then_some(())
+    })
+    .await;
+    assert!(
+        meta().await.is_none(),
+        "no _META item while the v2 migration has not started"
+    );
+
+    core.exec(&format!("UPDATE projects_project SET identity_overrides_v2_migration_status = 'COMPLETE' WHERE id = {project}"))
+        .await;
+    wait::until("_META item", wait::DEFAULT, meta).await;
+
+    core.exec(&format!(
+        "DELETE FROM environments_environmentapikey WHERE id = {key}"
+    ))
+    .await;
+    wait::until("API key item removed", wait::DEFAULT, || async {
+        tables
+            .get(TableKind::EnvironmentApiKeys, &[("key", "ser.envGate")])
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
     writer.stop().await;
     db.drop_db().await;
 }

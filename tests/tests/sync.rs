@@ -8,7 +8,7 @@ use edge_tests::dynamo::{document_of, version_of, TestTables};
 use edge_tests::http::request;
 use edge_tests::pg::TestDb;
 use edge_tests::wait;
-use edge_tests::writer::writer_binary;
+use edge_tests::writer::{writer_binary, writer_command};
 use serde_json::Value;
 
 fn free_addr() -> String {
@@ -17,20 +17,7 @@ fn free_addr() -> String {
 }
 
 fn writer_cmd(db: &TestDb, tables: &TestTables) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(writer_binary());
-    cmd.env("DATABASE_URL", &db.url)
-        .env("DYNAMODB_ENDPOINT", &tables.endpoint)
-        .env("AWS_REGION", "eu-west-2")
-        .env("AWS_ACCESS_KEY_ID", "local")
-        .env("AWS_SECRET_ACCESS_KEY", "local")
-        .env("EDGE_ENVIRONMENTS_TABLE", &tables.names.environments)
-        .env("EDGE_ENVIRONMENTS_V2_TABLE", &tables.names.environments_v2)
-        .env(
-            "EDGE_ENVIRONMENT_API_KEYS_TABLE",
-            &tables.names.environment_api_keys,
-        )
-        .arg("--log-format=text");
-    cmd
+    writer_command(&db.url, tables)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,14 +19,14 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A DynamoDB client. `endpoint` overrides `AWS_ENDPOINT_URL` when given.
-pub async fn dynamodb(endpoint: Option<&str>) -> aws_sdk_dynamodb::Client {
+/// The SDK config loader with our HTTP client, timeouts and retries.
+fn loader() -> aws_config::ConfigLoader {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+    aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
         .timeout_config(
             TimeoutConfig::builder()
@@ -35,12 +35,16 @@ pub async fn dynamodb(endpoint: Option<&str>) -> aws_sdk_dynamodb::Client {
                 .operation_timeout(OPERATION_TIMEOUT)
                 .build(),
         )
-        .retry_config(RetryConfig::standard().with_max_attempts(3));
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+}
+
+/// A DynamoDB client. `endpoint` overrides `AWS_ENDPOINT_URL` when given.
+pub async fn dynamodb(endpoint: Option<&str>) -> aws_sdk_dynamodb::Client {
+    let mut loader = loader();
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
-    let config = loader.load().await;
-    aws_sdk_dynamodb::Client::new(&config)
+    aws_sdk_dynamodb::Client::new(&loader.load().await)
 }
 
 /// A client with a fixed region and static credentials: for DynamoDB Local (which keeps a
@@ -51,13 +55,7 @@ pub async fn with_static_credentials(
     access_key_id: &str,
     secret_access_key: &str,
 ) -> aws_sdk_dynamodb::Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
+    let config = loader()
         .endpoint_url(endpoint)
         .region(aws_config::Region::new(region.to_string()))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
@@ -67,14 +65,6 @@ pub async fn with_static_credentials(
             None,
             "static",
         ))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                .operation_timeout(OPERATION_TIMEOUT)
-                .build(),
-        )
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
         .load()
         .await;
     aws_sdk_dynamodb::Client::new(&config)
