@@ -38,11 +38,18 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
     sqlx::query("CREATE SCHEMA IF NOT EXISTS edge")
         .execute(&mut *conn)
         .await?;
+    // Idempotent DDL (DROP ... IF EXISTS) would otherwise log a NOTICE per trigger.
     sqlx::query("SET search_path TO edge, public")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SET client_min_messages TO warning")
         .execute(&mut *conn)
         .await?;
     let applied = MIGRATOR.run(&mut *conn).await;
     sqlx::query("RESET search_path").execute(&mut *conn).await?;
+    sqlx::query("RESET client_min_messages")
+        .execute(&mut *conn)
+        .await?;
     applied?;
     Ok(())
 }
