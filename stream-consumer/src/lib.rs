@@ -5,6 +5,9 @@
 //! goes backwards between the old and the new image. The Lambda handler, the local poller,
 //! acknowledgements and cache invalidation build on this.
 
+pub mod batch;
+
+pub use batch::{handle_batch, handle_record, RecordError, RecordOutcome};
 use edge_documents::hash::content_hash;
 use edge_documents::item::{logical_item, stored_meta, Item, ItemError, StoredMeta};
 
