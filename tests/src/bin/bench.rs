@@ -260,6 +260,9 @@ async fn main() {
     lat.sort();
     let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
     writer.stop().await;
+    // The same reference again: DynamoDB Local slows down as stream records pile up, so the
+    // table is measured at the start and at the end of the steady phase.
+    let raw_after = raw_put_latency(&tables, &sample, 300).await;
 
     // Coalescing: a burst committed while no writer runs, then drained.
     eprintln!(
