@@ -338,6 +338,11 @@ async fn main() {
         "| burst: environment writes | {burst_writes} for {} changes ({:.0} changes per write) | | |",
         o.burst, o.burst as f64 / burst_writes.max(1) as f64
     );
+    println!(
+        "| raw PutItem after the steady phase | p50 {:.1} ms, p99 {:.1} ms | | |",
+        ms(percentile(&raw_after, 0.5)),
+        ms(percentile(&raw_after, 0.99))
+    );
     println!();
     println!(
         "(burst commit time, {} changes on 8 connections: {:.2} s; samples: {} latency, {} raw)",
