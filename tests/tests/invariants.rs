@@ -244,7 +244,9 @@ async fn scheduled_changes_go_live_across_a_restart() {
     let feature = core
         .create_feature(project, "sale", "STANDARD", false, Val::str("off"))
         .await;
-    let live_from = Utc::now() + chrono::Duration::seconds(4);
+    // Far enough ahead for the first writer to write, schedule and stop even on a loaded
+    // machine (checked below), near enough to keep the test short.
+    let live_from = Utc::now() + chrono::Duration::seconds(10);
     core.schedule_flag(env, feature, true, Val::str("on"), live_from)
         .await;
 
@@ -402,7 +404,16 @@ async fn late_put_after_a_delete_is_removed_by_the_recheck() {
     let (_, project, env) = basic_project(&core, "envZombie").await;
     core.create_feature(project, "f", "STANDARD", true, Val::Int(1))
         .await;
-    let writer = InProcessWriter::start_on(&db.pool, &tables, 2);
+    // The late put below must land before the re-check runs, as it would in production
+    // (re-check after 120 s; a write is in flight for at most about 80 s).
+    let settings = edge_writer::Settings {
+        delete_recheck_after: Duration::from_secs(5),
+        ..test_settings()
+    };
+    let writer = InProcessWriter::start(
+        Replicator::new(db.pool.clone(), tables.store(), settings),
+        2,
+    );
     let old_item = wait::until("item", wait::DEFAULT, || tables.environment("envZombie")).await;
 
     core.soft_delete_environment(env).await;
