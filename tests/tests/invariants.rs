@@ -542,3 +542,56 @@ async fn unprojectable_document_is_parked_and_others_carry_on() {
     writer.stop().await;
     db.drop_db().await;
 }
+
+/// Invariant 3: a document is one consistent snapshot. Each commit renames a feature and sets
+/// its value to the same number in one transaction; the name and the value come from
+/// different queries of the projection, so any mix of two commits shows as a mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_document_is_never_a_mix_of_two_commits() {
+    let (db, tables, core) = setup().await;
+    let (_, project, env) = basic_project(&core, "envSnap").await;
+    let feature = core
+        .create_feature(project, "n0", "STANDARD", true, Val::Int(0))
+        .await;
+    let fs = core.default_state(env, feature).await;
+    let writer = InProcessWriter::start_on(&db.pool, &tables, 4);
+
+    let observer = {
+        let tables = tables.clone();
+        tokio::spawn(async move {
+            let mut observed = 0;
+            loop {
+                if let Some(item) = tables.environment("envSnap").await {
+                    let doc = document_of(&item);
+                    let state = &doc["feature_states"][0];
+                    let name = state["feature"]["name"].as_str().unwrap().to_string();
+                    let value = state["feature_state_value"].as_i64().unwrap();
+                    assert_eq!(name, format!("n{value}"), "a document mixed two commits");
+                    observed += 1;
+                    if value == 300 {
+                        return observed;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for i in 1..=300 {
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query("UPDATE features_feature SET name = $2 WHERE id = $1")
+            .bind(feature)
+            .bind(format!("n{i}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        edge_tests::core::update_state(&mut tx, fs, true, &Val::Int(i)).await;
+        tx.commit().await.unwrap();
+    }
+    let observed = tokio::time::timeout(Duration::from_secs(60), observer)
+        .await
+        .expect("the last commit arrives")
+        .unwrap();
+    assert!(observed > 1);
+    writer.stop().await;
+    db.drop_db().await;
+}
