@@ -376,6 +376,7 @@ impl<S: ItemStore> Replicator<S> {
             source,
         };
 
+        let t_start = Instant::now();
         // The snapshot, on its own connection, begun after the lock was taken.
         let mut snap = self.pool.acquire().await.map_err(state_err)?;
         let projected = {
@@ -448,6 +449,7 @@ impl<S: ItemStore> Replicator<S> {
         drop(snap);
 
         // The writes: every item in parallel, each conditional on the version.
+        let t_write = Instant::now();
         let puts = if content_unchanged { vec![] } else { encoded };
         let put_results = join_all(
             puts.iter()
@@ -477,6 +479,7 @@ impl<S: ItemStore> Replicator<S> {
         }
 
         crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);
+        let t_bookkeeping = Instant::now();
 
         // Bookkeeping, in the lock transaction: only now does progress move.
         documents::record_write(
