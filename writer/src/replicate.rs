@@ -530,6 +530,14 @@ impl<S: ItemStore> Replicator<S> {
         dead_letters::clear(lock, &doc_key)
             .await
             .map_err(state_err)?;
+        tracing::debug!(
+            doc = %doc_key,
+            version,
+            project_ms = (t_write - t_start).as_secs_f64() * 1e3,
+            write_ms = (t_bookkeeping - t_write).as_secs_f64() * 1e3,
+            bookkeeping_ms = t_bookkeeping.elapsed().as_secs_f64() * 1e3,
+            "document written"
+        );
 
         Ok(Outcome {
             doc_key,
