@@ -31,6 +31,11 @@ else
   log "warning: clippy is not installed (rustup component add clippy); lints skipped"
 fi
 
+log "deployment lint: cfn-lint and checkov on infra/aws (pinned, offline)"
+infra/aws/lint.sh
+EDGE_INFRA_PYTHON="$ROOT/.local/venv-infra/bin/python"
+export EDGE_INFRA_PYTHON
+
 log "building the binaries"
 cargo build --workspace --bins --quiet
 
