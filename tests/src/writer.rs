@@ -115,33 +115,12 @@ impl WriterProcess {
     /// `writer run` against the test database and tables; `env` adds variables (e.g. a
     /// crash point).
     pub fn spawn(database_url: &str, tables: &TestTables, env: &[(&str, &str)]) -> WriterProcess {
-        let mut cmd = tokio::process::Command::new(writer_binary());
+        let mut cmd = writer_command(database_url, tables);
         cmd.arg("run")
             .arg("--workers=4")
             .arg("--poll-interval-ms=200")
             .arg("--http-addr=off")
             .arg("--retry-cap-ms=500")
-            .arg("--log-format=text")
-            .env("DATABASE_URL", database_url)
-            .env("DYNAMODB_ENDPOINT", &tables.endpoint)
-            .env("AWS_REGION", "eu-west-2")
-            .env("AWS_ACCESS_KEY_ID", "local")
-            .env("AWS_SECRET_ACCESS_KEY", "local")
-            .env("EDGE_ENVIRONMENTS_TABLE", &tables.names.environments)
-            .env("EDGE_ENVIRONMENTS_V2_TABLE", &tables.names.environments_v2)
-            .env("EDGE_IDENTITIES_TABLE", &tables.names.identities)
-            .env(
-                "EDGE_ENVIRONMENT_API_KEYS_TABLE",
-                &tables.names.environment_api_keys,
-            )
-            .env(
-                "EDGE_PROJECT_METADATA_TABLE",
-                &tables.names.project_metadata,
-            )
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .stdin(Stdio::null())
             .kill_on_drop(true);
         for (k, v) in env {
