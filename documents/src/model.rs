@@ -152,6 +152,55 @@ pub struct EnvironmentApiKeyDocument {
     pub active: bool,
 }
 
+/// Identity document: table `flagsmith_identities`, key `composite_key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityDocument {
+    /// Exactly `"{environment_api_key}_{identifier}"`.
+    pub composite_key: String,
+    pub identifier: String,
+    pub environment_api_key: String,
+    pub identity_uuid: String,
+    pub created_date: String,
+    /// The core identity's id: the multivariate bucketing key of core evaluation.
+    pub django_id: Option<i64>,
+    pub identity_traits: Vec<Trait>,
+    /// Identity overrides, each feature at most once, ordered by feature id.
+    pub identity_features: Vec<FeatureState>,
+    /// Written only when the identity has system traits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_traits: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trait {
+    pub trait_key: String,
+    pub trait_value: TraitValue,
+}
+
+/// A stored trait value: never null, never a list or an object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TraitValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+/// An environments_v2 identity-override item (`EnvironmentV2IdentityOverride`): one per
+/// identity and overridden feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityOverrideItem {
+    /// The environment's id, as a string.
+    pub environment_id: String,
+    /// `"identity_override:{feature id}:{identity_uuid}"`.
+    pub document_key: String,
+    pub environment_api_key: String,
+    pub identifier: String,
+    pub identity_uuid: String,
+    pub feature_state: FeatureState,
+}
+
 /// Formats a timestamp the way Flagsmith's core API does (Python `isoformat()` of an aware
 /// UTC datetime): `2025-03-04T10:15:30.123456+00:00`, microseconds left out when zero.
 pub fn isoformat(micros_since_epoch: i64) -> String {

@@ -406,6 +406,169 @@ impl Core {
     }
 }
 
+/// A trait value as the core API stores it (`environments_trait.value_type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TraitVal {
+    Int(i32),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+}
+
+impl Core {
+    pub async fn create_identity(&self, env: i32, identifier: &str) -> i32 {
+        sqlx::query_scalar(
+            r#"INSERT INTO environments_identity (identifier, created_date, environment_id, system_traits)
+               VALUES ($1, now(), $2, '{}'::jsonb) RETURNING id"#,
+        )
+        .bind(identifier)
+        .bind(env)
+        .fetch_one(&self.pool)
+        .await
+        .expect("insert identity")
+    }
+
+    /// Sets a trait the way the core API's identify call does (upsert on key).
+    pub async fn set_trait(&self, identity: i32, key: &str, value: TraitVal) {
+        let (t, i, f, b, s) = match &value {
+            TraitVal::Int(v) => ("int", Some(*v), None, None, None),
+            TraitVal::Float(v) => ("float", None, Some(*v), None, None),
+            TraitVal::Bool(v) => ("bool", None, None, Some(*v), None),
+            TraitVal::Str(v) => ("unicode", None, None, None, Some(v.clone())),
+        };
+        sqlx::query(
+            r#"INSERT INTO environments_trait (trait_key, value_type, boolean_value, integer_value,
+                   string_value, float_value, created_date, identity_id)
+               VALUES ($1, $2, $3, $4, $5, $6, now(), $7)
+               ON CONFLICT (trait_key, identity_id) DO UPDATE SET
+                   value_type = excluded.value_type, boolean_value = excluded.boolean_value,
+                   integer_value = excluded.integer_value, string_value = excluded.string_value,
+                   float_value = excluded.float_value"#,
+        )
+        .bind(key)
+        .bind(t)
+        .bind(b)
+        .bind(i)
+        .bind(s)
+        .bind(f)
+        .bind(identity)
+        .execute(&self.pool)
+        .await
+        .expect("upsert trait");
+    }
+
+    pub async fn delete_trait(&self, identity: i32, key: &str) {
+        sqlx::query("DELETE FROM environments_trait WHERE identity_id = $1 AND trait_key = $2")
+            .bind(identity)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// An identity override (a feature state with `identity_id`), live now.
+    pub async fn create_identity_override(
+        &self,
+        env: i32,
+        identity: i32,
+        feature: i32,
+        enabled: bool,
+        value: Val,
+    ) -> i32 {
+        let mut tx = self.pool.begin().await.unwrap();
+        let fs = insert_feature_state(
+            &mut tx,
+            env,
+            feature,
+            enabled,
+            &value,
+            Some(1),
+            Some(Utc::now()),
+        )
+        .await;
+        sqlx::query("UPDATE features_featurestate SET identity_id = $2 WHERE id = $1")
+            .bind(fs)
+            .bind(identity)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        fs
+    }
+
+    /// Deletes an identity as the core API does: its overrides and traits, then the row.
+    pub async fn delete_identity(&self, identity: i32) {
+        let mut tx = self.pool.begin().await.unwrap();
+        for sql in [
+            "DELETE FROM features_featurestatevalue WHERE feature_state_id IN (SELECT id FROM features_featurestate WHERE identity_id = $1)",
+            "DELETE FROM multivariate_multivariatefeaturestatevalue WHERE feature_state_id IN (SELECT id FROM features_featurestate WHERE identity_id = $1)",
+            "DELETE FROM features_featurestate WHERE identity_id = $1",
+            "DELETE FROM environments_trait WHERE identity_id = $1",
+            "DELETE FROM environments_identity WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(identity).execute(&mut *tx).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+
+    /// Bulk-loads `count` identities into an environment in one statement per table:
+    /// identifiers `{prefix}{n}`, three traits each (an int, a string and a bool), and an
+    /// override of `feature` on every `override_every`-th identity. Returns the ids.
+    pub async fn generate_identities(
+        &self,
+        env: i32,
+        prefix: &str,
+        count: i32,
+        feature: i32,
+        override_every: i32,
+    ) -> Vec<i32> {
+        let mut tx = self.pool.begin().await.unwrap();
+        let ids: Vec<i32> = sqlx::query_scalar(
+            r#"INSERT INTO environments_identity (identifier, created_date, environment_id, system_traits)
+               SELECT $1 || n, now(), $2, '{}'::jsonb FROM generate_series(1, $3) AS n
+               RETURNING id"#,
+        )
+        .bind(prefix)
+        .bind(env)
+        .bind(count)
+        .fetch_all(&mut *tx)
+        .await
+        .expect("insert identities");
+        sqlx::query(
+            r#"INSERT INTO environments_trait (trait_key, value_type, boolean_value, integer_value,
+                   string_value, float_value, created_date, identity_id)
+               SELECT k, t, CASE WHEN t = 'bool' THEN id % 2 = 0 END,
+                      CASE WHEN t = 'int' THEN id END,
+                      CASE WHEN t = 'unicode' THEN 'plan-' || (id % 5) END, NULL, now(), id
+               FROM unnest($1::int[]) AS id,
+                    (VALUES ('age', 'int'), ('plan', 'unicode'), ('beta', 'bool')) AS x(k, t)"#,
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .expect("insert traits");
+        sqlx::query(
+            r#"WITH fs AS (
+                   INSERT INTO features_featurestate (enabled, environment_id, feature_id,
+                       identity_id, created_at, live_from, updated_at, version, uuid)
+                   SELECT true, $2, $3, id, now(), now(), now(), 1, gen_random_uuid()
+                   FROM unnest($1::int[]) AS id WHERE id % $4 = 0
+                   RETURNING id, identity_id)
+               INSERT INTO features_featurestatevalue (type, integer_value, feature_state_id, uuid)
+               SELECT 'int', identity_id, id, gen_random_uuid() FROM fs"#,
+        )
+        .bind(&ids)
+        .bind(env)
+        .bind(feature)
+        .bind(override_every)
+        .execute(&mut *tx)
+        .await
+        .expect("insert overrides");
+        tx.commit().await.unwrap();
+        ids
+    }
+}
+
 pub async fn insert_feature_state(
     conn: &mut PgConnection,
     env: i32,

@@ -57,6 +57,16 @@ impl<S: ItemStore> ItemStore for CountingStore<S> {
         self.inner.delete(table, key, doc_key, version).await
     }
 
+    async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), StoreError> {
+        self.puts.fetch_add(items.len(), Ordering::SeqCst);
+        let envs = items
+            .iter()
+            .filter(|(t, _)| *t == TableKind::Environments)
+            .count();
+        self.environment_puts.fetch_add(envs, Ordering::SeqCst);
+        self.inner.batch_put(items).await
+    }
+
     async fn get(&self, table: TableKind, key: Item) -> Result<Option<Item>, StoreError> {
         self.inner.get(table, key).await
     }

@@ -1,6 +1,6 @@
 //! Document keys: which document of the edge a piece of work is about.
 //!
-//! The string form (`environment:12`, `api_key:3`) is what the writer's tables store and
+//! The string form (`environment:12`, `api_key:3`, `identity:7`) is what the writer's tables store and
 //! what operators see in logs and dead letters.
 
 use std::fmt;
@@ -12,6 +12,8 @@ pub enum DocKey {
     Environment(i32),
     /// An environment API key document.
     ApiKey(i32),
+    /// A core identity's document (identities item and environments_v2 override items).
+    Identity(i32),
 }
 
 impl fmt::Display for DocKey {
@@ -19,12 +21,13 @@ impl fmt::Display for DocKey {
         match self {
             DocKey::Environment(id) => write!(f, "environment:{id}"),
             DocKey::ApiKey(id) => write!(f, "api_key:{id}"),
+            DocKey::Identity(id) => write!(f, "identity:{id}"),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid document key {0:?}: expected environment:<id> or api_key:<id>")]
+#[error("invalid document key {0:?}: expected environment:<id>, api_key:<id> or identity:<id>")]
 pub struct InvalidDocKey(String);
 
 impl FromStr for DocKey {
@@ -37,6 +40,7 @@ impl FromStr for DocKey {
         match kind {
             "environment" => Ok(DocKey::Environment(id)),
             "api_key" => Ok(DocKey::ApiKey(id)),
+            "identity" => Ok(DocKey::Identity(id)),
             _ => Err(bad()),
         }
     }
@@ -48,10 +52,14 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for key in [DocKey::Environment(12), DocKey::ApiKey(3)] {
+        for key in [
+            DocKey::Environment(12),
+            DocKey::ApiKey(3),
+            DocKey::Identity(9),
+        ] {
             assert_eq!(key.to_string().parse::<DocKey>().unwrap(), key);
         }
         assert!("environment:x".parse::<DocKey>().is_err());
-        assert!("identity:1".parse::<DocKey>().is_err());
+        assert!("identity_x:1".parse::<DocKey>().is_err());
     }
 }

@@ -13,6 +13,7 @@ pub mod doc_key;
 pub mod failpoint;
 pub mod http;
 pub mod metrics;
+pub mod migrate_identities;
 pub mod projection;
 pub mod replicate;
 pub mod state;

@@ -109,6 +109,10 @@ enum Command {
         #[command(subcommand)]
         command: DeadLettersCommand,
     },
+    /// Copy every existing identity of a project (or one environment) into edge storage.
+    /// Resumable (a killed run continues after its checkpoint) and safe beside the live
+    /// writer; records the migration status in the project metadata table.
+    MigrateIdentities(MigrateIdentitiesArgs),
     /// Show an environment's items in DynamoDB with their replication metadata.
     Inspect {
         /// Environment client-side api_key.
@@ -127,6 +131,37 @@ enum TablesCommand {
 enum DeadLettersCommand {
     /// List parked documents with their errors.
     List,
+}
+
+#[derive(Args, Debug)]
+struct MigrateIdentitiesArgs {
+    /// Core project id.
+    #[arg(long)]
+    project: i32,
+    /// Only this environment of the project (the project's metadata status is not changed).
+    #[arg(long)]
+    environment: Option<i32>,
+    /// Identities per page (one lock transaction and one snapshot each).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    page_size: u32,
+    /// Pages migrated at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// BatchWriteItem calls in flight per page.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    batch_concurrency: u16,
+    /// Start from the first identity, ignoring an unfinished run's checkpoint.
+    #[arg(long)]
+    restart: bool,
+    /// Write identities whose content is unchanged since they were last written, too.
+    #[arg(long)]
+    rewrite: bool,
+    /// Seconds a page's write lease lasts (its batches are abandoned after half of it).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lease_secs: u64,
+    /// No progress bar, log lines only.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Args, Debug)]
@@ -289,7 +324,42 @@ async fn dispatch(
             }
         }
         Command::Inspect { environment } => inspect(&cli, environment).await?,
+        Command::MigrateIdentities(args) => migrate_identities(&cli, args).await?,
         Command::Run(args) => run(&cli, args, metrics_handle).await?,
+    }
+    Ok(())
+}
+
+async fn migrate_identities(cli: &Cli, args: &MigrateIdentitiesArgs) -> Result<()> {
+    use edge_writer::migrate_identities::{self as job, Options, PageSettings, Scope};
+    let concurrency = u32::from(args.concurrency);
+    let pool = pool(cli, concurrency * 2 + 4).await?;
+    let options = Options {
+        page_size: args.page_size,
+        concurrency: usize::from(args.concurrency),
+        page: PageSettings {
+            lease: Duration::from_secs(args.lease_secs),
+            batch_concurrency: usize::from(args.batch_concurrency),
+            rewrite_unchanged: args.rewrite,
+        },
+        restart: args.restart,
+        progress_bar: !args.no_progress,
+        ..Options::default()
+    };
+    let scope = Scope {
+        project_id: args.project,
+        environment_id: args.environment,
+    };
+    let summary = job::run(&pool, &dynamo(cli).await, scope, &options)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .with_context(|| format!("migrating the identities of project {}", args.project))?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if summary.skipped > 0 {
+        eprintln!(
+            "{} identities were skipped into dead letters (see `writer dead-letters list`)",
+            summary.skipped
+        );
     }
     Ok(())
 }

@@ -132,6 +132,12 @@ pub enum ReplicateError {
     },
     #[error(transparent)]
     InvalidKey(#[from] InvalidDocKey),
+    /// A bulk writer that died may still have a write in flight for the document.
+    #[error("{doc_key}: a bulk write lease holds the document until {until}; retrying after it")]
+    Leased {
+        doc_key: String,
+        until: DateTime<Utc>,
+    },
 }
 
 impl ReplicateError {
@@ -156,6 +162,7 @@ impl ReplicateError {
             }
             ReplicateError::State { source, .. } => classify_sqlx(source),
             ReplicateError::InvalidKey(_) => FailureKind::InvalidData,
+            ReplicateError::Leased { .. } => FailureKind::Transient,
         }
     }
 }
@@ -240,6 +247,10 @@ impl<S: ItemStore> Replicator<S> {
         };
         let started = Instant::now();
         let result = match claim.doc_key.parse::<DocKey>() {
+            Ok(_) if claim.state.leased_until.is_some() => Err(ReplicateError::Leased {
+                doc_key: claim.doc_key.clone(),
+                until: claim.state.leased_until.unwrap_or_else(Utc::now),
+            }),
             Ok(doc) => {
                 self.replicate_locked(
                     &mut lock,
@@ -300,6 +311,10 @@ impl<S: ItemStore> Replicator<S> {
         let queued = pending::current(&mut lock, &doc_key)
             .await
             .map_err(state_err)?;
+        if let Some(until) = state.leased_until {
+            let _ = lock.rollback().await;
+            return Err(ReplicateError::Leased { doc_key, until });
+        }
         let started = Instant::now();
         let result = self
             .replicate_locked(
@@ -354,7 +369,13 @@ impl<S: ItemStore> Replicator<S> {
             .await?;
             pending::drop_parked(&self.pool, &claim.doc_key, claim.seq).await?;
         } else {
-            let delay = backoff_delay(&self.settings, attempts);
+            let delay = match err {
+                ReplicateError::Leased { until, .. } => (*until - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_millis(10)),
+                _ => backoff_delay(&self.settings, attempts),
+            };
             tracing::warn!(doc = %claim.doc_key, kind = kind.as_str(), attempts,
                 retry_in_ms = delay.as_millis() as u64, error = %message, "replication failed; will retry");
             pending::record_failure(&self.pool, &claim.doc_key, &message, delay).await?;
@@ -568,7 +589,7 @@ impl<S: ItemStore> Replicator<S> {
     }
 }
 
-fn encode_all(
+pub(crate) fn encode_all(
     items: &[DesiredItem],
     meta: &ReplicationMeta,
     compress_above: usize,
@@ -584,7 +605,7 @@ fn encode_all(
 
 /// Hash of a whole document: its items' tables, keys and content hashes. `None` when the
 /// document has no items.
-fn document_hash(encoded: &[(DesiredItem, EncodedItem)]) -> Option<String> {
+pub(crate) fn document_hash(encoded: &[(DesiredItem, EncodedItem)]) -> Option<String> {
     if encoded.is_empty() {
         return None;
     }

@@ -32,8 +32,20 @@ pub enum Anchor {
     Feature(i32),
     Segment(i32),
     Rule(i32),
+    /// A feature state: its environment document, or its identity's when it is an
+    /// identity override.
     FeatureState(i32),
     ApiKey(i32),
+    Identity(i32),
+    /// Every identity of an environment, project or organisation (an api_key change moves
+    /// them; the edge switched on or off adds or removes them).
+    EnvironmentIdentities(i32),
+    ProjectIdentities(i32),
+    OrganisationIdentities(i32),
+    /// Identities overriding a feature (its name or type changed), or using a
+    /// multivariate option (its value changed).
+    FeatureIdentities(i32),
+    OptionIdentities(i32),
 }
 
 fn int(keys: &Value, name: &str) -> Option<i32> {
@@ -45,6 +57,9 @@ pub fn anchors(change: &ChangeRow) -> Vec<Anchor> {
     let mut out = Vec::new();
     for keys in [&change.new_keys, &change.old_keys].into_iter().flatten() {
         anchors_of_keys(&change.table_name, keys, &mut out);
+    }
+    if let (Some(new), Some(old)) = (&change.new_keys, &change.old_keys) {
+        identity_fan_out(&change.table_name, new, old, &mut out);
     }
     out.sort();
     out.dedup();
@@ -71,9 +86,12 @@ fn anchors_of_keys(table: &str, keys: &Value, out: &mut Vec<Anchor>) {
         }
         "segments_condition" => out.extend(int(keys, "rule_id").map(Rule)),
         // Identity overrides feed identity documents, not the environment document.
-        "features_featurestate" if keys.get("identity_id").is_none_or(Value::is_null) => {
-            out.extend(env.map(Environment))
-        }
+        "features_featurestate" => match int(keys, "identity_id") {
+            Some(identity) => out.push(Identity(identity)),
+            None => out.extend(env.map(Environment)),
+        },
+        "environments_identity" => out.extend(id.map(Identity)),
+        "environments_trait" => out.extend(int(keys, "identity_id").map(Identity)),
         "features_featurestatevalue" | "multivariate_multivariatefeaturestatevalue" => {
             out.extend(int(keys, "feature_state_id").map(FeatureState))
         }
@@ -85,6 +103,55 @@ fn anchors_of_keys(table: &str, keys: &Value, out: &mut Vec<Anchor>) {
         | "rudderstack_rudderstackconfiguration"
         | "segment_segmentconfiguration"
         | "webhook_webhookconfiguration" => out.extend(env.map(Environment)),
+        _ => {}
+    }
+}
+
+/// An UPDATE whose recorded columns changed in a way identity documents see (the columns
+/// are listed in the identity capture migration). Inserts and deletes need nothing here:
+/// a new parent has no identities yet, and a deleted one deletes its identities (or their
+/// feature states and values) in the same transaction, each with its own change.
+fn identity_fan_out(table: &str, new: &Value, old: &Value, out: &mut Vec<Anchor>) {
+    use Anchor::*;
+    let changed = |cols: &[&str]| cols.iter().any(|c| new.get(c) != old.get(c));
+    let Some(id) = int(new, "id") else { return };
+    match table {
+        "environments_environment"
+            if changed(&[
+                "api_key",
+                "deleted_at",
+                "use_v2_feature_versioning",
+                "project_id",
+            ]) =>
+        {
+            out.push(EnvironmentIdentities(id))
+        }
+        "projects_project"
+            if changed(&[
+                "enable_dynamo_db",
+                "identity_overrides_v2_migration_status",
+                "deleted_at",
+            ]) =>
+        {
+            out.push(ProjectIdentities(id))
+        }
+        "organisations_organisation" if changed(&["deleted_at"]) => {
+            out.push(OrganisationIdentities(id))
+        }
+        "features_feature" if changed(&["name", "type", "deleted_at"]) => {
+            out.push(FeatureIdentities(id))
+        }
+        "multivariate_multivariatefeatureoption"
+            if changed(&[
+                "type",
+                "integer_value",
+                "string_value",
+                "boolean_value",
+                "key",
+            ]) =>
+        {
+            out.push(OptionIdentities(id))
+        }
         _ => {}
     }
 }
@@ -195,6 +262,73 @@ pub async fn resolve_anchors(
         &states,
     )
     .await?;
+    let state_identity: Pairs = query_pairs(
+        conn,
+        "SELECT id, identity_id FROM features_featurestate
+         WHERE id = ANY($1) AND identity_id IS NOT NULL",
+        &states,
+    )
+    .await?;
+
+    // Identities reached through an environment, project or organisation, a feature or an
+    // option.
+    let mut identity_envs: Vec<i32> = pick(|a| match a {
+        Anchor::EnvironmentIdentities(e) => Some(*e),
+        _ => None,
+    });
+    let identity_projects = pick(|a| match a {
+        Anchor::ProjectIdentities(p) => Some(*p),
+        _ => None,
+    });
+    let identity_orgs = pick(|a| match a {
+        Anchor::OrganisationIdentities(o) => Some(*o),
+        _ => None,
+    });
+    let project_identity_envs: Pairs = query_pairs(
+        conn,
+        "SELECT project_id, id FROM environments_environment WHERE project_id = ANY($1)",
+        &identity_projects,
+    )
+    .await?;
+    let org_identity_envs: Pairs = query_pairs(
+        conn,
+        "SELECT p.organisation_id, e.id FROM environments_environment e
+         JOIN projects_project p ON p.id = e.project_id WHERE p.organisation_id = ANY($1)",
+        &identity_orgs,
+    )
+    .await?;
+    identity_envs.extend(project_identity_envs.iter().map(|(_, e)| *e));
+    identity_envs.extend(org_identity_envs.iter().map(|(_, e)| *e));
+    identity_envs.sort_unstable();
+    identity_envs.dedup();
+    let environment_identities: Pairs = query_pairs(
+        conn,
+        "SELECT environment_id, id FROM environments_identity WHERE environment_id = ANY($1)",
+        &identity_envs,
+    )
+    .await?;
+    let feature_identities: Pairs = query_pairs(
+        conn,
+        "SELECT DISTINCT feature_id, identity_id FROM features_featurestate
+         WHERE feature_id = ANY($1) AND identity_id IS NOT NULL",
+        &pick(|a| match a {
+            Anchor::FeatureIdentities(f) => Some(*f),
+            _ => None,
+        }),
+    )
+    .await?;
+    let option_identities: Pairs = query_pairs(
+        conn,
+        "SELECT DISTINCT mv.multivariate_feature_option_id, fs.identity_id
+         FROM multivariate_multivariatefeaturestatevalue mv
+         JOIN features_featurestate fs ON fs.id = mv.feature_state_id
+         WHERE mv.multivariate_feature_option_id = ANY($1) AND fs.identity_id IS NOT NULL",
+        &pick(|a| match a {
+            Anchor::OptionIdentities(o) => Some(*o),
+            _ => None,
+        }),
+    )
+    .await?;
 
     // Projects and organisations -> environments.
     let mut projects: Vec<i32> = anchors
@@ -259,6 +393,7 @@ pub async fn resolve_anchors(
     )
     .await?;
 
+    let empty = Vec::new();
     let group = |pairs: &Pairs| -> HashMap<i32, Vec<i32>> {
         let mut m: HashMap<i32, Vec<i32>> = HashMap::new();
         for (k, v) in pairs {
@@ -273,8 +408,25 @@ pub async fn resolve_anchors(
     let project_environments = group(&project_environments);
     let org_environments = group(&org_environments);
     let environment_keys = group(&environment_keys);
+    let state_identity = group(&state_identity);
+    let project_identity_envs = group(&project_identity_envs);
+    let org_identity_envs = group(&org_identity_envs);
+    let environment_identities = group(&environment_identities);
+    let feature_identities = group(&feature_identities);
+    let option_identities = group(&option_identities);
+    let identities_of_envs = |envs: &[i32]| -> Vec<DocKey> {
+        envs.iter()
+            .flat_map(|e| environment_identities.get(e).unwrap_or(&empty).iter())
+            .map(|i| DocKey::Identity(*i))
+            .collect()
+    };
+    let identities = |ids: Option<&Vec<i32>>| -> Vec<DocKey> {
+        ids.unwrap_or(&empty)
+            .iter()
+            .map(|i| DocKey::Identity(*i))
+            .collect()
+    };
 
-    let empty = Vec::new();
     let envs_of_project = |p: i32| project_environments.get(&p).unwrap_or(&empty).clone();
     let with_keys = |envs: Vec<i32>| -> Vec<DocKey> {
         let mut docs = Vec::new();
@@ -325,9 +477,21 @@ pub async fn resolve_anchors(
                     .collect(),
             ),
             Anchor::FeatureState(fs) => {
-                envs_only(state_environment.get(&fs).unwrap_or(&empty).clone())
+                let mut docs = envs_only(state_environment.get(&fs).unwrap_or(&empty).clone());
+                docs.extend(identities(state_identity.get(&fs)));
+                docs
             }
             Anchor::ApiKey(k) => vec![DocKey::ApiKey(k)],
+            Anchor::Identity(i) => vec![DocKey::Identity(i)],
+            Anchor::EnvironmentIdentities(e) => identities_of_envs(&[e]),
+            Anchor::ProjectIdentities(p) => {
+                identities_of_envs(project_identity_envs.get(&p).unwrap_or(&empty))
+            }
+            Anchor::OrganisationIdentities(o) => {
+                identities_of_envs(org_identity_envs.get(&o).unwrap_or(&empty))
+            }
+            Anchor::FeatureIdentities(f) => identities(feature_identities.get(&f)),
+            Anchor::OptionIdentities(o) => identities(option_identities.get(&o)),
         };
         out.insert(*anchor, docs);
     }
@@ -363,19 +527,52 @@ mod tests {
     }
 
     #[test]
-    fn identity_overrides_do_not_touch_the_environment_document() {
+    fn identity_overrides_touch_their_identity_not_the_environment_document() {
         let c = change(
             "features_featurestate",
             json!({"id": 1, "environment_id": 2, "identity_id": 9, "feature_id": 3}),
             None,
         );
-        assert!(anchors(&c).is_empty());
+        assert_eq!(anchors(&c), vec![Anchor::Identity(9)]);
         let c = change(
             "features_featurestate",
             json!({"id": 1, "environment_id": 2, "identity_id": null, "feature_id": 3}),
             None,
         );
         assert_eq!(anchors(&c), vec![Anchor::Environment(2)]);
+    }
+
+    #[test]
+    fn identities_are_touched_only_by_the_columns_they_see() {
+        let env = |api_key: &str, name_only: bool| {
+            change(
+                "environments_environment",
+                json!({"id": 5, "project_id": 1, "api_key": api_key, "deleted_at": null,
+                       "use_v2_feature_versioning": false}),
+                (!name_only).then(|| {
+                    json!({"id": 5, "project_id": 1, "api_key": "old", "deleted_at": null,
+                           "use_v2_feature_versioning": false})
+                }),
+            )
+        };
+        assert_eq!(
+            anchors(&env("new", false)),
+            vec![
+                Anchor::EnvironmentAndKeys(5),
+                Anchor::EnvironmentIdentities(5)
+            ]
+        );
+        // A rename records no old keys: the environment document only.
+        assert_eq!(
+            anchors(&env("old", true)),
+            vec![Anchor::EnvironmentAndKeys(5)]
+        );
+        let trait_change = change(
+            "environments_trait",
+            json!({"id": 1, "identity_id": 4}),
+            None,
+        );
+        assert_eq!(anchors(&trait_change), vec![Anchor::Identity(4)]);
     }
 
     #[test]

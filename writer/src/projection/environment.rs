@@ -300,7 +300,7 @@ impl<'a> LiveStates<'a> {
     }
 }
 
-fn feature_state(
+pub(crate) fn feature_state(
     state: &FeatureStateRow,
     feature: &FeatureRow,
     feature_segment: Option<FeatureSegment>,

@@ -7,6 +7,7 @@
 
 pub mod api_key;
 pub mod environment;
+pub mod identity;
 pub mod load;
 pub mod rows;
 
@@ -84,6 +85,18 @@ pub async fn project(conn: &mut PgConnection, doc: DocKey) -> Result<Projected, 
                 },
             })
         }
+        DocKey::Identity(id) => {
+            let snapshot_time = load::snapshot_time(conn).await?;
+            let rows = load::identities(conn, &[id]).await?;
+            let Some(rows) = rows.first() else {
+                return Ok(Projected {
+                    items: vec![],
+                    next_change_at: None,
+                    snapshot_time,
+                });
+            };
+            Ok(identity_projected(rows)?)
+        }
         DocKey::ApiKey(id) => {
             let snapshot_time = load::snapshot_time(conn).await?;
             let row = load::api_key(conn, id).await?;
@@ -106,6 +119,45 @@ pub async fn project(conn: &mut PgConnection, doc: DocKey) -> Result<Projected, 
             })
         }
     }
+}
+
+/// The items of one identity's projection.
+pub fn identity_projected(rows: &rows::IdentityRows) -> Result<Projected, ProjectionError> {
+    Ok(match identity::project_identity(rows)? {
+        identity::IdentityProjection::Absent => Projected {
+            items: vec![],
+            next_change_at: None,
+            snapshot_time: rows.snapshot_time,
+        },
+        identity::IdentityProjection::Present {
+            document,
+            overrides,
+            next_change_at,
+        } => {
+            let mut items = Vec::with_capacity(1 + overrides.len());
+            let body = serde_json::to_value(&*document).expect("documents serialise");
+            items.push(DesiredItem {
+                table: TableKind::Identities,
+                key: key_of(&body, TableKind::Identities),
+                body,
+                compressible: false,
+            });
+            for o in overrides {
+                let body = serde_json::to_value(&o).expect("documents serialise");
+                items.push(DesiredItem {
+                    table: TableKind::EnvironmentsV2,
+                    key: key_of(&body, TableKind::EnvironmentsV2),
+                    body,
+                    compressible: false,
+                });
+            }
+            Projected {
+                items,
+                next_change_at,
+                snapshot_time: rows.snapshot_time,
+            }
+        }
+    })
 }
 
 /// The environments item and, when the project's v2 migration status asks for it, the

@@ -161,3 +161,54 @@ pub struct ApiKeyRow {
     pub project_deleted_at: Option<DateTime<Utc>>,
     pub organisation_deleted_at: Option<DateTime<Utc>>,
 }
+
+/// A core identity with what its documents depend on upstream (environment, project,
+/// organisation).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IdentityRow {
+    pub id: i32,
+    pub identifier: String,
+    pub created_date: DateTime<Utc>,
+    pub environment_id: i32,
+    pub system_traits: serde_json::Value,
+    pub environment_api_key: String,
+    pub environment_deleted_at: Option<DateTime<Utc>>,
+    pub environment_use_v2_feature_versioning: bool,
+    pub project_enable_dynamo_db: bool,
+    pub project_v2_migration_status: String,
+    pub project_deleted_at: Option<DateTime<Utc>>,
+    pub organisation_deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TraitRow {
+    pub id: i32,
+    pub identity_id: i32,
+    pub trait_key: String,
+    pub value_type: Option<String>,
+    pub boolean_value: Option<bool>,
+    pub integer_value: Option<i32>,
+    pub float_value: Option<f64>,
+    pub string_value: Option<String>,
+}
+
+/// An identity override: a feature state with `identity_id` set, with its value and its
+/// (not deleted) feature.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IdentityOverrideRow {
+    pub identity_id: i32,
+    #[sqlx(flatten)]
+    pub state: FeatureStateRow,
+    pub feature_name: String,
+    pub feature_type: String,
+}
+
+/// Everything one identity document is built from, read in one snapshot.
+#[derive(Debug, Clone)]
+pub struct IdentityRows {
+    pub snapshot_time: DateTime<Utc>,
+    pub identity: IdentityRow,
+    pub traits: Vec<TraitRow>,
+    pub overrides: Vec<IdentityOverrideRow>,
+    pub multivariate_values: Vec<MultivariateValueRow>,
+}

@@ -12,6 +12,8 @@ pub struct DocState {
     pub version: Option<i64>,
     pub content_hash: Option<String>,
     pub deleted: bool,
+    /// An unexpired bulk-write lease: no write before this time (see `edge.write_lease`).
+    pub leased_until: Option<DateTime<Utc>>,
 }
 
 /// An item recorded for a document.
@@ -31,8 +33,16 @@ pub async fn lock(conn: &mut PgConnection, doc_key: &str) -> Result<DocState, sq
         .bind(doc_key)
         .execute(&mut *conn)
         .await?;
-    let (version, content_hash, deleted): (Option<i64>, Option<String>, bool) = sqlx::query_as(
-        "SELECT version, content_hash, deleted FROM edge.document WHERE doc_key = $1 FOR NO KEY UPDATE",
+    let (version, content_hash, deleted, leased_until): (
+        Option<i64>,
+        Option<String>,
+        bool,
+        Option<DateTime<Utc>>,
+    ) = sqlx::query_as(
+        r#"SELECT d.version, d.content_hash, d.deleted,
+                  (SELECT l.until FROM edge.write_lease l
+                   WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until
+           FROM edge.document d WHERE d.doc_key = $1 FOR NO KEY UPDATE OF d"#,
     )
     .bind(doc_key)
     .fetch_one(conn)
@@ -41,6 +51,7 @@ pub async fn lock(conn: &mut PgConnection, doc_key: &str) -> Result<DocState, sq
         version,
         content_hash,
         deleted,
+        leased_until,
     })
 }
 

@@ -33,6 +33,7 @@ struct ClaimRow {
     version: Option<i64>,
     content_hash: Option<String>,
     deleted: bool,
+    leased_until: Option<DateTime<Utc>>,
 }
 
 /// Inserts or refreshes queue rows (and their document rows, which are the locks) for the
@@ -78,7 +79,9 @@ pub async fn enqueue(
 pub async fn claim_next(conn: &mut PgConnection) -> Result<Option<Claim>, sqlx::Error> {
     let row: Option<ClaimRow> = sqlx::query_as(
         r#"SELECT p.doc_key, p.seq, p.attempts, p.first_change_at, p.last_change_at,
-                  d.version, d.content_hash, d.deleted
+                  d.version, d.content_hash, d.deleted,
+                  (SELECT l.until FROM edge.write_lease l
+                   WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until
            FROM edge.pending p
            JOIN edge.document d ON d.doc_key = p.doc_key
            WHERE p.not_before <= now()
@@ -98,6 +101,7 @@ pub async fn claim_next(conn: &mut PgConnection) -> Result<Option<Claim>, sqlx::
             version: r.version,
             content_hash: r.content_hash,
             deleted: r.deleted,
+            leased_until: r.leased_until,
         },
     }))
 }

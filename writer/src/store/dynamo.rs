@@ -1,11 +1,15 @@
 //! [`ItemStore`] on DynamoDB: conditional PutItem / DeleteItem with the replication version.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest,
+};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use edge_documents::item::{Item, ATTR_DOC, ATTR_VERSION};
 use edge_documents::tables::{TableKind, TableNames};
@@ -16,6 +20,9 @@ use super::{ItemStore, StoreError, WriteOutcome};
 const PUT_CONDITION: &str = "attribute_not_exists(#v) OR #v < :v";
 /// Delete only our own item, and only if it is older than the deleting version.
 const DELETE_CONDITION: &str = "attribute_not_exists(#v) OR (#d = :d AND #v < :v)";
+
+/// Retries of the unprocessed items of one BatchWriteItem before the call fails.
+const BATCH_MAX_RETRIES: u32 = 12;
 
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
@@ -114,6 +121,58 @@ impl ItemStore for DynamoStore {
             }
             Err(e) => Err(classify("DeleteItem", name, e)),
         }
+    }
+
+    async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), StoreError> {
+        debug_assert!(items.len() <= super::BATCH_MAX_ITEMS);
+        let mut requests: HashMap<String, Vec<WriteRequest>> = HashMap::new();
+        for (table, item) in items {
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(|e| StoreError {
+                    op: "BatchWriteItem",
+                    table: self.tables.name(table).to_string(),
+                    message: e.to_string(),
+                    retryable: false,
+                })?;
+            requests
+                .entry(self.tables.name(table).to_string())
+                .or_default()
+                .push(WriteRequest::builder().put_request(put).build());
+        }
+        let mut attempt = 0u32;
+        while !requests.is_empty() {
+            let tables: Vec<String> = requests.keys().cloned().collect();
+            let out = self
+                .client
+                .batch_write_item()
+                .set_request_items(Some(std::mem::take(&mut requests)))
+                .send()
+                .await
+                .map_err(|e| classify("BatchWriteItem", &tables.join(","), e))?;
+            requests = out.unprocessed_items.unwrap_or_default();
+            requests.retain(|_, v| !v.is_empty());
+            if requests.is_empty() {
+                break;
+            }
+            // Unprocessed items are throttled ones: back off (exponential, full jitter).
+            attempt += 1;
+            if attempt > BATCH_MAX_RETRIES {
+                let left: usize = requests.values().map(Vec::len).sum();
+                return Err(StoreError {
+                    op: "BatchWriteItem",
+                    table: tables.join(","),
+                    message: format!(
+                        "{left} items still unprocessed after {BATCH_MAX_RETRIES} retries"
+                    ),
+                    retryable: true,
+                });
+            }
+            let cap = Duration::from_millis(25 << attempt.min(8));
+            tokio::time::sleep(cap.mul_f64(rand::random::<f64>())).await;
+        }
+        Ok(())
     }
 
     async fn get(&self, table: TableKind, key: Item) -> Result<Option<Item>, StoreError> {

@@ -16,6 +16,9 @@ use edge_documents::tables::TableKind;
 
 pub use dynamo::DynamoStore;
 
+/// BatchWriteItem's limit on the number of requests in one call.
+pub const BATCH_MAX_ITEMS: usize = 25;
+
 /// Result of one conditional write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -56,6 +59,15 @@ pub trait ItemStore: Clone + Send + Sync + 'static {
         doc_key: &str,
         version: i64,
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
+
+    /// Puts up to [`BATCH_MAX_ITEMS`] items unconditionally (BatchWriteItem), retrying the
+    /// items DynamoDB returns as unprocessed until all are written. Only for callers that
+    /// made a stale write impossible before writing (see `migrate_identities`): a batch
+    /// carries no condition.
+    fn batch_put(
+        &self,
+        items: Vec<(TableKind, Item)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Reads one item (consistent read).
     fn get(

@@ -1,0 +1,433 @@
+//! Migrating one page of identities: lock, snapshot, version, lease, batch write, bookkeeping.
+//!
+//! How a page keeps the invariants of the design while the core API and the live writer
+//! keep writing:
+//!
+//! - **Serialised with the live path.** The page's `edge.document` rows are locked
+//!   (`FOR NO KEY UPDATE ... SKIP LOCKED`) in a lock transaction before anything is read. An
+//!   identity whose lock is held elsewhere is being written by the live path right now, with
+//!   a newer snapshot than ours could be: it is left to the live path (queued, counted as
+//!   deferred), never waited for.
+//! - **Snapshot after the lock, version after the snapshot.** As in the live path: every
+//!   change committed before the lock is in the snapshot, and any later writer of these
+//!   identities has both a newer snapshot and a higher version.
+//! - **Unconditional batch writes made safe.** BatchWriteItem takes no condition. While the
+//!   locks are held nobody else writes these documents, and a late conditional write from a
+//!   live writer that lost its lock carries a lower version and is refused after ours lands.
+//!   The remaining hole is ours: if the lock connection dies with a batch still in flight,
+//!   a live writer could write a newer version before our late batch lands. So before
+//!   writing, a lease per document is committed on another connection
+//!   (`edge.write_lease`); writers wait for an unexpired lease to pass, and the batch is
+//!   abandoned well before the lease ends.
+//! - **Progress only after the write.** Bookkeeping (versions, hashes, the queue rows the
+//!   snapshot covered, the leases) commits in the lock transaction after every batch was
+//!   accepted. A crash before that commit leaves the items written with a version the
+//!   writer never recorded; the next writer of each identity writes a higher one.
+//! - **Items recorded before they are written**, as in the live path, so an identity whose
+//!   key later moves (an api_key change) has its old items deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use edge_documents::item::{Item, ItemError, ReplicationMeta};
+use edge_documents::tables::TableKind;
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+use sqlx::{Acquire, PgPool};
+
+use crate::doc_key::DocKey;
+use crate::projection::environment::iso;
+use crate::projection::{self, load, Projected, ProjectionError};
+use crate::replicate::{document_hash, encode_all, error_chain, FailureKind};
+use crate::state::{dead_letters, documents, pending};
+use crate::store::{ItemStore, StoreError, BATCH_MAX_ITEMS};
+
+/// Tuning of a page.
+#[derive(Debug, Clone)]
+pub struct PageSettings {
+    /// Bulk-write lease per document; batches are abandoned after half of it.
+    pub lease: Duration,
+    /// BatchWriteItem calls in flight per page.
+    pub batch_concurrency: usize,
+    /// Write documents whose content equals what was last written, too.
+    pub rewrite_unchanged: bool,
+}
+
+/// What one page did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageStats {
+    /// Identities written.
+    pub migrated: u64,
+    /// Identities whose content was already written.
+    pub unchanged: u64,
+    /// Identities parked in dead letters (bad data), with their reasons.
+    pub skipped: Vec<(String, String)>,
+    /// Identities left to the live path (locked by it, leased, or with items to delete).
+    pub deferred: u64,
+    /// Items sent to DynamoDB.
+    pub items: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("batch writes did not finish within {0:?}; the page's leases are left to expire")]
+    TimedOut(Duration),
+}
+
+impl PageError {
+    /// Whether retrying the page may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PageError::Db(e) => crate::replicate::classify_sqlx(e) == FailureKind::Transient,
+            PageError::Store(e) => e.retryable,
+            PageError::TimedOut(_) => true,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Locked {
+    doc_key: String,
+    content_hash: Option<String>,
+    pending_seq: Option<i64>,
+    leased: bool,
+}
+
+struct ToWrite {
+    doc_key: String,
+    hash: Option<String>,
+    next_change_at: Option<DateTime<Utc>>,
+    pending_seq: Option<i64>,
+    items: Vec<(TableKind, Value, Item)>,
+}
+
+/// Migrates the identities `ids` (sorted). Returns what it did; on error nothing of the
+/// page is recorded and it can be retried.
+pub async fn migrate_page<S: ItemStore>(
+    pool: &PgPool,
+    store: &S,
+    settings: &PageSettings,
+    ids: &[i32],
+) -> Result<PageStats, PageError> {
+    let mut stats = PageStats::default();
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|i| DocKey::Identity(*i).to_string())
+        .collect();
+
+    // The lock rows exist first (committed), then the locks.
+    let mut side = pool.acquire().await?;
+    sqlx::query(
+        "INSERT INTO edge.document (doc_key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&keys)
+    .execute(&mut *side)
+    .await?;
+    let mut lock = pool.begin().await?;
+    let locked: Vec<Locked> = sqlx::query_as(
+        r#"SELECT d.doc_key, d.content_hash, p.seq AS pending_seq,
+                  EXISTS (SELECT 1 FROM edge.write_lease l
+                          WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased
+           FROM edge.document d LEFT JOIN edge.pending p ON p.doc_key = d.doc_key
+           WHERE d.doc_key = ANY($1)
+           ORDER BY d.doc_key
+           FOR NO KEY UPDATE OF d SKIP LOCKED"#,
+    )
+    .bind(&keys)
+    .fetch_all(&mut *lock)
+    .await?;
+    let mut deferred: Vec<String> = {
+        let got: HashSet<&str> = locked.iter().map(|l| l.doc_key.as_str()).collect();
+        keys.iter()
+            .filter(|k| !got.contains(k.as_str()))
+            .cloned()
+            .collect()
+    };
+    deferred.extend(
+        locked
+            .iter()
+            .filter(|l| l.leased)
+            .map(|l| l.doc_key.clone()),
+    );
+    let locked: Vec<Locked> = locked.into_iter().filter(|l| !l.leased).collect();
+
+    // One snapshot for the page, begun after the locks were taken.
+    let locked_ids: Vec<i32> = locked
+        .iter()
+        .filter_map(|l| match l.doc_key.parse() {
+            Ok(DocKey::Identity(id)) => Some(id),
+            _ => None,
+        })
+        .collect();
+    let (rows, snapshot_time) = {
+        let mut tx = side.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let time = load::snapshot_time(&mut tx).await?;
+        let rows = load::identities(&mut tx, &locked_ids).await?;
+        let _ = tx.rollback().await;
+        (rows, time)
+    };
+    let version = documents::next_version(&mut lock).await?;
+
+    let mut projected: HashMap<String, Result<Projected, String>> = rows
+        .iter()
+        .map(|r| {
+            let key = DocKey::Identity(r.identity.id).to_string();
+            let p = projection::identity_projected(r).map_err(|e| match e {
+                ProjectionError::InvalidData(m) => m,
+                other => other.to_string(),
+            });
+            (key, p)
+        })
+        .collect();
+    let recorded = recorded_live_items(&mut lock, &locked).await?;
+
+    let mut to_write: Vec<ToWrite> = Vec::new();
+    let mut unchanged: Vec<(String, Option<i64>)> = Vec::new();
+    let mut parked: Vec<(String, &'static str, String)> = Vec::new();
+    for l in &locked {
+        let projection = projected.remove(&l.doc_key).unwrap_or_else(|| {
+            // The identity is gone since the page was listed.
+            Ok(Projected {
+                items: vec![],
+                next_change_at: None,
+                snapshot_time,
+            })
+        });
+        let p = match projection {
+            Ok(p) => p,
+            Err(reason) => {
+                parked.push((l.doc_key.clone(), FailureKind::InvalidData.as_str(), reason));
+                continue;
+            }
+        };
+        let desired: HashSet<(TableKind, String)> = p
+            .items
+            .iter()
+            .map(|d| (d.table, Value::Object(d.key.clone()).to_string()))
+            .collect();
+        let has_stale = recorded
+            .get(&l.doc_key)
+            .is_some_and(|r| r.iter().any(|k| !desired.contains(k)));
+        if has_stale {
+            // Items to delete (a moved key, a removed override): the live path's job.
+            deferred.push(l.doc_key.clone());
+            continue;
+        }
+        if p.items.is_empty() {
+            unchanged.push((l.doc_key.clone(), l.pending_seq));
+            continue;
+        }
+        let meta = ReplicationMeta {
+            version,
+            source_time: iso(snapshot_time),
+            doc_key: l.doc_key.clone(),
+        };
+        let encoded = match encode_all(&p.items, &meta, usize::MAX) {
+            Ok(e) => e,
+            Err(e) => {
+                let kind = match e {
+                    ItemError::TooLarge { .. } | ItemError::TooLargeUncompressible { .. } => {
+                        FailureKind::TooLarge
+                    }
+                    _ => FailureKind::InvalidData,
+                };
+                parked.push((l.doc_key.clone(), kind.as_str(), error_chain(&e)));
+                continue;
+            }
+        };
+        let hash = document_hash(&encoded);
+        if hash == l.content_hash && !settings.rewrite_unchanged {
+            unchanged.push((l.doc_key.clone(), l.pending_seq));
+            continue;
+        }
+        to_write.push(ToWrite {
+            doc_key: l.doc_key.clone(),
+            hash,
+            next_change_at: p.next_change_at,
+            pending_seq: l.pending_seq,
+            items: encoded
+                .into_iter()
+                .map(|(d, e)| (d.table, Value::Object(d.key), e.item))
+                .collect(),
+        });
+    }
+
+    // Record the items and take the leases (committed before any write).
+    let write_keys: Vec<String> = to_write.iter().map(|w| w.doc_key.clone()).collect();
+    if !to_write.is_empty() {
+        let (docs, kinds, item_keys): (Vec<&str>, Vec<&str>, Vec<&Value>) = to_write
+            .iter()
+            .flat_map(|w| {
+                w.items
+                    .iter()
+                    .map(move |(t, k, _)| (w.doc_key.as_str(), t.as_str(), k))
+            })
+            .fold(
+                (vec![], vec![], vec![]),
+                |(mut a, mut b, mut c), (x, y, z)| {
+                    a.push(x);
+                    b.push(y);
+                    c.push(z);
+                    (a, b, c)
+                },
+            );
+        let mut tx = side.begin().await?;
+        sqlx::query(
+            r#"INSERT INTO edge.document_item (doc_key, table_kind, item_key)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])
+               ON CONFLICT (doc_key, table_kind, item_key) DO UPDATE SET removed_at = NULL"#,
+        )
+        .bind(&docs)
+        .bind(&kinds)
+        .bind(&item_keys)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            r#"INSERT INTO edge.write_lease (doc_key, until)
+               SELECT unnest($1::text[]), now() + make_interval(secs => $2)
+               ON CONFLICT (doc_key) DO UPDATE SET until = excluded.until"#,
+        )
+        .bind(&write_keys)
+        .bind(settings.lease.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+
+    // The writes: batches of 25 in parallel; every batch finishes (or the deadline passes)
+    // before this returns, so nothing is left in flight unless the deadline passed.
+    let items: Vec<(TableKind, Item)> = to_write
+        .iter()
+        .flat_map(|w| w.items.iter().map(|(t, _, i)| (*t, i.clone())))
+        .collect();
+    stats.items = items.len() as u64;
+    let batches: Vec<Vec<(TableKind, Item)>> =
+        items.chunks(BATCH_MAX_ITEMS).map(<[_]>::to_vec).collect();
+    let deadline = settings.lease / 2;
+    let results = tokio::time::timeout(
+        deadline,
+        stream::iter(batches)
+            .map(|b| store.batch_put(b))
+            .buffer_unordered(settings.batch_concurrency.max(1))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let results = match results {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = lock.rollback().await;
+            return Err(PageError::TimedOut(deadline));
+        }
+    };
+    if let Some(err) = results.into_iter().find_map(Result::err) {
+        // Every batch has returned: nothing is in flight, so the leases can go now.
+        let _ = lock.rollback().await;
+        sqlx::query("DELETE FROM edge.write_lease WHERE doc_key = ANY($1)")
+            .bind(&write_keys)
+            .execute(&mut *side)
+            .await?;
+        return Err(err.into());
+    }
+    crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);
+
+    // Bookkeeping, in the lock transaction.
+    if !to_write.is_empty() {
+        let hashes: Vec<Option<&str>> = to_write.iter().map(|w| w.hash.as_deref()).collect();
+        let nexts: Vec<Option<DateTime<Utc>>> = to_write.iter().map(|w| w.next_change_at).collect();
+        sqlx::query(
+            r#"UPDATE edge.document d
+               SET version = $2, content_hash = x.h, deleted = false, written_at = now(),
+                   source_time = $3, next_projection_at = x.n
+               FROM unnest($1::text[], $4::text[], $5::timestamptz[]) AS x(k, h, n)
+               WHERE d.doc_key = x.k"#,
+        )
+        .bind(&write_keys)
+        .bind(version)
+        .bind(snapshot_time)
+        .bind(&hashes)
+        .bind(&nexts)
+        .execute(&mut *lock)
+        .await?;
+        sqlx::query("DELETE FROM edge.write_lease WHERE doc_key = ANY($1)")
+            .bind(&write_keys)
+            .execute(&mut *lock)
+            .await?;
+        for w in &to_write {
+            if let Some(at) = w.next_change_at {
+                pending::schedule(&mut lock, &w.doc_key, at).await?;
+            }
+        }
+    }
+    // Queue rows that the snapshot covered are done (unless a change arrived since).
+    let (done_keys, done_seqs): (Vec<&str>, Vec<i64>) = to_write
+        .iter()
+        .map(|w| (w.doc_key.as_str(), w.pending_seq))
+        .chain(unchanged.iter().map(|(k, s)| (k.as_str(), *s)))
+        .filter_map(|(k, s)| s.map(|s| (k, s)))
+        .unzip();
+    if !done_keys.is_empty() {
+        sqlx::query(
+            r#"DELETE FROM edge.pending p USING unnest($1::text[], $2::bigint[]) AS x(k, s)
+               WHERE p.doc_key = x.k AND p.seq = x.s"#,
+        )
+        .bind(&done_keys)
+        .bind(&done_seqs)
+        .execute(&mut *lock)
+        .await?;
+    }
+    let cleared: Vec<&str> = to_write
+        .iter()
+        .map(|w| w.doc_key.as_str())
+        .chain(unchanged.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    sqlx::query("DELETE FROM edge.dead_letter WHERE doc_key = ANY($1)")
+        .bind(&cleared)
+        .execute(&mut *lock)
+        .await?;
+    lock.commit().await?;
+
+    // Left to the live path: queued, so they are written even if nothing else changes.
+    for key in &deferred {
+        pending::schedule(&mut side, key, Utc::now()).await?;
+    }
+    for (key, kind, reason) in &parked {
+        tracing::warn!(doc = %key, kind, reason = %reason, "identity skipped into dead letters");
+        dead_letters::park(pool, key, kind, reason, 1).await?;
+    }
+
+    stats.migrated = to_write.len() as u64;
+    stats.unchanged = unchanged.len() as u64;
+    stats.deferred = deferred.len() as u64;
+    stats.skipped = parked.into_iter().map(|(k, _, r)| (k, r)).collect();
+    Ok(stats)
+}
+
+/// The live (not removed) recorded items of the locked documents, as (table, key JSON).
+async fn recorded_live_items(
+    conn: &mut sqlx::PgConnection,
+    locked: &[Locked],
+) -> Result<HashMap<String, Vec<(TableKind, String)>>, sqlx::Error> {
+    let keys: Vec<&str> = locked.iter().map(|l| l.doc_key.as_str()).collect();
+    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+        r#"SELECT doc_key, table_kind, item_key FROM edge.document_item
+           WHERE doc_key = ANY($1) AND removed_at IS NULL"#,
+    )
+    .bind(&keys)
+    .fetch_all(conn)
+    .await?;
+    let mut out: HashMap<String, Vec<(TableKind, String)>> = HashMap::new();
+    for (doc, table, key) in rows {
+        if let Some(t) = TableKind::parse(&table) {
+            out.entry(doc).or_default().push((t, key.to_string()));
+        }
+    }
+    Ok(out)
+}
