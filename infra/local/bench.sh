@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# The benchmark (README, Performance): release build, real Postgres, a fresh DynamoDB Local.
+# The benchmarks (README, Performance): release build, real Postgres, fresh DynamoDB Local.
 #
 #   infra/local/bench.sh [--rate N] [--seconds N] [--environments N] [--burst N]
+#       the writer: commit -> DynamoDB latency and coalesced throughput
+#   infra/local/bench.sh identities [--counts 100000,1000000] [--environments 200]
+#       the identity migration job (rate, peak RSS) and backfills
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 # shellcheck source=infra/local/services.sh
 source infra/local/services.sh
+if [[ "${1:-}" == "identities" ]]; then
+  shift
+  cargo build --release -p edge-tests -p edge-writer --bins --quiet
+  exec target/release/bench_identities "$@"
+fi
 cargo build --release -p edge-tests --bin bench --quiet
 exec target/release/bench "$@"

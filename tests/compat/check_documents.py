@@ -3,7 +3,8 @@
 
 Runs against the tables our writer filled (normally DynamoDB Local in CI):
 
-1. Every item of the environments, environments_v2 and environment API key tables is
+1. Every item of the environments, environments_v2, environment API key and (with
+   ``--identities-table``) identities tables is
    validated, as stored (with our extra ``_replication_*`` attributes), by Flagsmith's
    schema package, ``flagsmith_schemas.dynamodb`` (pydantic ``TypeAdapter`` over its
    TypedDicts). Compressed items (``compressed: true``) are decompressed and validated
@@ -612,6 +613,37 @@ def override_item_reasons(item: dict, report: Report, label: str) -> list[str]:
     return reasons
 
 
+MAX_IDENTIFIER_BYTES = 1024
+
+
+def identity_item_reasons(item: dict, env_keys: set, report: Report, label: str) -> list[str]:
+    document, extras = split_item(item)
+    reasons = strict_reasons(document, schema.Identity, "")
+    reasons += replication_reasons(extras)
+    reasons += schema_reasons(item, schema.Identity, label, report)
+    reason = uuid4_reason(document.get("identity_uuid"), "identity_uuid")
+    reasons += [reason] if reason else []
+    api_key, identifier = document.get("environment_api_key"), document.get("identifier")
+    if document.get("composite_key") != f"{api_key}_{identifier}":
+        reasons.append(f"composite_key {document.get('composite_key')!r} is not '{{environment_api_key}}_{{identifier}}'")
+    if isinstance(identifier, str) and len(identifier.encode()) > MAX_IDENTIFIER_BYTES:
+        reasons.append(f"identifier is {len(identifier.encode())} bytes, over the {MAX_IDENTIFIER_BYTES}-byte key limit")
+    if api_key not in env_keys:
+        reasons.append(f"environment_api_key {api_key!r} has no environment item")
+    if not is_int(document.get("django_id")):
+        reasons.append("django_id: core identities need their id (core buckets multivariate values on it)")
+    for i, trait in enumerate(document.get("identity_traits") or []):
+        if isinstance(trait, dict) and trait.get("trait_value") is None:
+            reasons.append(f"identity_traits[{i}]: a null trait value means 'delete'; it is never stored")
+    features = document.get("identity_features") or []
+    ids = [to_json_value((fs.get("feature") or {}).get("id")) for fs in features if isinstance(fs, dict)]
+    if duplicates(ids):
+        reasons.append(f"identity_features: feature ids {duplicates(ids)} appear more than once")
+    for i, state in enumerate(features):
+        reasons += feature_state_reasons(state, f"identity_features[{i}]")
+    return reasons
+
+
 def api_key_item_reasons(item: dict, report: Report, label: str) -> list[str]:
     document, extras = split_item(item)
     reasons = strict_reasons(document, schema.EnvironmentAPIKey, "")
@@ -630,6 +662,7 @@ class Tables:
     environments: typing.Any
     environments_v2: typing.Any
     api_keys: typing.Any
+    identities: typing.Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, table: typing.Any, key: dict) -> dict | None:
@@ -645,9 +678,10 @@ class Tables:
 def open_tables(args: argparse.Namespace) -> Tables:
     try:
         resource = boto3.resource("dynamodb", endpoint_url=args.endpoint, region_name=args.region)
-        tables = [
-            resource.Table(name) for name in (args.environments_table, args.environments_v2_table, args.api_keys_table)
-        ]
+        names = [args.environments_table, args.environments_v2_table, args.api_keys_table]
+        if args.identities_table:
+            names.append(args.identities_table)
+        tables = [resource.Table(name) for name in names]
         for table in tables:
             table.load()
     except botocore.exceptions.ClientError as error:
@@ -687,13 +721,16 @@ def check_items(tables: Tables, report: Report, allow_empty: bool) -> None:
         environments = scan_all(tables.environments)
         v2_items = scan_all(tables.environments_v2)
         api_keys = scan_all(tables.api_keys)
+        identities = scan_all(tables.identities) if tables.identities is not None else []
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
         raise SetupError(f"scan failed: {error}") from error
     metas, overrides = check_v2_items(v2_items, tables.environments_v2.name, report)
     check_environment_items(environments, tables.environments.name, report)
     check_api_key_items(api_keys, environments, tables.api_keys.name, tables.environments.name, report)
     check_v1_v2_consistency(environments, metas, overrides, report, tables.environments_v2.name)
-    note_replication_attributes(environments + v2_items + api_keys, report)
+    if tables.identities is not None:
+        check_identity_items(identities, environments, overrides, tables.identities.name, report)
+    note_replication_attributes(environments + v2_items + api_keys + identities, report)
     if not environments and not allow_empty:
         report.add(tables.environments.name, ["no environment items found (pass --allow-empty if that is expected)"])
 
@@ -729,6 +766,25 @@ def check_v2_items(v2_items: list[dict], table: str, report: Report) -> tuple[li
             report.counts[f"{table} unknown document_key"] += 1
             report.add(label, ["document_key is neither '_META' nor 'identity_override:...'"])
     return metas, overrides
+
+
+def check_identity_items(
+    identities: list[dict], environments: list[dict], overrides: list[dict], table: str, report: Report
+) -> None:
+    env_keys = {item.get("api_key") for item in environments}
+    override_keys = {(item.get("identity_uuid"), item.get("document_key")) for item in overrides}
+    v2_complete = {item.get("environment_api_key") for item in overrides}
+    for item in identities:
+        label = f"{table} composite_key={item.get('composite_key')}"
+        report.counts[table] += 1
+        reasons = identity_item_reasons(item, env_keys, report, label)
+        # Where the environment has override items at all, every override has its item.
+        if item.get("environment_api_key") in v2_complete:
+            for fs in item.get("identity_features") or []:
+                key = f"{OVERRIDE_PREFIX}{to_json_value((fs.get('feature') or {}).get('id'))}:{item.get('identity_uuid')}"
+                if (item.get("identity_uuid"), key) not in override_keys:
+                    reasons.append(f"identity override {key} has no environments_v2 item")
+        report.add(label, reasons)
 
 
 def check_api_key_items(
@@ -1025,6 +1081,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--environments-table", default="flagsmith_environments")
     parser.add_argument("--environments-v2-table", default="flagsmith_environments_v2")
     parser.add_argument("--api-keys-table", default="flagsmith_environment_api_key")
+    parser.add_argument("--identities-table", help="also validate the identities table's items")
     parser.add_argument("--expect", metavar="FILE", help="JSON expectations evaluated with the Python SDK")
     parser.add_argument("--allow-empty", action="store_true", help="do not fail when the environments table is empty")
     args = parser.parse_args(argv)

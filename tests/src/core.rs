@@ -514,6 +514,9 @@ impl Core {
     /// Bulk-loads `count` identities into an environment in one statement per table:
     /// identifiers `{prefix}{n}`, three traits each (an int, a string and a bool), and an
     /// override of `feature` on every `override_every`-th identity. Returns the ids.
+    ///
+    /// `captured: false` writes them with the capture triggers off, as identities that
+    /// existed before the writer was installed (what the migration job is for).
     pub async fn generate_identities(
         &self,
         env: i32,
@@ -521,8 +524,15 @@ impl Core {
         count: i32,
         feature: i32,
         override_every: i32,
+        captured: bool,
     ) -> Vec<i32> {
         let mut tx = self.pool.begin().await.unwrap();
+        if !captured {
+            sqlx::query("SET LOCAL session_replication_role = replica")
+                .execute(&mut *tx)
+                .await
+                .expect("triggers off (needs a superuser)");
+        }
         let ids: Vec<i32> = sqlx::query_scalar(
             r#"INSERT INTO environments_identity (identifier, created_date, environment_id, system_traits)
                SELECT $1 || n, now(), $2, '{}'::jsonb FROM generate_series(1, $3) AS n

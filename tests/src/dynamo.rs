@@ -117,12 +117,23 @@ impl TestTables {
     }
 
     pub async fn on(endpoint: &str) -> TestTables {
+        Self::on_with(endpoint, true).await
+    }
+
+    /// Tables without streams, for bulk loads (DynamoDB Local slows down as stream records
+    /// accumulate).
+    pub async fn without_streams() -> TestTables {
+        let endpoint = shared().endpoint.clone();
+        Self::on_with(&endpoint, false).await
+    }
+
+    pub async fn on_with(endpoint: &str, streams: bool) -> TestTables {
         let client = client_for(endpoint).await;
         let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let names = TableNames::with_prefix(&prefix);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match edge_writer::store::tables::create_tables(&client, &names).await {
+            match edge_writer::store::tables::create_tables_with(&client, &names, streams).await {
                 Ok(_) => break,
                 Err(e) if Instant::now() < deadline => {
                     tracing::debug!(error = %e, "DynamoDB Local not ready yet");
@@ -164,24 +175,32 @@ impl TestTables {
     }
 
     pub async fn scan(&self, table: TableKind) -> Vec<Item> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(self.names.name(table))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .expect("Scan");
-            items.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return items,
+        // A parallel scan: DynamoDB Local serves segments concurrently.
+        const SEGMENTS: i32 = 4;
+        let parts = futures::future::join_all((0..SEGMENTS).map(|segment| async move {
+            let mut items = Vec::new();
+            let mut start = None;
+            loop {
+                let out = self
+                    .client
+                    .scan()
+                    .table_name(self.names.name(table))
+                    .consistent_read(true)
+                    .segment(segment)
+                    .total_segments(SEGMENTS)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .expect("Scan");
+                items.extend(out.items.unwrap_or_default());
+                match out.last_evaluated_key {
+                    Some(k) if !k.is_empty() => start = Some(k),
+                    _ => return items,
+                }
             }
-        }
+        }))
+        .await;
+        parts.into_iter().flatten().collect()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod core;
 pub mod counting;
 pub mod dynamo;
 pub mod http;
+pub mod identities;
 pub mod pg;
 pub mod proxy;
 pub mod wait;

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edge_tests::core::{basic_project, Core, Val};
+use edge_tests::core::{basic_project, Core, TraitVal, Val};
 use edge_tests::dynamo::{document_of, TestTables};
 use edge_tests::pg::TestDb;
 use edge_tests::wait;
@@ -37,7 +37,8 @@ async fn flagsmith_schema_and_sdk_accept_the_written_documents() {
     let banner = core
         .create_feature(project, "banner", "STANDARD", true, Val::str("hello"))
         .await;
-    core.create_feature(project, "limit", "STANDARD", false, Val::Int(10))
+    let limit = core
+        .create_feature(project, "limit", "STANDARD", false, Val::Int(10))
         .await;
     let flag_on = core
         .create_feature(project, "new_checkout", "STANDARD", false, Val::Bool(true))
@@ -102,6 +103,29 @@ async fn flagsmith_schema_and_sdk_accept_the_written_documents() {
     ))
     .await;
 
+    // Identities: one written by the live path, one that existed before the writer and is
+    // copied by the migration job. Identity overrides are served to local evaluation.
+    core.exec(&format!(
+        "UPDATE environments_environment SET use_identity_overrides_in_local_eval = true WHERE id = {env}"
+    ))
+    .await;
+    let dora = core.create_identity(env, "dora").await;
+    core.set_trait(dora, "age", TraitVal::Int(41)).await;
+    core.set_trait(dora, "ratio", TraitVal::Float(0.25)).await;
+    core.set_trait(dora, "beta", TraitVal::Bool(false)).await;
+    core.set_trait(dora, "plan", TraitVal::Str("free".into()))
+        .await;
+    core.exec(&format!(
+        r#"UPDATE environments_identity SET system_traits = '{{"cohort": "early", "visits": 3}}' WHERE id = {dora}"#
+    ))
+    .await;
+    core.create_identity_override(env, dora, limit, true, Val::Int(99))
+        .await;
+    core.create_identity_override(env, dora, colour, true, Val::str("purple"))
+        .await;
+    core.generate_identities(env, "legacy-", 20, banner, 4, false)
+        .await;
+
     // A second environment, large enough to be written in the compressed form.
     let org2 = core.create_organisation("Big").await;
     let project2 = core.create_project(org2, "Big", true, "COMPLETE").await;
@@ -138,6 +162,30 @@ async fn flagsmith_schema_and_sdk_accept_the_written_documents() {
             .then_some(())
     })
     .await;
+    let migrated = edge_writer::migrate_identities::run(
+        &db.pool,
+        &tables.store(),
+        edge_writer::migrate_identities::Scope {
+            project_id: project,
+            environment_id: None,
+        },
+        &edge_writer::migrate_identities::Options {
+            progress_bar: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("identity migration");
+    assert_eq!(migrated.migrated, 20, "{migrated:?}");
+    wait::until("dora written", wait::DEFAULT, || async {
+        tables
+            .get(
+                edge_documents::tables::TableKind::Identities,
+                &[("composite_key", "compatEnv_dora")],
+            )
+            .await
+    })
+    .await;
     writer.stop().await;
     assert!(tables
         .environment("compatBig")
@@ -165,6 +213,10 @@ async fn flagsmith_schema_and_sdk_accept_the_written_documents() {
             "banner": {"enabled": true, "value": "hello"},
             "colour": {"enabled": true, "value": "black"},
             "limit": {"enabled": false, "value": 10}}},
+        {"server_key": "ser.compatEnv", "identifier": "dora", "traits": {"plan": "free"}, "flags": {
+            "limit": {"enabled": true, "value": 99},
+            "colour": {"enabled": true, "value": "purple"},
+            "banner": {"enabled": true, "value": "hello"}}},
         {"server_key": "ser.compatBig", "identifier": "someone", "traits": {}, "flags": {
             "big_00": {"enabled": true, "value": big_00},
             "big_01": {"enabled": false, "value": big_01}}}
@@ -184,6 +236,7 @@ async fn flagsmith_schema_and_sdk_accept_the_written_documents() {
         .args(["--environments-table", &tables.names.environments])
         .args(["--environments-v2-table", &tables.names.environments_v2])
         .args(["--api-keys-table", &tables.names.environment_api_keys])
+        .args(["--identities-table", &tables.names.identities])
         .arg("--expect")
         .arg(&expect_path)
         .env("AWS_ACCESS_KEY_ID", "local")

@@ -362,6 +362,15 @@ fn the_writer_gets_every_table_under_its_own_variable_and_may_write_each() {
         if !actions.contains(&"dynamodb:PutItem") {
             continue;
         }
+        // Every call the writer makes (the migration job's BatchWriteItem included).
+        for needed in [
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:BatchWriteItem",
+        ] {
+            assert!(actions.contains(&needed), "{task_role}: {needed} missing");
+        }
         for resource in statement["Resource"].as_array().expect("Resource list") {
             let id = resource["Fn::GetAtt"][0]
                 .as_str()

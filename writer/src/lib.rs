@@ -6,6 +6,7 @@
 //! progress in the writer's own tables ([`state`]). [`daemon`] runs this continuously;
 //! [`sync`] and [`http`] do it on request.
 
+pub mod backfill;
 pub mod capture;
 pub mod daemon;
 pub mod db;

@@ -113,6 +113,10 @@ enum Command {
     /// Resumable (a killed run continues after its checkpoint) and safe beside the live
     /// writer; records the migration status in the project metadata table.
     MigrateIdentities(MigrateIdentitiesArgs),
+    /// Re-project and re-write documents through the versioned path: one environment, a
+    /// project, everything, or what changed since a time. Resumable; safe beside the live
+    /// writer.
+    Backfill(BackfillArgs),
     /// Show an environment's items in DynamoDB with their replication metadata.
     Inspect {
         /// Environment client-side api_key.
@@ -124,13 +128,66 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum TablesCommand {
     /// Create the tables that do not exist yet (streams on, NEW_AND_OLD_IMAGES).
-    Create,
+    Create {
+        /// Without streams (local bulk-load benchmarks only: the stream consumer needs them).
+        #[arg(long)]
+        no_streams: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum DeadLettersCommand {
     /// List parked documents with their errors.
     List,
+    /// Replicate parked documents again now (one, or all). A success removes the dead
+    /// letter; a failure updates its error. Exits non-zero if any still fails.
+    Replay {
+        /// A document key, e.g. `environment:12`, `identity:7`.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        doc: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("scope").required(true)
+    .args(["environment", "project", "all", "since"])))]
+struct BackfillArgs {
+    /// One environment: id or client-side api_key.
+    #[arg(long)]
+    environment: Option<String>,
+    /// Every environment of a project.
+    #[arg(long)]
+    project: Option<i32>,
+    /// Every environment.
+    #[arg(long)]
+    all: bool,
+    /// Every document whose newest replicated change was captured at or after this time
+    /// (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Show what would be written and how many items differ from DynamoDB; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// At most this many documents per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Documents replayed at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+    /// Start from the first document even if a stopped run of this scope left a cursor.
+    #[arg(long)]
+    restart: bool,
+    #[command(flatten)]
+    replication: ReplicationArgs,
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time like 2026-11-01T00:00:00Z: {e}"))
 }
 
 #[derive(Args, Debug)]
@@ -282,12 +339,13 @@ async fn dispatch(
             println!("migrations applied");
         }
         Command::Tables {
-            command: TablesCommand::Create,
+            command: TablesCommand::Create { no_streams },
         } => {
             let store = dynamo(&cli).await;
-            let created = store::tables::create_tables(store.client(), store.tables())
-                .await
-                .context("creating DynamoDB tables")?;
+            let created =
+                store::tables::create_tables_with(store.client(), store.tables(), !no_streams)
+                    .await
+                    .context("creating DynamoDB tables")?;
             if created.is_empty() {
                 println!("all tables exist");
             } else {
@@ -306,6 +364,10 @@ async fn dispatch(
                 .with_context(|| format!("syncing environment {environment:?}"))?;
             println!("{}", serde_json::to_string_pretty(&result)?);
         }
+        Command::DeadLetters {
+            command: DeadLettersCommand::Replay { doc, all },
+        } => replay_dead_letters(&cli, doc.as_deref(), *all).await?,
+        Command::Backfill(args) => backfill(&cli, args).await?,
         Command::DeadLetters {
             command: DeadLettersCommand::List,
         } => {
@@ -326,6 +388,104 @@ async fn dispatch(
         Command::Inspect { environment } => inspect(&cli, environment).await?,
         Command::MigrateIdentities(args) => migrate_identities(&cli, args).await?,
         Command::Run(args) => run(&cli, args, metrics_handle).await?,
+    }
+    Ok(())
+}
+
+async fn replay_dead_letters(cli: &Cli, doc: Option<&str>, all: bool) -> Result<()> {
+    use edge_writer::DocKey;
+    let pool = pool(cli, 4).await?;
+    let letters = state::dead_letters::list(&pool)
+        .await
+        .context("reading dead letters")?;
+    let keys: Vec<String> = match doc {
+        Some(d) => {
+            d.parse::<DocKey>()
+                .map_err(|e| anyhow::anyhow!("--doc: {e}"))?;
+            if !letters.iter().any(|l| l.doc_key == d) {
+                bail!("{d} is not in dead letters (see `writer dead-letters list`)");
+            }
+            vec![d.to_string()]
+        }
+        None if all => letters.iter().map(|l| l.doc_key.clone()).collect(),
+        None => bail!("pass --doc <key> or --all"),
+    };
+    if keys.is_empty() {
+        println!("no dead letters");
+        return Ok(());
+    }
+    let replicator = Replicator::new(pool.clone(), dynamo(cli).await, Settings::default());
+    let mut failed = 0;
+    for key in &keys {
+        let doc: DocKey = match key.parse() {
+            Ok(d) => d,
+            Err(e) => {
+                failed += 1;
+                println!("{key}	failed	{e}");
+                continue;
+            }
+        };
+        match replicator.replicate_now(doc).await {
+            Ok(outcome) => println!(
+                "{key}	replayed	version={}	written={}	deleted={}",
+                outcome.version.map_or("-".into(), |v| v.to_string()),
+                outcome.written,
+                outcome.deleted
+            ),
+            Err(e) => {
+                failed += 1;
+                let message = error_chain(&e);
+                state::dead_letters::park(&pool, key, e.kind().as_str(), &message, 1)
+                    .await
+                    .context("updating the dead letter")?;
+                println!("{key}	failed	{message}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} dead letters still fail", keys.len());
+    }
+    Ok(())
+}
+
+async fn backfill(cli: &Cli, args: &BackfillArgs) -> Result<()> {
+    use edge_writer::backfill::{self, Options, Scope};
+    let concurrency = u32::from(args.concurrency);
+    let pool = pool(cli, concurrency * 2 + 4).await?;
+    let scope = if let Some(env) = &args.environment {
+        let id = sync::find_environment(&pool, env)
+            .await
+            .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+        Scope::Environment(id)
+    } else if let Some(p) = args.project {
+        Scope::Project(p)
+    } else if let Some(t) = args.since {
+        Scope::Since(t)
+    } else {
+        Scope::All
+    };
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of documents per second, not {rate}");
+        }
+    }
+    let replicator = Replicator::new(pool, dynamo(cli).await, args.replication.settings());
+    let options = Options {
+        dry_run: args.dry_run,
+        rate: args.rate,
+        concurrency: usize::from(args.concurrency),
+        restart: args.restart,
+    };
+    let summary = backfill::run(&replicator, &scope, &options)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .with_context(|| format!("backfill of {}", scope.key()))?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if summary.failed > 0 {
+        bail!(
+            "{} documents failed (queued for the writer; see the failures above)",
+            summary.failed
+        );
     }
     Ok(())
 }

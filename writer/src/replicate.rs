@@ -231,6 +231,10 @@ impl<S: ItemStore> Replicator<S> {
         &self.pool
     }
 
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -258,6 +262,7 @@ impl<S: ItemStore> Replicator<S> {
                     &claim.state,
                     Some(claim.seq),
                     claim.last_change_at,
+                    false,
                 )
                 .await
             }
@@ -292,6 +297,16 @@ impl<S: ItemStore> Replicator<S> {
     /// Replicates one document now, waiting for its lock (write-through for callers that
     /// need read-your-writes). On failure the document is queued for the daemon as well.
     pub async fn replicate_now(&self, doc: DocKey) -> Result<Outcome, ReplicateError> {
+        self.replicate_now_with(doc, false).await
+    }
+
+    /// As [`Self::replicate_now`]; `force` writes every item even when the projection matches
+    /// what was last written (backfills, repairs of drift in DynamoDB).
+    pub async fn replicate_now_with(
+        &self,
+        doc: DocKey,
+        force: bool,
+    ) -> Result<Outcome, ReplicateError> {
         let doc_key = doc.to_string();
         let state_err = |source| ReplicateError::State {
             doc_key: doc_key.clone(),
@@ -323,6 +338,7 @@ impl<S: ItemStore> Replicator<S> {
                 &state,
                 queued.map(|q| q.0),
                 queued.and_then(|q| q.1),
+                force,
             )
             .await;
         match result {
@@ -376,8 +392,12 @@ impl<S: ItemStore> Replicator<S> {
                     .max(Duration::from_millis(10)),
                 _ => backoff_delay(&self.settings, attempts),
             };
-            tracing::warn!(doc = %claim.doc_key, kind = kind.as_str(), attempts,
-                retry_in_ms = delay.as_millis() as u64, error = %message, "replication failed; will retry");
+            if let ReplicateError::Leased { until, .. } = err {
+                tracing::debug!(doc = %claim.doc_key, %until, "waiting for a bulk write lease to pass");
+            } else {
+                tracing::warn!(doc = %claim.doc_key, kind = kind.as_str(), attempts,
+                    retry_in_ms = delay.as_millis() as u64, error = %message, "replication failed; will retry");
+            }
             pending::record_failure(&self.pool, &claim.doc_key, &message, delay).await?;
         }
         Ok(())
@@ -390,6 +410,7 @@ impl<S: ItemStore> Replicator<S> {
         state: &DocState,
         queued_seq: Option<i64>,
         last_change_at: Option<DateTime<Utc>>,
+        force: bool,
     ) -> Result<Outcome, ReplicateError> {
         let doc_key = doc.to_string();
         let state_err = |source| ReplicateError::State {
@@ -441,7 +462,7 @@ impl<S: ItemStore> Replicator<S> {
             .into_iter()
             .filter(|r| !desired.contains(&(r.table, r.key.to_string())))
             .collect();
-        let content_unchanged = doc_hash == state.content_hash;
+        let content_unchanged = doc_hash == state.content_hash && !force;
 
         if content_unchanged && stale.is_empty() {
             self.finish_unchanged(lock, &doc_key, queued_seq, projected.next_change_at)

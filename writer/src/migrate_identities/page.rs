@@ -115,6 +115,7 @@ pub async fn migrate_page<S: ItemStore>(
     ids: &[i32],
 ) -> Result<PageStats, PageError> {
     let mut stats = PageStats::default();
+    let t0 = std::time::Instant::now();
     let keys: Vec<String> = ids
         .iter()
         .map(|i| DocKey::Identity(*i).to_string())
@@ -175,6 +176,7 @@ pub async fn migrate_page<S: ItemStore>(
         (rows, time)
     };
     let version = documents::next_version(&mut lock).await?;
+    let t_snapshot = t0.elapsed();
 
     let mut projected: HashMap<String, Result<Projected, String>> = rows
         .iter()
@@ -260,6 +262,7 @@ pub async fn migrate_page<S: ItemStore>(
         });
     }
 
+    let t_projected = t0.elapsed();
     // Record the items and take the leases (committed before any write).
     let write_keys: Vec<String> = to_write.iter().map(|w| w.doc_key.clone()).collect();
     if !to_write.is_empty() {
@@ -311,6 +314,7 @@ pub async fn migrate_page<S: ItemStore>(
     stats.items = items.len() as u64;
     let batches: Vec<Vec<(TableKind, Item)>> =
         items.chunks(BATCH_MAX_ITEMS).map(<[_]>::to_vec).collect();
+    let t_recorded = t0.elapsed();
     let deadline = settings.lease / 2;
     let results = tokio::time::timeout(
         deadline,
@@ -338,6 +342,7 @@ pub async fn migrate_page<S: ItemStore>(
     }
     crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);
 
+    let t_written = t0.elapsed();
     // Bookkeeping, in the lock transaction.
     if !to_write.is_empty() {
         let hashes: Vec<Option<&str>> = to_write.iter().map(|w| w.hash.as_deref()).collect();
@@ -403,6 +408,16 @@ pub async fn migrate_page<S: ItemStore>(
         dead_letters::park(pool, key, kind, reason, 1).await?;
     }
 
+    tracing::debug!(
+        first = ids[0],
+        identities = ids.len(),
+        lock_and_snapshot_ms = t_snapshot.as_millis() as u64,
+        project_ms = (t_projected - t_snapshot).as_millis() as u64,
+        record_ms = (t_recorded - t_projected).as_millis() as u64,
+        write_ms = (t_written - t_recorded).as_millis() as u64,
+        bookkeeping_ms = (t0.elapsed() - t_written).as_millis() as u64,
+        "page migrated"
+    );
     stats.migrated = to_write.len() as u64;
     stats.unchanged = unchanged.len() as u64;
     stats.deferred = deferred.len() as u64;

@@ -14,6 +14,16 @@ pub async fn create_tables(
     client: &aws_sdk_dynamodb::Client,
     names: &TableNames,
 ) -> Result<Vec<String>, StoreError> {
+    create_tables_with(client, names, true).await
+}
+
+/// As [`create_tables`], with streams on or off (bulk-load benchmarks and tests: DynamoDB
+/// Local's write rate collapses as stream records accumulate).
+pub async fn create_tables_with(
+    client: &aws_sdk_dynamodb::Client,
+    names: &TableNames,
+    streams: bool,
+) -> Result<Vec<String>, StoreError> {
     let existing = list_tables(client).await?;
     let mut created = Vec::new();
     for kind in TableKind::ALL {
@@ -21,7 +31,7 @@ pub async fn create_tables(
         if existing.iter().any(|t| t == name) {
             continue;
         }
-        create_table(client, name, kind).await?;
+        create_table(client, name, kind, streams).await?;
         created.push(name.to_string());
     }
     Ok(created)
@@ -74,6 +84,7 @@ async fn create_table(
     client: &aws_sdk_dynamodb::Client,
     name: &str,
     kind: TableKind,
+    streams: bool,
 ) -> Result<(), StoreError> {
     let def = kind.definition();
     let mut attrs: Vec<(&str, AttrType)> = vec![def.hash_key];
@@ -92,13 +103,18 @@ async fn create_table(
             def.hash_key.0,
             def.range_key.map(|(n, _)| n),
         )))
-        .stream_specification(
+        .stream_specification(if streams {
             StreamSpecification::builder()
                 .stream_enabled(true)
                 .stream_view_type(StreamViewType::NewAndOldImages)
                 .build()
-                .expect("complete stream specification"),
-        );
+                .expect("complete stream specification")
+        } else {
+            StreamSpecification::builder()
+                .stream_enabled(false)
+                .build()
+                .expect("complete stream specification")
+        });
     for (attr, t) in attrs {
         request = request.attribute_definitions(
             AttributeDefinition::builder()

@@ -1,0 +1,316 @@
+//! The identity migration job against real Postgres and DynamoDB Local: a project of 100k
+//! identities migrated while the core API keeps writing, killed midway and resumed; a
+//! crash between the batch writes and the bookkeeping; re-runs; bulk-write leases.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_documents::tables::TableKind;
+use edge_tests::core::{Core, TraitVal, Val};
+use edge_tests::dynamo::{version_of, TestTables};
+use edge_tests::identities::{assert_same_items, expected_identity_items, stored_identity_items};
+use edge_tests::pg::TestDb;
+use edge_tests::wait;
+use edge_tests::writer::{writer_command, InProcessWriter};
+use edge_writer::migrate_identities::{self, status, Options, Scope};
+use rand::Rng;
+use serde_json::Value;
+
+const IDENTITIES_PER_ENV: i32 = 50_000;
+
+fn migrate_command(db: &TestDb, tables: &TestTables, project: i32) -> tokio::process::Command {
+    let mut cmd = writer_command(&db.url, tables);
+    cmd.arg("migrate-identities")
+        .arg(format!("--project={project}"))
+        .arg("--no-progress")
+        .arg("--lease-secs=10")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn job_row(db: &TestDb, project: i32) -> Option<(String, i32, i64)> {
+    sqlx::query_as(
+        "SELECT status, checkpoint_id, migrated FROM edge.identity_migration WHERE project_id = $1 AND environment_id = 0",
+    )
+    .bind(project)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until the live writer has nothing left to do.
+async fn drained(db: &TestDb) {
+    wait::until("the live writer drained", Duration::from_secs(120), || async {
+        let (log, pending): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM edge.change_log), (SELECT count(*) FROM edge.pending WHERE not_before <= now())",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .ok()?;
+        (log == 0 && pending == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_project_of_100k_identities_migrates_while_core_writes_and_resumes_after_kill_9() {
+    edge_tests::init_logging();
+    let db = TestDb::new().await;
+    let tables = TestTables::without_streams().await;
+    let core = Core::new(db.pool.clone());
+    let org = core.create_organisation("Big").await;
+    let project = core.create_project(org, "Many", true, "COMPLETE").await;
+    let e1 = core.create_environment(project, "E1", "migE1").await;
+    let e2 = core.create_environment(project, "E2", "migE2").await;
+    let flag = core
+        .create_feature(project, "flag", "STANDARD", false, Val::None)
+        .await;
+    // Identities that exist before the writer: no change was captured for them.
+    let mut ids = core
+        .generate_identities(e1, "user-", IDENTITIES_PER_ENV, flag, 10, false)
+        .await;
+    ids.extend(
+        core.generate_identities(e2, "user-", IDENTITIES_PER_ENV, flag, 10, false)
+            .await,
+    );
+    let total = ids.len();
+    let ids = Arc::new(ids);
+
+    // The live writer, and the core API updating traits all along.
+    let writer = InProcessWriter::start_on(&db.pool, &tables, 4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let updates = Arc::new(AtomicU64::new(0));
+    let updater = {
+        let (core, ids, stop, updates) = (core.clone(), ids.clone(), stop.clone(), updates.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while !stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let id = ids[rand::rng().random_range(0..ids.len())];
+                let n = updates.fetch_add(1, Ordering::SeqCst) as i32;
+                core.set_trait(id, "age", TraitVal::Int(1_000_000 + n))
+                    .await;
+                if n % 7 == 0 {
+                    core.set_trait(id, "seen", TraitVal::Str(format!("update {n}")))
+                        .await;
+                }
+            }
+        })
+    };
+
+    // First run, killed with SIGKILL midway.
+    let started = std::time::Instant::now();
+    let mut first = migrate_command(&db, &tables, project)
+        .spawn()
+        .expect("start migrate-identities");
+    wait::until("a third migrated", Duration::from_secs(300), || async {
+        let (_, _, migrated) = job_row(&db, project).await?;
+        (migrated >= total as i64 / 3).then_some(())
+    })
+    .await;
+    first.kill().await.expect("kill -9 the job");
+    let (status_after_kill, checkpoint, _) = job_row(&db, project).await.unwrap();
+    eprintln!("killed after {:?}", started.elapsed());
+    assert_eq!(status_after_kill, "IN_PROGRESS");
+    assert!(checkpoint > 0, "a checkpoint was saved");
+    let meta = status::read_metadata(&tables.store(), project)
+        .await
+        .unwrap();
+    assert_eq!(meta.status(), status::MigrationStatus::InProgress);
+
+    // Second run resumes after the checkpoint and finishes.
+    let out = tokio::time::timeout(
+        Duration::from_secs(600),
+        migrate_command(&db, &tables, project).output(),
+    )
+    .await
+    .expect("the resumed job finishes")
+    .expect("run migrate-identities");
+    assert!(
+        out.status.success(),
+        "resumed job failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    eprintln!("resumed run: {summary}");
+    assert!(summary["resumed_after_id"].as_i64().unwrap() >= checkpoint as i64);
+    assert_eq!(summary["skipped"], 0);
+    assert_eq!(summary["status"], "MIGRATION_COMPLETED");
+
+    stop.store(true, Ordering::SeqCst);
+    updater.await.unwrap();
+    assert!(
+        updates.load(Ordering::SeqCst) > 100,
+        "the core API kept writing during the migration"
+    );
+    drained(&db).await;
+    writer.stop().await;
+    eprintln!("drained after {:?}", started.elapsed());
+
+    // Every identity at its latest state, no duplicates, nothing extra.
+    let expected = expected_identity_items(&db.pool, &[e1, e2]).await;
+    assert_eq!(
+        expected.len(),
+        total + total / 10,
+        "identities plus one override item per tenth identity"
+    );
+    eprintln!("projected after {:?}", started.elapsed());
+    let stored = stored_identity_items(&tables).await;
+    assert_same_items(&stored, &expected);
+    eprintln!("compared after {:?}", started.elapsed());
+    let (status_done, _, _) = job_row(&db, project).await.unwrap();
+    assert_eq!(status_done, "COMPLETE");
+    let meta = status::read_metadata(&tables.store(), project)
+        .await
+        .unwrap();
+    assert_eq!(meta.status(), status::MigrationStatus::Completed);
+
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_batch_writes_and_the_bookkeeping_loses_nothing() {
+    edge_tests::init_logging();
+    let db = TestDb::new().await;
+    let tables = TestTables::without_streams().await;
+    let core = Core::new(db.pool.clone());
+    let org = core.create_organisation("Crash").await;
+    let project = core.create_project(org, "P", true, "COMPLETE").await;
+    let env = core.create_environment(project, "E", "crashMig").await;
+    let flag = core
+        .create_feature(project, "flag", "STANDARD", false, Val::None)
+        .await;
+    core.generate_identities(env, "c-", 2_000, flag, 3, false)
+        .await;
+
+    let mut cmd = writer_command(&db.url, &tables);
+    let status = cmd
+        .arg("migrate-identities")
+        .arg(format!("--project={project}"))
+        .arg("--lease-secs=3")
+        .env("EDGE_WRITER_CRASH_AT", "after-dynamodb-write")
+        .status()
+        .await
+        .unwrap();
+    assert!(!status.success(), "the job aborted at the crash point");
+    // Items of the crashed page are in DynamoDB, but the writer never recorded them.
+    assert!(!tables.scan(TableKind::Identities).await.is_empty());
+    let recorded: i64 = db
+        .scalar_i64("SELECT count(*) FROM edge.document WHERE version IS NOT NULL")
+        .await;
+    assert_eq!(recorded, 0);
+    // Its leases outlive it; wait for them to pass, then resume.
+    wait::until("leases expired", Duration::from_secs(30), || async {
+        (db.scalar_i64("SELECT count(*) FROM edge.write_lease WHERE until > now()")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    let out = migrate_command(&db, &tables, project)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["migrated"], 2_000, "{summary}");
+
+    let expected = expected_identity_items(&db.pool, &[env]).await;
+    assert_same_items(&stored_identity_items(&tables).await, &expected);
+    // The writer's records match what DynamoDB holds.
+    for item in tables.scan(TableKind::Identities).await {
+        let meta = edge_documents::item::stored_meta(&item).unwrap();
+        let recorded: i64 =
+            sqlx::query_scalar("SELECT version FROM edge.document WHERE doc_key = $1")
+                .bind(&meta.doc_key)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(recorded, meta.version, "{}", meta.doc_key);
+    }
+    // A re-run is idempotent: nothing to write.
+    let before = tables.scan(TableKind::Identities).await;
+    let summary = migrate_identities::run(
+        &db.pool,
+        &tables.store(),
+        Scope {
+            project_id: project,
+            environment_id: None,
+        },
+        &Options {
+            progress_bar: false,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("re-run");
+    assert_eq!(summary.migrated, 0, "{summary:?}");
+    assert_eq!(summary.unchanged, 2_000, "{summary:?}");
+    let after = tables.scan(TableKind::Identities).await;
+    let versions = |items: &[edge_documents::item::Item]| {
+        let mut v: Vec<i64> = items.iter().map(version_of).collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(versions(&before), versions(&after));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_jobs_lease_holds_the_live_path_until_it_expires() {
+    let (db, tables, core) = edge_tests::setup().await;
+    let (_, _, env) = edge_tests::core::basic_project(&core, "leaseEnv").await;
+    let dave = core.create_identity(env, "dave").await;
+    let writer = InProcessWriter::start_on(&db.pool, &tables, 2);
+    wait::until("dave written", wait::DEFAULT, || async {
+        tables
+            .get(TableKind::Identities, &[("composite_key", "leaseEnv_dave")])
+            .await
+    })
+    .await;
+    // As a job that died with a batch in flight would leave it: the lease is committed
+    // while the job holds the document's lock, then the job's connection goes away.
+    let doc_key = format!("identity:{dave}");
+    let mut job_lock = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM edge.document WHERE doc_key = $1 FOR NO KEY UPDATE")
+        .bind(&doc_key)
+        .execute(&mut *job_lock)
+        .await
+        .unwrap();
+    let until: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "INSERT INTO edge.write_lease (doc_key, until) VALUES ($1, now() + interval '2 seconds') RETURNING until",
+    )
+    .bind(&doc_key)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    job_lock.rollback().await.unwrap();
+    core.set_trait(dave, "k", TraitVal::Int(1)).await;
+    wait::until("dave's trait", wait::DEFAULT, || async {
+        let item = tables
+            .get(TableKind::Identities, &[("composite_key", "leaseEnv_dave")])
+            .await?;
+        let doc = edge_tests::dynamo::document_of(&item);
+        (doc["identity_traits"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    // Observed (on the database's clock) only once the lease had passed.
+    let observed_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        observed_at >= until,
+        "the change reached DynamoDB at {observed_at}, before the lease ended at {until}"
+    );
+    writer.stop().await;
+    db.drop_db().await;
+}
