@@ -25,7 +25,7 @@ fn migrate_command(db: &TestDb, tables: &TestTables, project: i32) -> tokio::pro
     cmd.arg("migrate-identities")
         .arg(format!("--project={project}"))
         .arg("--no-progress")
-        .arg("--lease-secs=10")
+        .arg("--lease-secs=20")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
@@ -191,7 +191,7 @@ async fn a_crash_between_the_batch_writes_and_the_bookkeeping_loses_nothing() {
     let status = cmd
         .arg("migrate-identities")
         .arg(format!("--project={project}"))
-        .arg("--lease-secs=3")
+        .arg("--lease-secs=8")
         .env("EDGE_WRITER_CRASH_AT", "after-dynamodb-write")
         .status()
         .await

@@ -3,7 +3,8 @@
 
 use edge_tests::pg::TestDb;
 
-const CAPTURED_TABLES: i64 = 20;
+// 20 tables feeding environment and API key documents, plus identities and traits.
+const CAPTURED_TABLES: i64 = 22;
 
 async fn trigger_count(db: &TestDb) -> i64 {
     db.scalar_i64("SELECT count(*) FROM pg_trigger WHERE tgname = 'edge_capture'")

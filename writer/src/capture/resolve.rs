@@ -582,7 +582,14 @@ mod tests {
             json!({"id": 5, "project_id": 2}),
             Some(json!({"id": 5, "project_id": 1})),
         );
-        assert_eq!(anchors(&c), vec![Anchor::EnvironmentAndKeys(5)]);
+        // Another project may be on the edge or not: the identities follow too.
+        assert_eq!(
+            anchors(&c),
+            vec![
+                Anchor::EnvironmentAndKeys(5),
+                Anchor::EnvironmentIdentities(5)
+            ]
+        );
         let c = change(
             "segments_segmentrule",
             json!({"id": 7, "segment_id": null, "rule_id": 6}),

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
@@ -118,6 +118,40 @@ pub enum MigrateError {
         #[source]
         source: page::PageError,
     },
+}
+
+/// One page, retried on transient errors. After a timeout, batches may still be in flight
+/// under the page's leases: the retry waits for the leases to pass, as any writer would.
+async fn migrate_page_with_retries<S: ItemStore>(
+    pool: &PgPool,
+    store: &S,
+    settings: &PageSettings,
+    ids: &[i32],
+    attempts: usize,
+) -> Result<PageStats, page::PageError> {
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(attempts)
+        .with_jitter()
+        .build();
+    loop {
+        let err = match page::migrate_page(pool, store, settings, ids).await {
+            Ok(stats) => return Ok(stats),
+            Err(e) if e.is_transient() => e,
+            Err(e) => return Err(e),
+        };
+        let Some(delay) = backoff.next() else {
+            return Err(err);
+        };
+        let delay = match err {
+            page::PageError::TimedOut(_) => settings.lease + Duration::from_millis(100),
+            _ => delay,
+        };
+        tracing::warn!(first = ids[0], last = ids[ids.len() - 1], error = %err,
+            retry_in_ms = delay.as_millis() as u64, "page failed; retrying");
+        tokio::time::sleep(delay).await;
+    }
 }
 
 /// Advisory lock namespace of the job (one job per project).
@@ -276,22 +310,14 @@ async fn run_locked<S: ItemStore>(
                     return;
                 };
                 let (first, last) = (ids[0], ids[ids.len() - 1]);
-                let result = (|| page::migrate_page(&pool, &store, &settings, &ids))
-                    .retry(
-                        ExponentialBuilder::default()
-                            .with_min_delay(Duration::from_millis(200))
-                            .with_max_delay(settings.lease)
-                            .with_max_times(attempts)
-                            .with_jitter(),
-                    )
-                    .when(page::PageError::is_transient)
-                    .notify(|e, after| {
-                        tracing::warn!(first, last, error = %e, retry_in_ms = after.as_millis() as u64,
-                            "page failed; retrying");
-                    })
+                let result = migrate_page_with_retries(&pool, &store, &settings, &ids, attempts)
                     .await
                     .map(|stats| (seq, last, stats))
-                    .map_err(|source| MigrateError::Page { first, last, source });
+                    .map_err(|source| MigrateError::Page {
+                        first,
+                        last,
+                        source,
+                    });
                 let failed = result.is_err();
                 if tx.send(result).await.is_err() || failed {
                     return;
