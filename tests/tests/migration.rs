@@ -314,3 +314,70 @@ async fn a_dead_jobs_lease_holds_the_live_path_until_it_expires() {
     writer.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_identities_are_skipped_into_dead_letters_and_one_environment_can_be_migrated() {
+    edge_tests::init_logging();
+    let db = TestDb::new().await;
+    let tables = TestTables::without_streams().await;
+    let core = Core::new(db.pool.clone());
+    let org = core.create_organisation("Bad").await;
+    let project = core.create_project(org, "P", true, "COMPLETE").await;
+    let e1 = core.create_environment(project, "E1", "badMig1").await;
+    let e2 = core.create_environment(project, "E2", "badMig2").await;
+    let flag = core
+        .create_feature(project, "flag", "STANDARD", false, Val::None)
+        .await;
+    let ids = core
+        .generate_identities(e1, "ok-", 300, flag, 5, false)
+        .await;
+    core.generate_identities(e2, "other-", 50, flag, 5, false)
+        .await;
+    // Written behind the capture, as data that predates the writer.
+    let long = "L".repeat(1100);
+    core.exec(&format!(
+        "SET session_replication_role = replica;
+         INSERT INTO environments_identity (identifier, created_date, environment_id, system_traits)
+             VALUES ('{long}', now(), {e1}, '{{}}');
+         UPDATE environments_trait SET integer_value = NULL WHERE identity_id = {} AND trait_key = 'age';
+         SET session_replication_role = DEFAULT;",
+        ids[7]
+    ))
+    .await;
+
+    let out = migrate_command(&db, &tables, project)
+        .arg(format!("--environment={e1}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["skipped"], 2, "{summary}");
+    assert_eq!(summary["migrated"], 299, "{summary}");
+    let examples = summary["skipped_examples"].to_string();
+    assert!(examples.contains("badMig1_ok-8"), "{examples}");
+    assert!(examples.contains("1100 bytes"), "{examples}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 identities were skipped"),
+        "the job says how many were skipped"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM edge.dead_letter WHERE doc_key LIKE 'identity:%'")
+            .await,
+        2
+    );
+    // Only that environment; the project's metadata status is left alone.
+    let stored = stored_identity_items(&tables).await;
+    assert!(stored
+        .values()
+        .all(|d| d["environment_api_key"] == "badMig1"));
+    let meta = status::read_metadata(&tables.store(), project)
+        .await
+        .unwrap();
+    assert_eq!(meta.status(), status::MigrationStatus::NotStarted);
+    db.drop_db().await;
+}
