@@ -46,3 +46,19 @@ pub async fn setup() -> (pg::TestDb, dynamo::TestTables, core::Core) {
     let core = core::Core::new(db.pool.clone());
     (db, tables, core)
 }
+
+/// The machine, for benchmark reports: core count and CPU model.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}

@@ -24,3 +24,19 @@ where
 }
 
 pub const DEFAULT: Duration = Duration::from_secs(30);
+
+/// Waits until the writer has nothing left to do now: no unresolved change and no due
+/// document.
+pub async fn writer_idle(pool: &sqlx::PgPool, timeout: Duration) {
+    until("the writer to be idle", timeout, || async {
+        let (log, due): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM edge.change_log),
+                    (SELECT count(*) FROM edge.pending WHERE not_before <= now())",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (log == 0 && due == 0).then_some(())
+    })
+    .await;
+}

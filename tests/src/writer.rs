@@ -81,7 +81,16 @@ pub fn writer_binary() -> PathBuf {
 
 /// The `writer` binary configured for the test database and tables (add a subcommand).
 pub fn writer_command(database_url: &str, tables: &TestTables) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(writer_binary());
+    writer_command_for(&writer_binary(), database_url, tables)
+}
+
+/// As [`writer_command`], for a given `writer` binary (the benchmarks use the release one).
+pub fn writer_command_for(
+    binary: &std::path::Path,
+    database_url: &str,
+    tables: &TestTables,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(binary);
     cmd.arg("--log-format=text")
         .env("DATABASE_URL", database_url)
         .env("DYNAMODB_ENDPOINT", &tables.endpoint)

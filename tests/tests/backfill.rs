@@ -43,13 +43,7 @@ async fn a_dry_run_finds_drift_and_a_backfill_repairs_it_and_resumes() {
         })
         .await;
     }
-    wait::until("queue empty", wait::DEFAULT, || async {
-        (db.scalar_i64("SELECT count(*) FROM edge.pending WHERE not_before <= now()")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
+    wait::writer_idle(&db.pool, wait::DEFAULT).await;
     writer_task.stop().await;
     let before = version_of(&tables.environment("bfEnv2").await.unwrap());
 

@@ -42,20 +42,6 @@ async fn job_row(db: &TestDb, project: i32) -> Option<(String, i32, i64)> {
     .unwrap()
 }
 
-/// Waits until the live writer has nothing left to do.
-async fn drained(db: &TestDb) {
-    wait::until("the live writer drained", Duration::from_secs(120), || async {
-        let (log, pending): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM edge.change_log), (SELECT count(*) FROM edge.pending WHERE not_before <= now())",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .ok()?;
-        (log == 0 && pending == 0).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_project_of_100k_identities_migrates_while_core_writes_and_resumes_after_kill_9() {
     edge_tests::init_logging();
@@ -147,7 +133,7 @@ async fn a_project_of_100k_identities_migrates_while_core_writes_and_resumes_aft
         updates.load(Ordering::SeqCst) > 100,
         "the core API kept writing during the migration"
     );
-    drained(&db).await;
+    wait::writer_idle(&db.pool, Duration::from_secs(120)).await;
     writer.stop().await;
     eprintln!("drained after {:?}", started.elapsed());
 

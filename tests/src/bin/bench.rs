@@ -70,21 +70,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} cores, {cpu}")
-}
-
 async fn flag_value(tables: &TestTables, api_key: &str) -> Option<i64> {
     let item = tables.environment(api_key).await?;
     let doc = document_of(&item);
@@ -310,7 +295,7 @@ async fn main() {
     eprintln!("bench: raw PutItem throughput reference");
     let raw_tp = raw_put_throughput(&tables, &sample, 2000, 8).await;
 
-    println!("## Benchmark ({})", machine());
+    println!("## Benchmark ({})", edge_tests::machine());
     println!();
     println!("Environment document: {item_bytes} bytes of JSON, {} environments, DynamoDB Local in memory with streams on.", o.environments);
     println!();

@@ -72,21 +72,6 @@ fn options() -> Options {
     o
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} cores, {cpu}")
-}
-
 fn writer_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("own path");
     let bin = exe.parent().expect("target/release").join("writer");
@@ -99,25 +84,8 @@ fn writer_binary() -> std::path::PathBuf {
 }
 
 fn writer(db: &TestDb, tables: &TestTables) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(writer_binary());
-    cmd.arg("--log-format=json")
-        .env("DATABASE_URL", &db.url)
-        .env("DYNAMODB_ENDPOINT", &tables.endpoint)
-        .env("AWS_REGION", "eu-west-2")
-        .env("AWS_ACCESS_KEY_ID", "local")
-        .env("AWS_SECRET_ACCESS_KEY", "local")
-        .env("EDGE_ENVIRONMENTS_TABLE", &tables.names.environments)
-        .env("EDGE_ENVIRONMENTS_V2_TABLE", &tables.names.environments_v2)
-        .env("EDGE_IDENTITIES_TABLE", &tables.names.identities)
-        .env(
-            "EDGE_ENVIRONMENT_API_KEYS_TABLE",
-            &tables.names.environment_api_keys,
-        )
-        .env(
-            "EDGE_PROJECT_METADATA_TABLE",
-            &tables.names.project_metadata,
-        )
-        .env("RUST_LOG", "warn")
+    let mut cmd = edge_tests::writer::writer_command_for(&writer_binary(), &db.url, tables);
+    cmd.env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
@@ -328,7 +296,7 @@ async fn backfill_case(environments: i32) {
 async fn main() {
     let o = options();
     edge_tests::init_logging();
-    println!("machine: {}", machine());
+    println!("machine: {}", edge_tests::machine());
     for count in &o.counts {
         migration_case(*count).await;
     }
