@@ -307,13 +307,24 @@ pub async fn migrate_page<S: ItemStore>(
 
     // The writes: batches of 25 in parallel; every batch finishes (or the deadline passes)
     // before this returns, so nothing is left in flight unless the deadline passed.
-    let items: Vec<(TableKind, Item)> = to_write
-        .iter()
-        .flat_map(|w| w.items.iter().map(|(t, _, i)| (*t, i.clone())))
-        .collect();
-    stats.items = items.len() as u64;
-    let batches: Vec<Vec<(TableKind, Item)>> =
-        items.chunks(BATCH_MAX_ITEMS).map(<[_]>::to_vec).collect();
+    // The items move into the batches (bookkeeping needs only the documents' keys).
+    let mut batches: Vec<Vec<(TableKind, Item)>> = Vec::new();
+    let mut batch = Vec::with_capacity(BATCH_MAX_ITEMS);
+    for w in to_write.iter_mut() {
+        for (table, _, item) in w.items.drain(..) {
+            stats.items += 1;
+            batch.push((table, item));
+            if batch.len() == BATCH_MAX_ITEMS {
+                batches.push(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(BATCH_MAX_ITEMS),
+                ));
+            }
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
     let t_recorded = t0.elapsed();
     let deadline = settings.lease / 2;
     let results = tokio::time::timeout(
