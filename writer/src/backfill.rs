@@ -120,12 +120,12 @@ pub async fn documents(pool: &PgPool, scope: &Scope) -> Result<Vec<String>, Back
                 .await?
         }
         Scope::Since(t) => {
-            let mut keys: Vec<String> = sqlx::query_scalar(
-                "SELECT doc_key FROM edge.document WHERE source_time >= $1 ORDER BY doc_key",
-            )
-            .bind(t)
-            .fetch_all(pool)
-            .await?;
+            // Sorted here, not by the database's collation: the cursor compares bytes.
+            let mut keys: Vec<String> =
+                sqlx::query_scalar("SELECT doc_key FROM edge.document WHERE source_time >= $1")
+                    .bind(t)
+                    .fetch_all(pool)
+                    .await?;
             keys.sort();
             return Ok(keys);
         }

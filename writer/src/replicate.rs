@@ -250,12 +250,12 @@ impl<S: ItemStore> Replicator<S> {
             return Ok(None);
         };
         let started = Instant::now();
-        let result = match claim.doc_key.parse::<DocKey>() {
-            Ok(_) if claim.state.leased_until.is_some() => Err(ReplicateError::Leased {
+        let result = match (claim.doc_key.parse::<DocKey>(), claim.state.leased_until) {
+            (Ok(_), Some(until)) => Err(ReplicateError::Leased {
                 doc_key: claim.doc_key.clone(),
-                until: claim.state.leased_until.unwrap_or_else(Utc::now),
+                until,
             }),
-            Ok(doc) => {
+            (Ok(doc), None) => {
                 self.replicate_locked(
                     &mut lock,
                     doc,
@@ -266,7 +266,7 @@ impl<S: ItemStore> Replicator<S> {
                 )
                 .await
             }
-            Err(e) => Err(e.into()),
+            (Err(e), _) => Err(e.into()),
         };
         let result = match result {
             Ok(outcome) => match lock.commit().await {

@@ -40,7 +40,8 @@ use crate::doc_key::DocKey;
 use crate::projection::environment::iso;
 use crate::projection::{self, load, Projected, ProjectionError};
 use crate::replicate::{document_hash, encode_all, error_chain, FailureKind};
-use crate::state::{dead_letters, documents, pending};
+use crate::state::documents::{self, LockedDoc};
+use crate::state::{dead_letters, leases, pending};
 use crate::store::{ItemStore, StoreError, BATCH_MAX_ITEMS};
 
 /// Tuning of a page.
@@ -90,14 +91,6 @@ impl PageError {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct Locked {
-    doc_key: String,
-    content_hash: Option<String>,
-    pending_seq: Option<i64>,
-    leased: bool,
-}
-
 struct ToWrite {
     doc_key: String,
     hash: Option<String>,
@@ -123,25 +116,9 @@ pub async fn migrate_page<S: ItemStore>(
 
     // The lock rows exist first (committed), then the locks.
     let mut side = pool.acquire().await?;
-    sqlx::query(
-        "INSERT INTO edge.document (doc_key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-    )
-    .bind(&keys)
-    .execute(&mut *side)
-    .await?;
+    documents::ensure_many(&mut side, &keys).await?;
     let mut lock = pool.begin().await?;
-    let locked: Vec<Locked> = sqlx::query_as(
-        r#"SELECT d.doc_key, d.content_hash, p.seq AS pending_seq,
-                  EXISTS (SELECT 1 FROM edge.write_lease l
-                          WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased
-           FROM edge.document d LEFT JOIN edge.pending p ON p.doc_key = d.doc_key
-           WHERE d.doc_key = ANY($1)
-           ORDER BY d.doc_key
-           FOR NO KEY UPDATE OF d SKIP LOCKED"#,
-    )
-    .bind(&keys)
-    .fetch_all(&mut *lock)
-    .await?;
+    let locked = documents::lock_many_skip_locked(&mut lock, &keys).await?;
     let mut deferred: Vec<String> = {
         let got: HashSet<&str> = locked.iter().map(|l| l.doc_key.as_str()).collect();
         keys.iter()
@@ -155,7 +132,7 @@ pub async fn migrate_page<S: ItemStore>(
             .filter(|l| l.leased)
             .map(|l| l.doc_key.clone()),
     );
-    let locked: Vec<Locked> = locked.into_iter().filter(|l| !l.leased).collect();
+    let locked: Vec<LockedDoc> = locked.into_iter().filter(|l| !l.leased).collect();
 
     // One snapshot for the page, begun after the locks were taken.
     let locked_ids: Vec<i32> = locked
@@ -189,7 +166,8 @@ pub async fn migrate_page<S: ItemStore>(
             (key, p)
         })
         .collect();
-    let recorded = recorded_live_items(&mut lock, &locked).await?;
+    let locked_keys: Vec<&str> = locked.iter().map(|l| l.doc_key.as_str()).collect();
+    let recorded = documents::live_items_of_many(&mut lock, &locked_keys).await?;
 
     let mut to_write: Vec<ToWrite> = Vec::new();
     let mut unchanged: Vec<(String, Option<i64>)> = Vec::new();
@@ -266,42 +244,13 @@ pub async fn migrate_page<S: ItemStore>(
     // Record the items and take the leases (committed before any write).
     let write_keys: Vec<String> = to_write.iter().map(|w| w.doc_key.clone()).collect();
     if !to_write.is_empty() {
-        let (docs, kinds, item_keys): (Vec<&str>, Vec<&str>, Vec<&Value>) = to_write
+        let rows: Vec<(&str, TableKind, &Value)> = to_write
             .iter()
-            .flat_map(|w| {
-                w.items
-                    .iter()
-                    .map(move |(t, k, _)| (w.doc_key.as_str(), t.as_str(), k))
-            })
-            .fold(
-                (vec![], vec![], vec![]),
-                |(mut a, mut b, mut c), (x, y, z)| {
-                    a.push(x);
-                    b.push(y);
-                    c.push(z);
-                    (a, b, c)
-                },
-            );
+            .flat_map(|w| w.items.iter().map(|(t, k, _)| (w.doc_key.as_str(), *t, k)))
+            .collect();
         let mut tx = side.begin().await?;
-        sqlx::query(
-            r#"INSERT INTO edge.document_item (doc_key, table_kind, item_key)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])
-               ON CONFLICT (doc_key, table_kind, item_key) DO UPDATE SET removed_at = NULL"#,
-        )
-        .bind(&docs)
-        .bind(&kinds)
-        .bind(&item_keys)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            r#"INSERT INTO edge.write_lease (doc_key, until)
-               SELECT unnest($1::text[]), now() + make_interval(secs => $2)
-               ON CONFLICT (doc_key) DO UPDATE SET until = excluded.until"#,
-        )
-        .bind(&write_keys)
-        .bind(settings.lease.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
+        documents::record_items_of_many(&mut tx, &rows).await?;
+        leases::take(&mut tx, &write_keys, settings.lease).await?;
         tx.commit().await?;
     }
 
@@ -345,10 +294,7 @@ pub async fn migrate_page<S: ItemStore>(
     if let Some(err) = results.into_iter().find_map(Result::err) {
         // Every batch has returned: nothing is in flight, so the leases can go now.
         let _ = lock.rollback().await;
-        sqlx::query("DELETE FROM edge.write_lease WHERE doc_key = ANY($1)")
-            .bind(&write_keys)
-            .execute(&mut *side)
-            .await?;
+        leases::release(&mut side, &write_keys).await?;
         return Err(err.into());
     }
     crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);
@@ -358,24 +304,16 @@ pub async fn migrate_page<S: ItemStore>(
     if !to_write.is_empty() {
         let hashes: Vec<Option<&str>> = to_write.iter().map(|w| w.hash.as_deref()).collect();
         let nexts: Vec<Option<DateTime<Utc>>> = to_write.iter().map(|w| w.next_change_at).collect();
-        sqlx::query(
-            r#"UPDATE edge.document d
-               SET version = $2, content_hash = x.h, deleted = false, written_at = now(),
-                   source_time = $3, next_projection_at = x.n
-               FROM unnest($1::text[], $4::text[], $5::timestamptz[]) AS x(k, h, n)
-               WHERE d.doc_key = x.k"#,
+        documents::record_writes(
+            &mut lock,
+            &write_keys,
+            &hashes,
+            &nexts,
+            version,
+            snapshot_time,
         )
-        .bind(&write_keys)
-        .bind(version)
-        .bind(snapshot_time)
-        .bind(&hashes)
-        .bind(&nexts)
-        .execute(&mut *lock)
         .await?;
-        sqlx::query("DELETE FROM edge.write_lease WHERE doc_key = ANY($1)")
-            .bind(&write_keys)
-            .execute(&mut *lock)
-            .await?;
+        leases::release(&mut lock, &write_keys).await?;
         for w in &to_write {
             if let Some(at) = w.next_change_at {
                 pending::schedule(&mut lock, &w.doc_key, at).await?;
@@ -389,31 +327,17 @@ pub async fn migrate_page<S: ItemStore>(
         .chain(unchanged.iter().map(|(k, s)| (k.as_str(), *s)))
         .filter_map(|(k, s)| s.map(|s| (k, s)))
         .unzip();
-    if !done_keys.is_empty() {
-        sqlx::query(
-            r#"DELETE FROM edge.pending p USING unnest($1::text[], $2::bigint[]) AS x(k, s)
-               WHERE p.doc_key = x.k AND p.seq = x.s"#,
-        )
-        .bind(&done_keys)
-        .bind(&done_seqs)
-        .execute(&mut *lock)
-        .await?;
-    }
+    pending::complete_many(&mut lock, &done_keys, &done_seqs).await?;
     let cleared: Vec<&str> = to_write
         .iter()
         .map(|w| w.doc_key.as_str())
         .chain(unchanged.iter().map(|(k, _)| k.as_str()))
         .collect();
-    sqlx::query("DELETE FROM edge.dead_letter WHERE doc_key = ANY($1)")
-        .bind(&cleared)
-        .execute(&mut *lock)
-        .await?;
+    dead_letters::clear_many(&mut lock, &cleared).await?;
     lock.commit().await?;
 
     // Left to the live path: queued, so they are written even if nothing else changes.
-    for key in &deferred {
-        pending::schedule(&mut side, key, Utc::now()).await?;
-    }
+    pending::schedule_many(&mut side, &deferred, Utc::now()).await?;
     for (key, kind, reason) in &parked {
         tracing::warn!(doc = %key, kind, reason = %reason, "identity skipped into dead letters");
         dead_letters::park(pool, key, kind, reason, 1).await?;
@@ -434,26 +358,4 @@ pub async fn migrate_page<S: ItemStore>(
     stats.deferred = deferred.len() as u64;
     stats.skipped = parked.into_iter().map(|(k, _, r)| (k, r)).collect();
     Ok(stats)
-}
-
-/// The live (not removed) recorded items of the locked documents, as (table, key JSON).
-async fn recorded_live_items(
-    conn: &mut sqlx::PgConnection,
-    locked: &[Locked],
-) -> Result<HashMap<String, Vec<(TableKind, String)>>, sqlx::Error> {
-    let keys: Vec<&str> = locked.iter().map(|l| l.doc_key.as_str()).collect();
-    let rows: Vec<(String, String, Value)> = sqlx::query_as(
-        r#"SELECT doc_key, table_kind, item_key FROM edge.document_item
-           WHERE doc_key = ANY($1) AND removed_at IS NULL"#,
-    )
-    .bind(&keys)
-    .fetch_all(conn)
-    .await?;
-    let mut out: HashMap<String, Vec<(TableKind, String)>> = HashMap::new();
-    for (doc, table, key) in rows {
-        if let Some(t) = TableKind::parse(&table) {
-            out.entry(doc).or_default().push((t, key.to_string()));
-        }
-    }
-    Ok(out)
 }

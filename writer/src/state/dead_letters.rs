@@ -39,8 +39,12 @@ pub async fn park(
 
 /// Removes a document from dead letters after a successful write.
 pub async fn clear(conn: &mut PgConnection, doc_key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM edge.dead_letter WHERE doc_key = $1")
-        .bind(doc_key)
+    clear_many(conn, &[doc_key]).await
+}
+
+pub async fn clear_many(conn: &mut PgConnection, doc_keys: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM edge.dead_letter WHERE doc_key = ANY($1)")
+        .bind(doc_keys)
         .execute(conn)
         .await?;
     Ok(())

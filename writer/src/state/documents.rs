@@ -70,19 +70,119 @@ pub async fn record_items(
     doc_key: &str,
     items: &[(TableKind, Value)],
 ) -> Result<(), sqlx::Error> {
-    if items.is_empty() {
+    let rows: Vec<(&str, TableKind, &Value)> =
+        items.iter().map(|(t, k)| (doc_key, *t, k)).collect();
+    record_items_of_many(conn, &rows).await
+}
+
+/// [`record_items`] for many documents in one statement: `(doc_key, table, item key)`.
+pub async fn record_items_of_many(
+    conn: &mut PgConnection,
+    rows: &[(&str, TableKind, &Value)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
         return Ok(());
     }
-    let kinds: Vec<&str> = items.iter().map(|(t, _)| t.as_str()).collect();
-    let keys: Vec<Value> = items.iter().map(|(_, k)| k.clone()).collect();
+    let docs: Vec<&str> = rows.iter().map(|(d, _, _)| *d).collect();
+    let kinds: Vec<&str> = rows.iter().map(|(_, t, _)| t.as_str()).collect();
+    let keys: Vec<&Value> = rows.iter().map(|(_, _, k)| *k).collect();
     sqlx::query(
         r#"INSERT INTO edge.document_item (doc_key, table_kind, item_key)
-           SELECT $1, t, k FROM unnest($2::text[], $3::jsonb[]) AS x(t, k)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])
            ON CONFLICT (doc_key, table_kind, item_key) DO UPDATE SET removed_at = NULL"#,
     )
-    .bind(doc_key)
+    .bind(&docs)
     .bind(&kinds)
     .bind(&keys)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The items of many documents not yet removed, as `doc_key -> [(table, key JSON text)]`.
+pub async fn live_items_of_many(
+    conn: &mut PgConnection,
+    doc_keys: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<(TableKind, String)>>, sqlx::Error> {
+    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+        r#"SELECT doc_key, table_kind, item_key FROM edge.document_item
+           WHERE doc_key = ANY($1) AND removed_at IS NULL"#,
+    )
+    .bind(doc_keys)
+    .fetch_all(conn)
+    .await?;
+    let mut out: std::collections::HashMap<String, Vec<(TableKind, String)>> = Default::default();
+    for (doc, table, key) in rows {
+        if let Some(t) = TableKind::parse(&table) {
+            out.entry(doc).or_default().push((t, key.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Makes sure the documents' rows (their locks) exist.
+pub async fn ensure_many(conn: &mut PgConnection, doc_keys: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO edge.document (doc_key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(doc_keys)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A document locked by [`lock_many_skip_locked`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LockedDoc {
+    pub doc_key: String,
+    pub content_hash: Option<String>,
+    /// The queue row's `seq` at lock time, if the document is queued.
+    pub pending_seq: Option<i64>,
+    /// An unexpired bulk-write lease holds it.
+    pub leased: bool,
+}
+
+/// Locks, in the caller's transaction, those of the documents whose lock is free (in key
+/// order), without waiting for the others.
+pub async fn lock_many_skip_locked(
+    conn: &mut PgConnection,
+    doc_keys: &[String],
+) -> Result<Vec<LockedDoc>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT d.doc_key, d.content_hash, p.seq AS pending_seq,
+                  EXISTS (SELECT 1 FROM edge.write_lease l
+                          WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased
+           FROM edge.document d LEFT JOIN edge.pending p ON p.doc_key = d.doc_key
+           WHERE d.doc_key = ANY($1)
+           ORDER BY d.doc_key
+           FOR NO KEY UPDATE OF d SKIP LOCKED"#,
+    )
+    .bind(doc_keys)
+    .fetch_all(conn)
+    .await
+}
+
+/// [`record_write`] for many documents written with one version from one snapshot.
+pub async fn record_writes(
+    conn: &mut PgConnection,
+    doc_keys: &[String],
+    content_hashes: &[Option<&str>],
+    next_projection_at: &[Option<DateTime<Utc>>],
+    version: i64,
+    source_time: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"UPDATE edge.document d
+           SET version = $2, content_hash = x.h, deleted = (x.h IS NULL), written_at = now(),
+               source_time = $3, next_projection_at = x.n
+           FROM unnest($1::text[], $4::text[], $5::timestamptz[]) AS x(k, h, n)
+           WHERE d.doc_key = x.k"#,
+    )
+    .bind(doc_keys)
+    .bind(version)
+    .bind(source_time)
+    .bind(content_hashes)
+    .bind(next_projection_at)
     .execute(conn)
     .await?;
     Ok(())

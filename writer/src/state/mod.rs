@@ -3,4 +3,5 @@
 
 pub mod dead_letters;
 pub mod documents;
+pub mod leases;
 pub mod pending;

@@ -134,18 +134,47 @@ pub async fn schedule(
     doc_key: &str,
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO edge.document (doc_key) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(doc_key)
-        .execute(&mut *conn)
-        .await?;
+    schedule_many(conn, &[doc_key.to_string()], at).await
+}
+
+/// [`schedule`] for many documents in two statements.
+pub async fn schedule_many(
+    conn: &mut PgConnection,
+    doc_keys: &[String],
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if doc_keys.is_empty() {
+        return Ok(());
+    }
+    crate::state::documents::ensure_many(&mut *conn, doc_keys).await?;
     sqlx::query(
         r#"INSERT INTO edge.pending (doc_key, seq, not_before)
-           VALUES ($1, nextval('edge.pending_seq'), $2)
+           SELECT k, nextval('edge.pending_seq'), $2 FROM unnest($1::text[]) AS k ORDER BY k
            ON CONFLICT (doc_key) DO UPDATE SET
                not_before = LEAST(edge.pending.not_before, excluded.not_before)"#,
     )
-    .bind(doc_key)
+    .bind(doc_keys)
     .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// [`complete`] for many documents: `(doc_key, seq claimed)` pairs.
+pub async fn complete_many(
+    conn: &mut PgConnection,
+    doc_keys: &[&str],
+    seqs: &[i64],
+) -> Result<(), sqlx::Error> {
+    if doc_keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        r#"DELETE FROM edge.pending p USING unnest($1::text[], $2::bigint[]) AS x(k, s)
+           WHERE p.doc_key = x.k AND p.seq = x.s"#,
+    )
+    .bind(doc_keys)
+    .bind(seqs)
     .execute(conn)
     .await?;
     Ok(())
