@@ -7,7 +7,10 @@
 //! - [`item`]: how a document becomes a DynamoDB item: replication metadata attributes,
 //!   Flagsmith's compressed form for large documents, and the way back for verification.
 //! - [`hash`]: the content hash recorded by the writer and recomputed by the consumer.
+//! - [`acks`]: the replication ledger (acknowledgements of the consumers, delete intents of
+//!   the writer).
 
+pub mod acks;
 pub mod hash;
 pub mod item;
 pub mod model;

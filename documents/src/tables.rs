@@ -129,6 +129,13 @@ pub struct TableNames {
     pub identities: String,
     pub environment_api_keys: String,
     pub project_metadata: String,
+    /// The replication ledger ([`crate::acks`]).
+    #[serde(default = "default_acks")]
+    pub acks: String,
+}
+
+fn default_acks() -> String {
+    crate::acks::ACK_TABLE.to_string()
 }
 
 impl Default for TableNames {
@@ -139,6 +146,7 @@ impl Default for TableNames {
             identities: "flagsmith_identities".into(),
             environment_api_keys: "flagsmith_environment_api_key".into(),
             project_metadata: "flagsmith_project_metadata".into(),
+            acks: default_acks(),
         }
     }
 }
@@ -153,6 +161,7 @@ impl TableNames {
             identities: format!("{prefix}{}", d.identities),
             environment_api_keys: format!("{prefix}{}", d.environment_api_keys),
             project_metadata: format!("{prefix}{}", d.project_metadata),
+            acks: format!("{prefix}{}", d.acks),
         }
     }
 

@@ -108,6 +108,7 @@ pub fn writer_command_for(
             "EDGE_PROJECT_METADATA_TABLE",
             &tables.names.project_metadata,
         )
+        .env("EDGE_ACK_TABLE", &tables.names.acks)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -11,6 +11,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest,
 };
 use aws_smithy_types::error::display::DisplayErrorContext;
+use edge_documents::acks;
 use edge_documents::item::{Item, ATTR_DOC, ATTR_VERSION};
 use edge_documents::tables::{TableKind, TableNames};
 
@@ -31,6 +32,57 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// Records in the replication ledger that the writer is about to delete an item at
+    /// `version`, so that the stream consumers can tell this removal from one made behind the
+    /// writer's back. Conditional: an older intent never replaces a newer one.
+    async fn record_delete_intent(
+        &self,
+        table: TableKind,
+        key: &Item,
+        doc_key: &str,
+        version: i64,
+    ) -> Result<(), StoreError> {
+        let Some(item_key) = acks::item_key(table, key) else {
+            return Err(StoreError {
+                op: "DeleteItem",
+                table: self.tables.name(table).to_string(),
+                message: format!("item key {key:?} does not match the table's key schema"),
+                retryable: false,
+            });
+        };
+        let now = chrono::Utc::now();
+        let intent = acks::Ack {
+            item_key,
+            region: acks::DELETE_INTENT.to_string(),
+            version,
+            doc_key: doc_key.to_string(),
+            hash: String::new(),
+            removed: true,
+            source_time: now.to_rfc3339(),
+            recorded_at_ms: now.timestamp_millis(),
+            lag_ms: None,
+        };
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.tables.acks)
+            .set_item(Some(intent.to_item()))
+            .condition_expression(acks::NEWER_CONDITION)
+            .expression_attribute_names("#ver", "version")
+            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(classify("PutItem", &self.tables.acks, e)),
+        }
+    }
+
     pub fn new(client: aws_sdk_dynamodb::Client, tables: TableNames) -> Self {
         DynamoStore { client, tables }
     }
@@ -94,6 +146,8 @@ impl ItemStore for DynamoStore {
         version: i64,
     ) -> Result<WriteOutcome, StoreError> {
         let name = self.tables.name(table);
+        self.record_delete_intent(table, &key, doc_key, version)
+            .await?;
         let result = self
             .client
             .delete_item()

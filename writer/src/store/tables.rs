@@ -34,7 +34,54 @@ pub async fn create_tables_with(
         create_table(client, name, kind, streams).await?;
         created.push(name.to_string());
     }
+    if !existing.iter().any(|t| t == &names.acks) {
+        create_ack_table(client, &names.acks).await?;
+        created.push(names.acks.clone());
+    }
     Ok(created)
+}
+
+/// The replication ledger (`edge_documents::acks`): hash `item_key`, range `region`, TTL on
+/// `expires_at`, no stream.
+async fn create_ack_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Result<(), StoreError> {
+    let err = |op, e: String| StoreError {
+        op,
+        table: name.to_string(),
+        message: e,
+        retryable: false,
+    };
+    let mut request = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_key_schema(Some(key_schema("item_key", Some("region"))));
+    for attr in ["item_key", "region"] {
+        request = request.attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(attr)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("complete attribute definition"),
+        );
+    }
+    request
+        .send()
+        .await
+        .map_err(|e| super::dynamo::classify("CreateTable", name, e))?;
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                .attribute_name("expires_at")
+                .enabled(true)
+                .build()
+                .map_err(|e| err("UpdateTimeToLive", e.to_string()))?,
+        )
+        .send()
+        .await
+        .map_err(|e| super::dynamo::classify("UpdateTimeToLive", name, e))?;
+    Ok(())
 }
 
 async fn list_tables(client: &aws_sdk_dynamodb::Client) -> Result<Vec<String>, StoreError> {
