@@ -1,13 +1,9 @@
-//! The stream consumer's core: verifying one replicated item.
+//! Verifying one replicated item, without I/O.
 //!
-//! For each new image from a DynamoDB stream it recomputes the content hash the writer
-//! recorded (`_replication_hash`) from the item itself, and checks that the version never
-//! goes backwards between the old and the new image. The Lambda handler, the local poller,
-//! acknowledgements and cache invalidation build on this.
+//! For each new image from a DynamoDB stream the consumer recomputes the content hash the
+//! writer recorded (`_replication_hash`) from the item itself, and checks that the version
+//! never goes backwards between the old and the new image.
 
-pub mod batch;
-
-pub use batch::{handle_batch, handle_record, RecordError, RecordOutcome};
 use edge_documents::hash::content_hash;
 use edge_documents::item::{logical_item, stored_meta, Item, ItemError, StoredMeta};
 
@@ -24,6 +20,13 @@ pub enum VerifyError {
     VersionWentBackwards { doc_key: String, old: i64, new: i64 },
     #[error("item cannot be read: {0}")]
     Unreadable(String),
+    #[error("item {item_key} of {doc_key} v{version} was removed without a delete of the writer (newest delete intent: {intent:?})")]
+    UnexpectedRemoval {
+        item_key: String,
+        doc_key: String,
+        version: i64,
+        intent: Option<i64>,
+    },
 }
 
 impl From<ItemError> for VerifyError {

@@ -1,0 +1,182 @@
+//! Configuration: the same settings from flags (the local poller) or environment variables
+//! (Lambda), and building the consumer from them.
+
+use std::time::Duration;
+
+use edge_documents::tables::TableNames;
+
+use crate::handler::Consumer;
+use crate::invalidate::cloudfront::CloudFrontTarget;
+use crate::invalidate::redis::RedisTarget;
+use crate::invalidate::webhook::WebhookTarget;
+use crate::invalidate::{Invalidation, Target};
+use crate::ledger::DynamoLedger;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Name of the region this consumer verifies (recorded in its acknowledgements).
+    #[arg(long = "region-name", env = "EDGE_REGION")]
+    pub region: String,
+    /// Prefix of the edge table names.
+    #[arg(long, env = "EDGE_TABLE_PREFIX", default_value = "")]
+    pub table_prefix: String,
+    /// The replication ledger table (default: prefix + flagsmith_edge_replication_acks).
+    #[arg(long, env = "EDGE_ACK_TABLE")]
+    pub ack_table: Option<String>,
+    /// Endpoint of the ledger table, when it is not the default endpoint (local runs: the
+    /// home region's DynamoDB).
+    #[arg(long, env = "EDGE_ACK_ENDPOINT_URL")]
+    pub ack_endpoint_url: Option<String>,
+    /// AWS region of the ledger table, when it is not this function's region.
+    #[arg(long, env = "EDGE_ACK_AWS_REGION")]
+    pub ack_aws_region: Option<String>,
+
+    /// Redis to invalidate (e.g. redis://127.0.0.1:6379).
+    #[arg(long, env = "EDGE_INVALIDATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys and channels.
+    #[arg(
+        long,
+        env = "EDGE_INVALIDATE_REDIS_PREFIX",
+        default_value = "flagsmith-edge:"
+    )]
+    pub redis_prefix: String,
+    /// Webhook to notify (a signed JSON POST per batch).
+    #[arg(long, env = "EDGE_INVALIDATE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Secret of the webhook's HMAC-SHA256 signature.
+    #[arg(long, env = "EDGE_INVALIDATE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Timeout of one webhook attempt, in milliseconds.
+    #[arg(
+        long,
+        env = "EDGE_INVALIDATE_WEBHOOK_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub webhook_timeout_ms: u64,
+    /// CloudFront distribution to invalidate.
+    #[arg(long, env = "EDGE_INVALIDATE_CLOUDFRONT_DISTRIBUTION_ID")]
+    pub cloudfront_distribution_id: Option<String>,
+    /// Comma-separated path templates ({environment_api_key}, {identifier}, {server_key}).
+    #[arg(long, env = "EDGE_INVALIDATE_CLOUDFRONT_PATHS", value_delimiter = ',')]
+    pub cloudfront_paths: Vec<String>,
+    /// Attempts per invalidation target and batch.
+    #[arg(long, env = "EDGE_INVALIDATION_ATTEMPTS", default_value_t = 4)]
+    pub invalidation_attempts: usize,
+    /// Delay before the second attempt, in milliseconds (doubling, with jitter).
+    #[arg(long, env = "EDGE_INVALIDATION_RETRY_MS", default_value_t = 100)]
+    pub invalidation_retry_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The settings alone, for reading them from the environment.
+#[derive(clap::Parser)]
+struct FromEnv {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+impl Settings {
+    /// The settings from environment variables only (Lambda).
+    pub fn from_env() -> Result<Settings, clap::Error> {
+        use clap::Parser;
+        FromEnv::try_parse_from(["stream-consumer"]).map(|f| f.settings)
+    }
+
+    pub fn tables(&self) -> TableNames {
+        let mut names = TableNames::with_prefix(&self.table_prefix);
+        if let Some(t) = &self.ack_table {
+            names.acks = t.clone();
+        }
+        names
+    }
+
+    /// The invalidation targets the settings name.
+    pub fn invalidation(&self, sdk: &aws_config::SdkConfig) -> Result<Invalidation, ConfigError> {
+        let mut targets: Vec<Box<dyn Target>> = Vec::new();
+        if let Some(url) = &self.redis_url {
+            targets.push(Box::new(
+                RedisTarget::new(url, &self.redis_prefix).map_err(ConfigError)?,
+            ));
+        }
+        if let Some(url) = &self.webhook_url {
+            let secret = self.webhook_secret.as_deref().ok_or_else(|| {
+                ConfigError(
+                    "EDGE_INVALIDATE_WEBHOOK_URL is set but EDGE_INVALIDATE_WEBHOOK_SECRET is not"
+                        .into(),
+                )
+            })?;
+            targets.push(Box::new(
+                WebhookTarget::new(url, secret, Duration::from_millis(self.webhook_timeout_ms))
+                    .map_err(ConfigError)?,
+            ));
+        }
+        if let Some(id) = &self.cloudfront_distribution_id {
+            let client = aws_sdk_cloudfront::Client::new(sdk);
+            targets.push(Box::new(
+                CloudFrontTarget::new(client, id, self.cloudfront_paths.clone())
+                    .map_err(ConfigError)?,
+            ));
+        }
+        Ok(Invalidation::new(
+            targets,
+            self.invalidation_attempts,
+            Duration::from_millis(self.invalidation_retry_ms),
+        ))
+    }
+
+    /// The consumer: its ledger client and invalidation targets.
+    pub fn consumer(
+        &self,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Consumer<DynamoLedger>, ConfigError> {
+        let mut ledger_config = aws_sdk_dynamodb::config::Builder::from(sdk);
+        if let Some(url) = &self.ack_endpoint_url {
+            ledger_config = ledger_config.endpoint_url(url);
+        }
+        if let Some(region) = &self.ack_aws_region {
+            ledger_config = ledger_config.region(aws_config::Region::new(region.clone()));
+        }
+        let ledger = DynamoLedger::new(
+            aws_sdk_dynamodb::Client::from_conf(ledger_config.build()),
+            self.tables().acks,
+        );
+        Ok(Consumer::new(
+            self.region.clone(),
+            ledger,
+            self.invalidation(sdk)?,
+        ))
+    }
+}
+
+/// The AWS SDK configuration: hyper 1 with rustls on ring, bounded timeouts and retries.
+/// `endpoint` overrides `AWS_ENDPOINT_URL` when given.
+pub async fn sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = loader();
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}
+
+/// The SDK config loader behind [`sdk_config`], for callers that set more (tests).
+pub fn loader() -> aws_config::ConfigLoader {
+    use aws_config::timeout::TimeoutConfig;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(20))
+                .build(),
+        )
+}

@@ -1,0 +1,391 @@
+//! Handling a batch of stream records: verify, acknowledge, invalidate.
+//!
+//! Records of a shard are ordered. With `ReportBatchItemFailures`, Lambda checkpoints before
+//! the *first* reported failure and redelivers it and everything after it, so the batch is
+//! handled in order up to the first record that fails (verification, a malformed record, or
+//! an acknowledgement that could not be written), and exactly that record is reported.
+//! Everything is idempotent (acknowledgements never go backwards, invalidations can repeat),
+//! so redelivery is harmless. The local poller uses the same contract: it rewinds its shard
+//! iterator to the failed record.
+//!
+//! Per record:
+//! 1. a new image that carries replication attributes is verified (content hash, version
+//!    order); one without them was not written by the writer and is skipped;
+//! 2. a removal of a writer's item must have a delete intent of the writer at a newer
+//!    version; otherwise the item was deleted behind the writer's back;
+//! 3. the acknowledgement (region, item, version, lag from the core commit) is recorded;
+//! 4. after the batch, the verified changes are invalidated in every cache target.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use edge_documents::acks::{self, Ack};
+use edge_documents::item::{stored_meta, ATTR_VERSION};
+use futures::future::join_all;
+
+use crate::invalidate::{dedupe, Change, Invalidation};
+use crate::ledger::Ledger;
+use crate::record::{ChangeRecord, Malformed};
+use crate::verify::{verify, VerifyError};
+
+/// Acknowledgements written at once within a batch.
+const ACK_CONCURRENCY: usize = 16;
+
+/// What happened to one batch.
+#[derive(Debug, Default, Clone)]
+pub struct BatchReport {
+    pub records: usize,
+    pub verified: usize,
+    pub removals: usize,
+    pub skipped: usize,
+    /// The first record that failed (its sequence number) and why; it and every later
+    /// record of the batch are to be redelivered.
+    pub failure: Option<(String, String)>,
+    /// Replication lag of each acknowledged record, in milliseconds.
+    pub lags_ms: Vec<i64>,
+    pub invalidated: usize,
+    pub invalidation_failures: Vec<String>,
+    pub seconds: f64,
+}
+
+impl BatchReport {
+    pub fn max_lag_ms(&self) -> Option<i64> {
+        self.lags_ms.iter().copied().max()
+    }
+}
+
+/// A checked record, before its acknowledgement.
+enum Checked {
+    Ack(Box<Ack>, Change),
+    Skipped,
+}
+
+pub struct Consumer<L> {
+    region: String,
+    ledger: L,
+    invalidation: Invalidation,
+}
+
+impl<L: Ledger> Consumer<L> {
+    pub fn new(region: impl Into<String>, ledger: L, invalidation: Invalidation) -> Self {
+        Consumer {
+            region: region.into(),
+            ledger,
+            invalidation,
+        }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn invalidation(&self) -> &Invalidation {
+        &self.invalidation
+    }
+
+    /// Handles a batch, in order, up to its first failure.
+    pub async fn handle(&self, records: Vec<Result<ChangeRecord, Malformed>>) -> BatchReport {
+        let started = Instant::now();
+        let mut report = BatchReport {
+            records: records.len(),
+            ..BatchReport::default()
+        };
+        // 1-2: check every record in order until one fails.
+        let mut checked: Vec<(String, Checked)> = Vec::with_capacity(records.len());
+        for record in records {
+            let record = match record {
+                Ok(r) => r,
+                Err(m) => {
+                    report.failure = Some((m.sequence.clone(), m.to_string()));
+                    break;
+                }
+            };
+            match self.check(&record).await {
+                Ok(c) => checked.push((record.sequence, c)),
+                Err(e) => {
+                    report.failure = Some((
+                        record.sequence.clone(),
+                        format!("record {}: {e}", record.sequence),
+                    ));
+                    break;
+                }
+            }
+        }
+        // 3: acknowledgements, concurrently, each result in record order.
+        let mut results: Vec<Result<(), String>> = Vec::with_capacity(checked.len());
+        for chunk in checked.chunks(ACK_CONCURRENCY) {
+            // A plain loop, not a closure returning futures: the latter makes the batch's
+            // future not provably Send (rust-lang/rust#110338).
+            let mut acks = Vec::with_capacity(chunk.len());
+            for (_, c) in chunk {
+                acks.push(self.acknowledge(c));
+            }
+            results.extend(join_all(acks).await);
+        }
+        let mut changes = Vec::new();
+        for ((sequence, c), result) in checked.into_iter().zip(results) {
+            if let Err(e) = result {
+                // An earlier record's failure wins over a later verification failure.
+                report.failure = Some((sequence.clone(), format!("record {sequence}: {e}")));
+                break;
+            }
+            match c {
+                Checked::Ack(ack, change) => {
+                    if ack.removed {
+                        report.removals += 1;
+                    } else {
+                        report.verified += 1;
+                    }
+                    report.lags_ms.extend(ack.lag_ms);
+                    changes.push(change);
+                }
+                Checked::Skipped => report.skipped += 1,
+            }
+        }
+        // 4: invalidation of what was verified; failures are reported, never fatal.
+        let changes = dedupe(changes);
+        report.invalidated = changes.len();
+        report.invalidation_failures = self
+            .invalidation
+            .run(&self.region, &changes)
+            .await
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect();
+        for failure in &report.invalidation_failures {
+            tracing::error!(error = %failure, changes = changes.len(), "cache invalidation failed after all attempts");
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        report
+    }
+
+    async fn acknowledge(&self, checked: &Checked) -> Result<(), String> {
+        match checked {
+            Checked::Ack(ack, _) => self
+                .ledger
+                .acknowledge(ack)
+                .await
+                .map_err(|e| e.to_string()),
+            Checked::Skipped => Ok(()),
+        }
+    }
+
+    async fn check(&self, record: &ChangeRecord) -> Result<Checked, VerifyError> {
+        let item_key = acks::item_key(record.table, &record.keys).ok_or_else(|| {
+            VerifyError::Unreadable(format!(
+                "keys {:?} do not match table {}",
+                record.keys,
+                record.table.as_str()
+            ))
+        })?;
+        let now = Utc::now();
+        match &record.new {
+            Some(new) => {
+                if !new.contains_key(ATTR_VERSION) {
+                    return Ok(Checked::Skipped);
+                }
+                let meta = verify(new, record.old.as_ref())?;
+                let lag_ms = DateTime::parse_from_rfc3339(&meta.source_time)
+                    .ok()
+                    .map(|t| (now - t.with_timezone(&Utc)).num_milliseconds().max(0));
+                let change = Change::of_item(record.table, new, &meta.doc_key, meta.version, false);
+                Ok(Checked::Ack(
+                    Box::new(Ack {
+                        item_key,
+                        region: self.region.clone(),
+                        version: meta.version,
+                        doc_key: meta.doc_key,
+                        hash: meta.hash,
+                        removed: false,
+                        source_time: meta.source_time,
+                        recorded_at_ms: now.timestamp_millis(),
+                        lag_ms,
+                    }),
+                    change,
+                ))
+            }
+            None => {
+                let Some(old) = &record.old else {
+                    return Ok(Checked::Skipped);
+                };
+                let Ok(old_meta) = stored_meta(old) else {
+                    return Ok(Checked::Skipped);
+                };
+                let intent = self
+                    .ledger
+                    .delete_intent(&item_key)
+                    .await
+                    .map_err(|e| VerifyError::Unreadable(e.to_string()))?;
+                let newest = intent.as_ref().map(|i| i.version);
+                let Some(intent) = intent.filter(|i| i.version > old_meta.version) else {
+                    return Err(VerifyError::UnexpectedRemoval {
+                        item_key,
+                        doc_key: old_meta.doc_key,
+                        version: old_meta.version,
+                        intent: newest,
+                    });
+                };
+                let change =
+                    Change::of_item(record.table, old, &old_meta.doc_key, intent.version, true);
+                Ok(Checked::Ack(
+                    Box::new(Ack {
+                        item_key,
+                        region: self.region.clone(),
+                        version: intent.version,
+                        doc_key: old_meta.doc_key,
+                        hash: String::new(),
+                        removed: true,
+                        lag_ms: Some((now.timestamp_millis() - intent.recorded_at_ms).max(0)),
+                        source_time: intent.source_time,
+                        recorded_at_ms: now.timestamp_millis(),
+                    }),
+                    change,
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::LedgerError;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use edge_documents::item::{encode, Item, ReplicationMeta};
+    use edge_documents::tables::TableKind;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct FakeLedger {
+        acks: Mutex<Vec<Ack>>,
+        intents: Mutex<Vec<Ack>>,
+        fail_acks_of: Option<i64>,
+    }
+
+    impl Ledger for FakeLedger {
+        async fn acknowledge(&self, ack: &Ack) -> Result<(), LedgerError> {
+            if self.fail_acks_of == Some(ack.version) {
+                return Err(LedgerError {
+                    table: "acks".into(),
+                    op: "PutItem",
+                    message: "unreachable".into(),
+                });
+            }
+            self.acks.lock().unwrap().push(ack.clone());
+            Ok(())
+        }
+        async fn delete_intent(&self, item_key: &str) -> Result<Option<Ack>, LedgerError> {
+            Ok(self
+                .intents
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|a| a.item_key == item_key)
+                .cloned())
+        }
+    }
+
+    fn item(version: i64, name: &str) -> Item {
+        let meta = ReplicationMeta {
+            version,
+            source_time: "2026-01-01T00:00:00+00:00".into(),
+            doc_key: "environment:1".into(),
+        };
+        encode(&json!({"api_key": "k", "name": name, "id": 1}), &meta, None)
+            .unwrap()
+            .item
+    }
+
+    fn record(seq: &str, new: Option<Item>, old: Option<Item>) -> Result<ChangeRecord, Malformed> {
+        Ok(ChangeRecord {
+            sequence: seq.into(),
+            table: TableKind::Environments,
+            keys: [("api_key".to_string(), AttributeValue::S("k".into()))].into(),
+            new,
+            old,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_poison_record_is_the_only_failure_and_later_records_wait() {
+        let consumer = Consumer::new("r1", FakeLedger::default(), Invalidation::none());
+        let mut tampered = item(3, "a");
+        tampered.insert("name".into(), AttributeValue::S("changed".into()));
+        let report = consumer
+            .handle(vec![
+                record("100", Some(item(2, "a")), Some(item(1, "a"))),
+                record("200", Some(tampered), None),
+                record("300", Some(item(4, "a")), None),
+            ])
+            .await;
+        let (seq, error) = report.failure.unwrap();
+        assert_eq!(seq, "200");
+        assert!(error.contains("content hash"), "{error}");
+        let acked: Vec<i64> = consumer
+            .ledger
+            .acks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.version)
+            .collect();
+        assert_eq!(
+            acked,
+            vec![2],
+            "only the records before the failure are done"
+        );
+        assert_eq!(report.verified, 1);
+    }
+
+    #[tokio::test]
+    async fn removals_need_a_newer_delete_intent() {
+        let ledger = FakeLedger::default();
+        let consumer = Consumer::new("r1", ledger, Invalidation::none());
+        let report = consumer
+            .handle(vec![record("1", None, Some(item(5, "a")))])
+            .await;
+        assert!(report
+            .failure
+            .unwrap()
+            .1
+            .contains("removed without a delete of the writer"));
+
+        consumer.ledger.intents.lock().unwrap().push(Ack {
+            item_key: "environments|k".into(),
+            region: acks::DELETE_INTENT.into(),
+            version: 6,
+            doc_key: "environment:1".into(),
+            hash: String::new(),
+            removed: true,
+            source_time: String::new(),
+            recorded_at_ms: Utc::now().timestamp_millis(),
+            lag_ms: None,
+        });
+        let report = consumer
+            .handle(vec![record("1", None, Some(item(5, "a")))])
+            .await;
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        assert_eq!(report.removals, 1);
+        let acks = consumer.ledger.acks.lock().unwrap();
+        assert!(acks[0].removed && acks[0].version == 6);
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_that_cannot_be_written_fails_its_record() {
+        let ledger = FakeLedger {
+            fail_acks_of: Some(2),
+            ..FakeLedger::default()
+        };
+        let consumer = Consumer::new("r1", ledger, Invalidation::none());
+        let report = consumer
+            .handle(vec![
+                record("1", Some(item(1, "a")), None),
+                record("2", Some(item(2, "a")), None),
+                record("3", Some(item(3, "a")), None),
+            ])
+            .await;
+        assert_eq!(report.failure.unwrap().0, "2");
+        assert_eq!(report.verified, 1);
+    }
+}
