@@ -20,6 +20,7 @@ pub mod replicate;
 pub mod state;
 pub mod store;
 pub mod sync;
+pub mod verify;
 
 pub use doc_key::DocKey;
 pub use replicate::{Outcome, Replicator, Settings};

@@ -61,6 +61,9 @@ struct TableArgs {
     environment_api_keys_table: Option<String>,
     #[arg(long, env = "EDGE_PROJECT_METADATA_TABLE", global = true)]
     project_metadata_table: Option<String>,
+    /// The replication ledger (consumers' acknowledgements, the writer's delete intents).
+    #[arg(long, env = "EDGE_ACK_TABLE", global = true)]
+    ack_table: Option<String>,
 }
 
 impl TableArgs {
@@ -75,6 +78,7 @@ impl TableArgs {
                 &mut names.environment_api_keys,
             ),
             (&self.project_metadata_table, &mut names.project_metadata),
+            (&self.ack_table, &mut names.acks),
         ];
         for (given, slot) in overrides {
             if let Some(name) = given {
@@ -117,6 +121,11 @@ enum Command {
     /// project, everything, or what changed since a time. Resumable; safe beside the live
     /// writer.
     Backfill(BackfillArgs),
+    /// Compare Postgres with the items of every region and with the consumers'
+    /// acknowledgements; list missing, stale, corrupted, extra and unconfirmed items.
+    /// Exit code: 0 no drift, 2 drift found, 3 drift found and every drifting document
+    /// re-written (`--repair`; run again once replication has carried it), 1 verify failed.
+    Verify(VerifyArgs),
     /// Show an environment's items in DynamoDB with their replication metadata.
     Inspect {
         /// Environment client-side api_key.
@@ -182,6 +191,44 @@ struct BackfillArgs {
     restart: bool,
     #[command(flatten)]
     replication: ReplicationArgs,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// A region to verify, as its stream consumer names it: `NAME` (an AWS region, reached at
+    /// the SDK's endpoint for it) or `NAME=ENDPOINT_URL`. Repeat for every replica region.
+    #[arg(long = "region", required = true, value_parser = parse_region)]
+    regions: Vec<(String, Option<String>)>,
+    /// A write older than this many seconds without an acknowledgement of a region is
+    /// reported as unconfirmed.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_209_600))]
+    ack_deadline_secs: u64,
+    /// Re-write every drifting document through the normal versioned path.
+    #[arg(long)]
+    repair: bool,
+    /// Print the whole report as JSON instead of one line per drift and a summary.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    replication: ReplicationArgs,
+}
+
+fn parse_region(s: &str) -> Result<(String, Option<String>), String> {
+    let (name, endpoint) = match s.split_once('=') {
+        Some((n, e)) => (n, Some(e.to_string())),
+        None => (s, None),
+    };
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(format!("`{s}` is not NAME or NAME=ENDPOINT_URL"));
+    }
+    if let Some(e) = &endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(format!(
+                "endpoint `{e}` of region {name} is not an http(s) URL"
+            ));
+        }
+    }
+    Ok((name.to_string(), endpoint))
 }
 
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
@@ -368,6 +415,7 @@ async fn dispatch(
             command: DeadLettersCommand::Replay { doc, all },
         } => replay_dead_letters(&cli, doc.as_deref(), *all).await?,
         Command::Backfill(args) => backfill(&cli, args).await?,
+        Command::Verify(args) => verify(&cli, args).await?,
         Command::DeadLetters {
             command: DeadLettersCommand::List,
         } => {
@@ -488,6 +536,76 @@ async fn backfill(cli: &Cli, args: &BackfillArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
+    use edge_writer::verify::{self, Options, Region};
+    let pool = pool(cli, 4).await?;
+    let store = dynamo(cli).await;
+    let mut regions = Vec::new();
+    for (name, endpoint) in &args.regions {
+        let client = match endpoint {
+            Some(url) => store::client::dynamodb(Some(url)).await,
+            None => store::client::dynamodb_in_region(name).await,
+        };
+        regions.push(Region {
+            name: name.clone(),
+            client,
+        });
+    }
+    let ledger = store.client().clone();
+    let tables = store.tables().clone();
+    let replicator = Replicator::new(pool, store, args.replication.settings());
+    let options = Options {
+        ack_deadline: Duration::from_secs(args.ack_deadline_secs),
+        repair: args.repair,
+    };
+    let report = verify::run(&replicator, &tables, &ledger, &regions, &options)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .context("verify")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for d in &report.drifts {
+            println!(
+                "{}\t{:?}\t{}\t{}\t{}",
+                d.region,
+                d.kind,
+                d.item_key,
+                d.doc_key.as_deref().unwrap_or("-"),
+                d.detail
+            );
+        }
+        for u in &report.unprojectable {
+            println!("postgres\tunprojectable\t{u}");
+        }
+        for f in &report.repair_failures {
+            println!("repair failed\t{f}");
+        }
+        let regions: Vec<String> = report
+            .regions
+            .iter()
+            .map(|r| format!("{}: {} items ({} foreign)", r.name, r.items, r.foreign))
+            .collect();
+        println!(
+            "expected {} items; {}; {} documents in flight; drift {:?}; repaired {} documents; {:.1} s",
+            report.expected_items,
+            regions.join(", "),
+            report.in_flight_documents,
+            report.counts,
+            report.repaired_documents,
+            report.seconds
+        );
+    }
+    let code = if report.clean() {
+        0
+    } else if args.repair && report.repaired() {
+        3
+    } else {
+        2
+    };
+    std::process::exit(code);
 }
 
 async fn migrate_identities(cli: &Cli, args: &MigrateIdentitiesArgs) -> Result<()> {

@@ -47,6 +47,15 @@ pub async fn dynamodb(endpoint: Option<&str>) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&loader.load().await)
 }
 
+/// A client for another AWS region, at the SDK's endpoint for it.
+pub async fn dynamodb_in_region(region: &str) -> aws_sdk_dynamodb::Client {
+    let config = loader()
+        .region(aws_config::Region::new(region.to_string()))
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&config)
+}
+
 /// A client with a fixed region and static credentials: for DynamoDB Local (which keeps a
 /// separate database per access key and region unless started with `-sharedDb`) and tests.
 pub async fn with_static_credentials(
