@@ -2,6 +2,7 @@
 #   TEST_DATABASE_URL   a Postgres server where databases can be created
 #   DYNAMODB_LOCAL_DIR  DynamoDB Local's jar directory (each test binary starts its own)
 #   EDGE_COMPAT_PYTHON  the venv python with Flagsmith's packages
+#   TEST_REDIS_URL      a Redis for the cache-invalidation tests (infra/local/redis.sh)
 #
 # Postgres: TEST_DATABASE_URL or DATABASE_URL when set; else the local server on
 # 127.0.0.1:5432 when it accepts user postgres without a password; else a private cluster
@@ -31,3 +32,5 @@ DYNAMODB_LOCAL_DIR="$(infra/local/dynamodb.sh dir)"
 export DYNAMODB_LOCAL_DIR
 EDGE_COMPAT_PYTHON="$(infra/local/python.sh)"
 export EDGE_COMPAT_PYTHON
+TEST_REDIS_URL="$(infra/local/redis.sh url)"
+export TEST_REDIS_URL

@@ -96,6 +96,12 @@ pub fn shared() -> &'static DynamoLocal {
     })
 }
 
+/// A second instance of the test binary, standing for a second region.
+pub fn second() -> &'static DynamoLocal {
+    static INSTANCE: OnceLock<DynamoLocal> = OnceLock::new();
+    INSTANCE.get_or_init(start_instance)
+}
+
 pub async fn client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
     edge_writer::store::client::with_static_credentials(endpoint, "eu-west-2", "local", "local")
         .await
@@ -128,9 +134,13 @@ impl TestTables {
     }
 
     pub async fn on_with(endpoint: &str, streams: bool) -> TestTables {
-        let client = client_for(endpoint).await;
         let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let names = TableNames::with_prefix(&prefix);
+        Self::named(endpoint, TableNames::with_prefix(&prefix), streams).await
+    }
+
+    /// Tables of the given names (e.g. the same names in a second region).
+    pub async fn named(endpoint: &str, names: TableNames, streams: bool) -> TestTables {
+        let client = client_for(endpoint).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match edge_writer::store::tables::create_tables_with(&client, &names, streams).await {

@@ -5,15 +5,21 @@
 //! - [`dynamo`]: one DynamoDB Local per test binary (tables get a per-test prefix).
 //! - [`core`]: inserts core rows the way Flagsmith's core API writes them.
 //! - [`wait`]: polling with deadlines.
+//! - [`relay`], [`regions`], [`webhook`]: two DynamoDB Local instances as two regions with
+//!   emulated global-table replication, stream consumers on both, a webhook receiver.
 
 pub mod core;
 pub mod counting;
 pub mod dynamo;
 pub mod http;
 pub mod identities;
+pub mod lambda_api;
 pub mod pg;
 pub mod proxy;
+pub mod regions;
+pub mod relay;
 pub mod wait;
+pub mod webhook;
 pub mod writer;
 
 /// Logs of the code under test, once per process (`RUST_LOG` filters).
