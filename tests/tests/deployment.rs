@@ -1,8 +1,9 @@
 //! The deployment template (`infra/aws/template.yaml`) matches the table definitions in
 //! `edge_documents::tables`, the one source of truth: same names, keys, attribute types,
 //! indexes, streams and billing mode, and no table the code does not know except the
-//! stream consumer's acknowledgements. The writer's table variables and the consumer's
-//! streams point at the right tables.
+//! replication ledger. The writer's table variables and the consumer's streams point at the
+//! right tables, and the writer's and the consumer's roles allow what they call on the
+//! ledger and what `writer verify` scans.
 //!
 //! The YAML is read by cfn-lint's own decoder (it understands `!Sub`, `!GetAtt`, ...), run
 //! with the Python of the infra venv that `infra/aws/lint.sh` installs
@@ -331,34 +332,29 @@ fn the_writer_gets_every_table_under_its_own_variable_and_may_write_each() {
             "{variable} refers to {target}"
         );
     }
+    let acks_id = acks_table_id();
+    assert_eq!(
+        environment.get("EDGE_ACK_TABLE").map(|v| &v["Ref"]),
+        Some(&Value::from(acks_id)),
+        "the writer's EDGE_ACK_TABLE must be !Ref {acks_id} (delete intents, verify)"
+    );
     let secrets = container["Secrets"].as_array().expect("Secrets");
     assert!(
         secrets.iter().any(|s| s["Name"] == "DATABASE_URL"),
         "DATABASE_URL comes from Secrets Manager"
     );
 
-    // The task role may write items of exactly the five tables.
-    let task_role = task["Properties"]["TaskRoleArn"]["Fn::GetAtt"][0]
-        .as_str()
-        .expect("TaskRoleArn is !GetAtt <role>.Arn");
-    let statements = resources()[task_role]["Properties"]["Policies"]
-        .as_array()
-        .expect("Policies")
-        .iter()
-        .flat_map(|p| {
-            p["PolicyDocument"]["Statement"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>();
+    // The task role may write items of exactly the five tables, and delete intents into the
+    // ledger.
+    let task_role = writer_task_role(task);
     let mut writable = BTreeSet::new();
-    for statement in &statements {
-        let actions: Vec<&str> = match &statement["Action"] {
-            Value::String(a) => vec![a.as_str()],
-            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-            other => panic!("{task_role}: Action {other}"),
-        };
+    let mut ledger_actions = BTreeSet::new();
+    for statement in role_statements(task_role) {
+        let actions = actions(task_role, &statement);
+        if statement_resource_ids(&statement) == [acks_id] {
+            ledger_actions.extend(actions.iter().map(|a| a.to_string()));
+            continue;
+        }
         if !actions.contains(&"dynamodb:PutItem") {
             continue;
         }
@@ -383,6 +379,160 @@ fn the_writer_gets_every_table_under_its_own_variable_and_may_write_each() {
         writable,
         BTreeSet::from(TableKind::ALL),
         "{task_role}: writable tables"
+    );
+    for needed in ["dynamodb:PutItem", "dynamodb:Scan"] {
+        assert!(
+            ledger_actions.contains(needed),
+            "{task_role}: {needed} on {acks_id} missing (delete intents, `writer verify`)"
+        );
+    }
+}
+
+/// The logical id of the replication ledger table.
+fn acks_table_id() -> &'static str {
+    tables()
+        .get(ACKS_TABLE)
+        .unwrap_or_else(|| panic!("the template has no table {ACKS_TABLE}"))
+        .0
+}
+
+fn writer_task_role(task: &Value) -> &str {
+    task["Properties"]["TaskRoleArn"]["Fn::GetAtt"][0]
+        .as_str()
+        .expect("TaskRoleArn is !GetAtt <role>.Arn")
+}
+
+/// Every statement of a role's inline policies (those under `!If` too, either branch).
+fn role_statements(role: &str) -> Vec<Value> {
+    let mut statements = Vec::new();
+    for policy in resources()[role]["Properties"]["Policies"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{role}: Policies"))
+    {
+        let branches = match policy.get("Fn::If").and_then(Value::as_array) {
+            Some(b) => b[1..].to_vec(),
+            None => vec![policy.clone()],
+        };
+        for branch in branches {
+            if let Some(list) = branch["PolicyDocument"]["Statement"].as_array() {
+                statements.extend(list.iter().cloned());
+            }
+        }
+    }
+    statements
+}
+
+fn actions<'a>(role: &str, statement: &'a Value) -> Vec<&'a str> {
+    match &statement["Action"] {
+        Value::String(a) => vec![a.as_str()],
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        other => panic!("{role}: Action {other}"),
+    }
+}
+
+fn statement_resources(statement: &Value) -> Vec<&Value> {
+    match &statement["Resource"] {
+        Value::Array(list) => list.iter().collect(),
+        one => vec![one],
+    }
+}
+
+/// The logical ids of a statement's `!GetAtt <id>.Arn` resources.
+fn statement_resource_ids(statement: &Value) -> Vec<&str> {
+    statement_resources(statement)
+        .into_iter()
+        .filter_map(|r| r["Fn::GetAtt"][0].as_str())
+        .collect()
+}
+
+/// The `!Sub` strings of a statement's resources.
+fn statement_resource_subs(statement: &Value) -> Vec<&str> {
+    statement_resources(statement)
+        .into_iter()
+        .filter_map(|r| r["Fn::Sub"].as_str())
+        .collect()
+}
+
+/// The tables the consumer verifies (those with an event source mapping), which
+/// `writer verify` scans in every region.
+const STREAMED: [TableKind; 4] = [
+    TableKind::Environments,
+    TableKind::EnvironmentsV2,
+    TableKind::Identities,
+    TableKind::EnvironmentApiKeys,
+];
+
+#[test]
+fn writer_verify_may_scan_the_streamed_tables_in_every_region_and_nothing_else() {
+    let task = resources()
+        .values()
+        .find(|r| r["Type"] == "AWS::ECS::TaskDefinition")
+        .expect("the writer's task definition");
+    let task_role = writer_task_role(task);
+    let defaults = TableNames::default();
+    let mut scanned = BTreeSet::new();
+    for statement in role_statements(task_role) {
+        if !actions(task_role, &statement).contains(&"dynamodb:Scan") {
+            continue;
+        }
+        if statement_resource_ids(&statement) == [acks_table_id()] {
+            continue; // the ledger, in the home region (checked above)
+        }
+        for sub in statement_resource_subs(&statement) {
+            let name = sub
+                .strip_prefix("arn:${AWS::Partition}:dynamodb:*:${AWS::AccountId}:table/${TablePrefix}")
+                .unwrap_or_else(|| {
+                    panic!("{task_role}: Scan on {sub}: expected a table of this account in any region")
+                });
+            scanned.insert(
+                defaults
+                    .kind_of(name)
+                    .unwrap_or_else(|| panic!("{task_role}: Scan on {name}, no edge table")),
+            );
+        }
+        assert!(
+            statement_resource_ids(&statement).is_empty(),
+            "{task_role}: a Scan statement mixes the replicas with other resources"
+        );
+    }
+    assert_eq!(
+        scanned,
+        BTreeSet::from(STREAMED),
+        "{task_role}: tables `writer verify` may scan in every region"
+    );
+}
+
+#[test]
+fn the_consumer_may_acknowledge_and_read_delete_intents_in_its_local_ledger() {
+    let function = resources()
+        .values()
+        .find(|r| r["Type"] == "AWS::Serverless::Function")
+        .expect("the stream consumer");
+    let role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+        .as_str()
+        .expect("Role is !GetAtt <role>.Arn");
+    let local_ledger = format!(
+        "arn:${{AWS::Partition}}:dynamodb:${{AWS::Region}}:${{AWS::AccountId}}:table/${{TablePrefix}}{ACKS_TABLE}"
+    );
+    let mut granted = BTreeSet::new();
+    for statement in role_statements(role) {
+        if statement_resource_subs(&statement).contains(&local_ledger.as_str()) {
+            granted.extend(actions(role, &statement).into_iter().map(str::to_string));
+        }
+    }
+    assert_eq!(
+        granted,
+        BTreeSet::from([
+            "dynamodb:GetItem".to_string(),
+            "dynamodb:PutItem".to_string()
+        ]),
+        "{role}: actions on the local ledger replica (acknowledgements, delete intents)"
+    );
+    let variables = &function["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        variables["EDGE_ACK_TABLE"]["Fn::Sub"],
+        format!("${{TablePrefix}}{ACKS_TABLE}"),
+        "the consumer's EDGE_ACK_TABLE"
     );
 }
 
@@ -417,12 +567,62 @@ fn the_consumer_reads_the_streams_of_the_tables_it_verifies() {
         .collect();
     assert_eq!(
         streamed,
-        BTreeSet::from([
-            TableKind::Environments,
-            TableKind::EnvironmentsV2,
-            TableKind::Identities,
-            TableKind::EnvironmentApiKeys,
-        ]),
+        BTreeSet::from(STREAMED),
         "the consumer's event source mappings"
     );
+}
+
+/// Every alarm on a `FlagsmithEdge` metric watches something that is published: by the
+/// consumer's embedded metrics (the names of `stream_consumer::metrics::emf`) or by a log
+/// metric filter of the template whose pattern matches a line the writer logs.
+#[test]
+fn every_edge_alarm_watches_a_metric_something_publishes() {
+    let emf = stream_consumer::metrics::emf("r", &stream_consumer::BatchReport::default(), 0);
+    let emf_names: BTreeSet<String> = emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap().to_string())
+        .collect();
+    let daemon = std::fs::read_to_string(edge_tests::repo_root().join("writer/src/daemon.rs"))
+        .expect("read the writer's daemon");
+    let mut filtered = BTreeSet::new();
+    for (id, r) in resources() {
+        if r["Type"] != "AWS::Logs::MetricFilter" {
+            continue;
+        }
+        let pattern = r["Properties"]["FilterPattern"].as_str().unwrap();
+        let message = pattern
+            .split('"')
+            .nth(1)
+            .unwrap_or_else(|| panic!("{id}: pattern {pattern} names no message"));
+        assert!(
+            daemon.contains(&format!("\"{message}\"")),
+            "{id} matches log lines `{message}` that writer/src/daemon.rs does not write"
+        );
+        for t in r["Properties"]["MetricTransformations"].as_array().unwrap() {
+            let field = t["MetricValue"].as_str().unwrap();
+            let field = field.trim_start_matches("$.fields.");
+            assert!(
+                daemon.contains(&format!("{field} = ")),
+                "{id}: the writer's line carries no field {field}"
+            );
+            filtered.insert(t["MetricName"].as_str().unwrap().to_string());
+        }
+    }
+    let mut watched = 0;
+    for (id, r) in resources() {
+        if r["Type"] != "AWS::CloudWatch::Alarm" || r["Properties"]["Namespace"] != "FlagsmithEdge"
+        {
+            continue;
+        }
+        watched += 1;
+        let name = r["Properties"]["MetricName"].as_str().unwrap();
+        assert!(
+            emf_names.contains(name) || filtered.contains(name),
+            "alarm {id} watches FlagsmithEdge/{name}, which nothing publishes \
+             (consumer EMF: {emf_names:?}; log filters: {filtered:?})"
+        );
+    }
+    assert!(watched >= 3, "the edge alarms are found ({watched})");
 }

@@ -154,7 +154,11 @@ async fn worker_loop<S: ItemStore>(
     }
 }
 
+/// The queue gauges, every 5 s; and every minute a log line `writer queue` with the same
+/// figures, from which the deployment's log metric filter publishes
+/// `FlagsmithEdge/DeadLetters` (ECS log drivers do not carry embedded metrics).
 async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
+    let mut last_log: Option<std::time::Instant> = None;
     loop {
         if let Ok((depth, due)) = pending::depth(&pool).await {
             let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM edge.dead_letter")
@@ -162,6 +166,15 @@ async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
                 .await
                 .unwrap_or(0);
             m::record_queue(depth, due, dead);
+            if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                last_log = Some(std::time::Instant::now());
+                tracing::info!(
+                    queue_depth = depth,
+                    queue_due = due,
+                    dead_letters = dead,
+                    "writer queue"
+                );
+            }
         }
         tokio::select! {
             _ = shutdown.changed() => return,
