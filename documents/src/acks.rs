@@ -140,6 +140,22 @@ impl Ack {
 /// entry (or none). Names: `#ver` = `version`; values: `:v` the new version.
 pub const NEWER_CONDITION: &str = "attribute_not_exists(#ver) OR #ver < :v";
 
+/// The PutItem of `ack` into `table`, conditional on [`NEWER_CONDITION`]. A conditional check
+/// failure means a newer entry is already there.
+pub fn put_newer(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    ack: &Ack,
+) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(ack.to_item()))
+        .condition_expression(NEWER_CONDITION)
+        .expression_attribute_names("#ver", "version")
+        .expression_attribute_values(":v", AttributeValue::N(ack.version.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

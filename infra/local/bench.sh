@@ -5,6 +5,8 @@
 #       the writer: commit -> DynamoDB latency and coalesced throughput
 #   infra/local/bench.sh identities [--counts 100000,1000000] [--environments 200]
 #       the identity migration job (rate, peak RSS) and backfills
+#   infra/local/bench.sh consumer [--records 20000] [--cold-starts 10]
+#       the stream consumer: records verified per second, cold start of the Lambda binary
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -15,6 +17,11 @@ if [[ "${1:-}" == "identities" ]]; then
   shift
   cargo build --release -p edge-tests -p edge-writer --bins --quiet
   exec target/release/bench_identities "$@"
+fi
+if [[ "${1:-}" == "consumer" ]]; then
+  shift
+  cargo build --release -p edge-tests -p stream-consumer --bins --quiet
+  exec target/release/bench_consumer "$@"
 fi
 cargo build --release -p edge-tests --bin bench --quiet
 exec target/release/bench "$@"

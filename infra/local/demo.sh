@@ -5,9 +5,11 @@
 #
 # Starts a private Postgres (unless DATABASE_URL is set) and DynamoDB Local, loads
 # Flagsmith's core schema into a fresh database `edge_demo`, applies the writer's
-# migrations, creates the DynamoDB tables, seeds a demo project, starts `writer run`, then
-# changes a flag in core Postgres and shows the document arriving in DynamoDB with its new
-# version. Everything it started is stopped at the end unless --keep is given.
+# migrations, creates the DynamoDB tables, seeds a demo project, starts `writer run` and the
+# stream consumer (`stream-consumer poll`, invalidating Redis), then changes a flag in core
+# Postgres, shows the document arriving in DynamoDB with its new version, its acknowledgement
+# by the consumer with the replication lag, and `writer verify`. Everything it started is
+# stopped at the end unless --keep is given.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -19,9 +21,10 @@ log() { echo "demo.sh: $*" >&2; }
 
 command -v cargo >/dev/null 2>&1 || { log "error: cargo not found; install Rust (rustup) first"; exit 1; }
 
-say "Building the writer"
-cargo build --release --bin writer --quiet
+say "Building the writer and the stream consumer"
+cargo build --release --bin writer --bin stream-consumer --quiet
 WRITER="$ROOT/target/release/writer"
+CONSUMER="$ROOT/target/release/stream-consumer"
 
 say "Starting Postgres and DynamoDB Local"
 eval "$(infra/local/postgres.sh start)"
@@ -35,8 +38,10 @@ export EDGE_TABLE_PREFIX="demo_"
 export DYNAMODB_ENDPOINT="$AWS_ENDPOINT_URL"
 
 WRITER_PID=""
+CONSUMER_PID=""
 cleanup() {
   [[ -n "$WRITER_PID" ]] && kill -TERM "$WRITER_PID" 2>/dev/null && wait "$WRITER_PID" 2>/dev/null || true
+  [[ -n "$CONSUMER_PID" ]] && kill -INT "$CONSUMER_PID" 2>/dev/null && wait "$CONSUMER_PID" 2>/dev/null || true
   if ! $KEEP; then
     infra/local/dynamodb.sh stop demo >/dev/null 2>&1 || true
   else
@@ -54,9 +59,14 @@ say "Seeding a demo project in core Postgres"
 psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -f infra/local/demo-seed.sql >/dev/null
 echo "organisation 'Demo Org', project 'Demo Project', environment 'Production' (api_key demoEnvKey)"
 
-say "Starting the writer"
+say "Starting the writer and the stream consumer"
 "$WRITER" run --workers 4 --http-addr 127.0.0.1:0 --log-format text 2> .local/demo-writer.log &
 WRITER_PID=$!
+REDIS_URL="$(infra/local/redis.sh url)"
+echo "stream consumer: region 'local', invalidating $REDIS_URL (keys and channels 'demo:...')"
+"$CONSUMER" poll --region-name local --table-prefix demo_ --endpoint-url "$AWS_ENDPOINT_URL" \
+  --redis-url "$REDIS_URL" --redis-prefix demo: > .local/demo-consumer.log 2>&1 &
+CONSUMER_PID=$!
 
 wait_for_version() { # $1: version to exceed (0: any)
   local deadline=$((SECONDS + 30)) line version
@@ -83,6 +93,22 @@ out="$(wait_for_version "$first")"
 end_ns=$(date +%s%N)
 echo "$out"
 echo "arrived in DynamoDB $(( (end_ns - start_ns) / 1000000 )) ms after the commit (version $first -> $(sed -nE '1s/.*version=([0-9]+).*/\1/p' <<<"$out"))"
+
+say "The stream consumer verified and acknowledged it"
+deadline=$((SECONDS + 30))
+# The first write and the change: two verified batches of the environments table.
+until (( $(sed -E 's/\x1b\[[0-9;]*m//g' .local/demo-consumer.log | grep -c 'table="environments".*verified=1') >= 2 )); do
+  if (( SECONDS > deadline )); then log "error: no acknowledgement within 30 s; consumer log:"; tail -20 .local/demo-consumer.log >&2; exit 1; fi
+  sleep 0.1
+done
+grep 'batch handled' .local/demo-consumer.log | sed -E 's/\x1b\[[0-9;]*m//g' | tail -4
+
+say "writer verify: Postgres against DynamoDB and the acknowledgements"
+set +e
+"$WRITER" verify --region "local=$AWS_ENDPOINT_URL" --ack-deadline-secs 60
+code=$?
+set -e
+echo "exit code $code (0: no drift)"
 
 say "Dead letters"
 "$WRITER" dead-letters list

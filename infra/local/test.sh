@@ -6,8 +6,9 @@
 # Sets up what the suites need, on a fresh machine too (infra/local/services.sh): Postgres
 # (each test creates and drops its own database), DynamoDB Local (each test binary starts
 # its own in-memory instance), the Python venv of the Flagsmith compatibility check. Then:
-# formatting and lints, a build of the binaries (the process tests run the real writer),
-# and `cargo test` for the whole workspace.
+# formatting and lints, a build of the binaries (the process tests run the real writer and
+# consumer), `cargo test` for the whole workspace, and the consumer's Lambda artifact
+# (cargo lambda build --release --arm64).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -41,3 +42,9 @@ cargo build --workspace --bins --quiet
 
 log "running the tests"
 cargo test --workspace "$@"
+
+# The deployable artifact: the consumer built by cargo-lambda for provided.al2023 on arm64, as
+# `sam build` builds it (installs the pinned cargo-lambda and Zig, and the Rust target; checks
+# the executable is aarch64).
+log "packaging the consumer's Lambda artifact (infra/aws/package.sh)"
+infra/aws/package.sh >/dev/null

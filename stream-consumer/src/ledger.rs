@@ -54,16 +54,7 @@ impl DynamoLedger {
 
 impl Ledger for DynamoLedger {
     async fn acknowledge(&self, ack: &Ack) -> Result<(), LedgerError> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(ack.to_item()))
-            .condition_expression(acks::NEWER_CONDITION)
-            .expression_attribute_names("#ver", "version")
-            .expression_attribute_values(":v", AttributeValue::N(ack.version.to_string()))
-            .send()
-            .await;
+        let result = acks::put_newer(&self.client, &self.table, ack).send().await;
         match result {
             Ok(_) => Ok(()),
             // A newer acknowledgement is already there: this record was redelivered.

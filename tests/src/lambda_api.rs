@@ -172,19 +172,7 @@ pub fn consumer_command(binary: &std::path::Path, api: &RuntimeApi) -> tokio::pr
     cmd
 }
 
-/// The `stream-consumer` binary of this build (`target/<profile>/stream-consumer`), for a
-/// test (`target/<profile>/deps/...`) or a benchmark binary (`target/<profile>/...`).
+/// The `stream-consumer` binary of this build.
 pub fn consumer_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let mut dir = exe.parent().expect("target/<profile>").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("stream-consumer");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first with `cargo build --workspace --bins`",
-        bin.display()
-    );
-    bin
+    crate::target_binary("stream-consumer")
 }

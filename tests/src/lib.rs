@@ -36,6 +36,23 @@ pub fn init_logging() {
     });
 }
 
+/// A binary of this build (`target/<profile>/<name>`), from a test (`target/<profile>/deps/..`)
+/// or a benchmark binary (`target/<profile>/..`).
+pub fn target_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let mut dir = exe.parent().expect("target/<profile>").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build --workspace --bins`",
+        bin.display()
+    );
+    bin
+}
+
 /// The repository root (the workspace), for scripts and fixtures.
 pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

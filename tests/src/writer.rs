@@ -65,18 +65,7 @@ impl InProcessWriter {
 
 /// The `writer` binary next to the test executable (built by `cargo build --workspace`).
 pub fn writer_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let bin = dir.join("writer");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first with `cargo build --workspace --bins`",
-        bin.display()
-    );
-    bin
+    crate::target_binary("writer")
 }
 
 /// The `writer` binary configured for the test database and tables (add a subcommand).

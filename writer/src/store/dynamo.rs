@@ -62,14 +62,7 @@ impl DynamoStore {
             recorded_at_ms: now.timestamp_millis(),
             lag_ms: None,
         };
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.tables.acks)
-            .set_item(Some(intent.to_item()))
-            .condition_expression(acks::NEWER_CONDITION)
-            .expression_attribute_names("#ver", "version")
-            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+        let result = acks::put_newer(&self.client, &self.tables.acks, &intent)
             .send()
             .await;
         match result {

@@ -74,51 +74,21 @@ fn observe(table: TableKind, item: &Item) -> Option<(String, Observed)> {
     Some((item_key, observed))
 }
 
-/// Every item of `table_name` (a table of kind `table`), by ledger key.
-pub async fn scan_table(
+/// Every item of one segment of a scan (`segment` of `total`), reduced by `keep`.
+async fn scan_segment<T>(
     client: &aws_sdk_dynamodb::Client,
     table_name: &str,
-    table: TableKind,
-) -> Result<HashMap<String, Observed>, ScanError> {
-    let parts = try_join_all((0..SEGMENTS).map(|segment| async move {
-        let mut out = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = client
-                .scan()
-                .table_name(table_name)
-                .segment(segment)
-                .total_segments(SEGMENTS)
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| ScanError {
-                    table: table_name.to_string(),
-                    message: DisplayErrorContext(e).to_string(),
-                })?;
-            out.extend(page.items().iter().filter_map(|i| observe(table, i)));
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok::<_, ScanError>(out),
-            }
-        }
-    }))
-    .await?;
-    Ok(parts.into_iter().flatten().collect())
-}
-
-/// Every ledger entry, by (item key, region).
-pub async fn scan_ledger(
-    client: &aws_sdk_dynamodb::Client,
-    table_name: &str,
-) -> Result<HashMap<(String, String), Ack>, ScanError> {
-    let mut out = HashMap::new();
+    segment: Option<(i32, i32)>,
+    keep: impl Fn(&Item) -> Option<T>,
+) -> Result<Vec<T>, ScanError> {
+    let mut out = Vec::new();
     let mut start: Option<HashMap<String, AttributeValue>> = None;
     loop {
         let page = client
             .scan()
             .table_name(table_name)
+            .set_segment(segment.map(|s| s.0))
+            .set_total_segments(segment.map(|s| s.1))
             .consistent_read(true)
             .set_exclusive_start_key(start.take())
             .send()
@@ -127,12 +97,37 @@ pub async fn scan_ledger(
                 table: table_name.to_string(),
                 message: DisplayErrorContext(e).to_string(),
             })?;
-        for ack in page.items().iter().filter_map(Ack::from_item) {
-            out.insert((ack.item_key.clone(), ack.region.clone()), ack);
-        }
+        out.extend(page.items().iter().filter_map(&keep));
         match page.last_evaluated_key() {
             Some(k) if !k.is_empty() => start = Some(k.clone()),
             _ => return Ok(out),
         }
     }
+}
+
+/// Every item of `table_name` (a table of kind `table`), by ledger key.
+pub async fn scan_table(
+    client: &aws_sdk_dynamodb::Client,
+    table_name: &str,
+    table: TableKind,
+) -> Result<HashMap<String, Observed>, ScanError> {
+    let segments = (0..SEGMENTS).map(|segment| {
+        scan_segment(client, table_name, Some((segment, SEGMENTS)), move |i| {
+            observe(table, i)
+        })
+    });
+    let parts = try_join_all(segments).await?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+/// Every ledger entry, by (item key, region).
+pub async fn scan_ledger(
+    client: &aws_sdk_dynamodb::Client,
+    table_name: &str,
+) -> Result<HashMap<(String, String), Ack>, ScanError> {
+    let entries = scan_segment(client, table_name, None, Ack::from_item).await?;
+    Ok(entries
+        .into_iter()
+        .map(|a| ((a.item_key.clone(), a.region.clone()), a))
+        .collect())
 }
