@@ -59,6 +59,32 @@ pub fn item_key_of_json(
     Some(out)
 }
 
+/// The table and primary key of a ledger key (the inverse of [`item_key`]). Only the last key
+/// attribute may contain `|`.
+pub fn key_of(item_key: &str) -> Option<(TableKind, Item)> {
+    let (kind, rest) = item_key.split_once('|')?;
+    let kind = TableKind::parse(kind)?;
+    let def = kind.definition();
+    let attrs: Vec<(&str, crate::tables::AttrType)> =
+        std::iter::once(def.hash_key).chain(def.range_key).collect();
+    let parts: Vec<&str> = rest.splitn(attrs.len(), '|').collect();
+    if parts.len() != attrs.len() {
+        return None;
+    }
+    let key = attrs
+        .into_iter()
+        .zip(parts)
+        .map(|((name, t), v)| {
+            let value = match t {
+                crate::tables::AttrType::S => AttributeValue::S(v.to_string()),
+                crate::tables::AttrType::N => AttributeValue::N(v.to_string()),
+            };
+            (name.to_string(), value)
+        })
+        .collect();
+    Some((kind, key))
+}
+
 /// One ledger entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ack {
@@ -176,6 +202,19 @@ mod tests {
             item_key(TableKind::EnvironmentsV2, &key)
         );
         assert_eq!(item_key(TableKind::Environments, &key), None);
+        assert_eq!(
+            key_of("environments_v2|12|_META"),
+            Some((TableKind::EnvironmentsV2, key))
+        );
+        let identity: Item = HashMap::from([(
+            "composite_key".to_string(),
+            AttributeValue::S("env_a|b".into()),
+        )]);
+        assert_eq!(
+            key_of("identities|env_a|b"),
+            Some((TableKind::Identities, identity))
+        );
+        assert_eq!(key_of("nope|x"), None);
     }
 
     #[test]

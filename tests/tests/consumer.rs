@@ -192,6 +192,7 @@ async fn verify(db: &TestDb, regions: &TwoRegions, extra: &[&str]) -> (i32, Stri
         .arg("verify")
         .arg(format!("--region={HOME}={}", regions.a.endpoint))
         .arg(format!("--region={OTHER}={}", regions.b.endpoint))
+        .arg("--recheck-after-secs=1")
         .args(extra)
         .output()
         .await

@@ -203,6 +203,11 @@ struct VerifyArgs {
     /// reported as unconfirmed.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_209_600))]
     ack_deadline_secs: u64,
+    /// Seconds before what drifted is looked at again; only drift that persists is reported
+    /// (a change committed during the scans, or on its way to a region, is not drift). 0: report
+    /// the first look.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    recheck_after_secs: u64,
     /// Re-write every drifting document through the normal versioned path.
     #[arg(long)]
     repair: bool,
@@ -558,6 +563,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     let replicator = Replicator::new(pool, store, args.replication.settings());
     let options = Options {
         ack_deadline: Duration::from_secs(args.ack_deadline_secs),
+        recheck_after: Duration::from_secs(args.recheck_after_secs),
         repair: args.repair,
     };
     let report = verify::run(&replicator, &tables, &ledger, &regions, &options)
@@ -589,10 +595,11 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
             .map(|r| format!("{}: {} items ({} foreign)", r.name, r.items, r.foreign))
             .collect();
         println!(
-            "expected {} items; {}; {} documents in flight; drift {:?}; repaired {} documents; {:.1} s",
+            "expected {} items; {}; {} documents in flight; {} transient; drift {:?}; repaired {} documents; {:.1} s",
             report.expected_items,
             regions.join(", "),
             report.in_flight_documents,
+            report.transient_drifts,
             report.counts,
             report.repaired_documents,
             report.seconds

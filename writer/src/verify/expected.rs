@@ -40,10 +40,7 @@ pub enum ExpectedError {
 pub async fn expected_items(
     pool: &PgPool,
 ) -> Result<(HashMap<String, ExpectedItem>, Vec<String>), ExpectedError> {
-    let mut out = HashMap::new();
-    let mut failed = Vec::new();
     let mut conn = pool.acquire().await?;
-
     let envs: Vec<i32> = sqlx::query_scalar("SELECT id FROM environments_environment ORDER BY id")
         .fetch_all(&mut *conn)
         .await?;
@@ -51,16 +48,38 @@ pub async fn expected_items(
         sqlx::query_scalar("SELECT id FROM environments_environmentapikey ORDER BY id")
             .fetch_all(&mut *conn)
             .await?;
-    let docs = envs
+    let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM environments_identity ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await?;
+    drop(conn);
+    let docs: Vec<DocKey> = envs
         .into_iter()
         .map(DocKey::Environment)
-        .chain(keys.into_iter().map(DocKey::ApiKey));
+        .chain(keys.into_iter().map(DocKey::ApiKey))
+        .chain(ids.into_iter().map(DocKey::Identity))
+        .collect();
+    expected_of(pool, &docs).await
+}
+
+/// The expected items of the given documents.
+pub async fn expected_of(
+    pool: &PgPool,
+    docs: &[DocKey],
+) -> Result<(HashMap<String, ExpectedItem>, Vec<String>), ExpectedError> {
+    let mut out = HashMap::new();
+    let mut failed = Vec::new();
+    let mut conn = pool.acquire().await?;
+    let mut identities = Vec::new();
     for doc in docs {
+        if let DocKey::Identity(id) = doc {
+            identities.push(*id);
+            continue;
+        }
         let mut tx = conn.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let projected = projection::project(&mut tx, doc).await;
+        let projected = projection::project(&mut tx, *doc).await;
         tx.rollback().await?;
         match projected {
             Ok(p) => add(&mut out, &doc.to_string(), &p.items),
@@ -71,11 +90,7 @@ pub async fn expected_items(
             }
         }
     }
-
-    let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM environments_identity ORDER BY id")
-        .fetch_all(&mut *conn)
-        .await?;
-    for chunk in ids.chunks(IDENTITY_BATCH) {
+    for chunk in identities.chunks(IDENTITY_BATCH) {
         let mut tx = conn.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)

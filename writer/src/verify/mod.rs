@@ -4,20 +4,24 @@
 //!    content hash it should have.
 //! 2. **Observed**: every item of the streamed edge tables in every region ([`scan`]), with
 //!    its replication metadata and its content hash recomputed.
-//! 3. **Compared**, per region: *missing* (expected, absent), *stale* (present, content differs
-//!    from Postgres, or not written by the writer), *corrupted* (content does not match the
-//!    hash the writer recorded), *extra* (written by the writer, no longer expected), and
-//!    *unconfirmed* (written longer ago than the deadline, with no acknowledgement of that
-//!    region at that version; deletes likewise). Documents with a change still queued in
-//!    `edge.pending` are in flight and skipped. Items the writer never wrote and Postgres does
-//!    not know (identities created by the Edge API) are counted as foreign and left alone.
-//! 4. **Repair** (`--repair`): every drifting document is re-written through the normal
+//! 3. **Compared** ([`compare`], no I/O), per region: *missing* (expected, absent), *stale*
+//!    (present, content differs from Postgres, older than a version some region acknowledged,
+//!    or not written by the writer), *corrupted* (content does not match the hash the writer
+//!    recorded), *extra* (written by the writer, no longer expected), and *unconfirmed*
+//!    (written longer ago than the deadline, with no acknowledgement of that region at that
+//!    version; deletes likewise). Documents with a change still queued in `edge.pending` are
+//!    in flight and skipped. Items the writer never wrote and Postgres does not know
+//!    (identities created by the Edge API) are counted as foreign and left alone.
+//! 4. **Looked at again** ([`recheck`]) after a pause: what drifted is projected and read
+//!    anew; only drift that persists is reported.
+//! 5. **Repair** (`--repair`): every drifting document is re-written through the normal
 //!    versioned path ([`Replicator::replicate_now_with`], forced): a new snapshot, a new
 //!    version, conditional writes to the home region, from where replication carries them to
 //!    every other region. An extra item is first recorded as an item of its owner, so that the
 //!    owner's re-write deletes it under the owner's lock.
 
 pub mod expected;
+pub mod recheck;
 pub mod scan;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -54,6 +58,8 @@ pub struct Region {
 pub struct Options {
     /// A write older than this without an acknowledgement of a region is unconfirmed.
     pub ack_deadline: Duration,
+    /// Pause before what drifted is looked at again (zero: report the first look).
+    pub recheck_after: Duration,
     pub repair: bool,
 }
 
@@ -88,6 +94,8 @@ pub struct Report {
     pub expected_items: usize,
     pub regions: Vec<RegionSummary>,
     pub in_flight_documents: usize,
+    /// Drift of the first look that was gone at the second (changes on their way).
+    pub transient_drifts: usize,
     pub unprojectable: Vec<String>,
     pub counts: BTreeMap<DriftKind, usize>,
     pub drifts: Vec<Drift>,
@@ -120,8 +128,25 @@ pub enum VerifyError {
     Db(#[from] sqlx::Error),
 }
 
-struct Written {
-    written_at: chrono::DateTime<Utc>,
+/// Everything one comparison looks at.
+#[derive(Default)]
+pub struct Snapshot {
+    pub expected: HashMap<String, ExpectedItem>,
+    /// Per region (in the order given), its items by ledger key.
+    pub observed: Vec<(String, HashMap<String, Observed>)>,
+    pub ledger: HashMap<(String, String), Ack>,
+    pub in_flight: HashSet<String>,
+    /// When each document was last written.
+    pub written: HashMap<String, chrono::DateTime<Utc>>,
+}
+
+/// What [`compare`] finds.
+#[derive(Default)]
+pub struct Comparison {
+    pub drifts: Vec<Drift>,
+    /// Extra items, to hand to their owners before a repair: (owner, table, key).
+    pub extras: Vec<(String, TableKind, Value)>,
+    pub regions: Vec<RegionSummary>,
 }
 
 pub async fn run<S: ItemStore>(
@@ -134,61 +159,120 @@ pub async fn run<S: ItemStore>(
     let started = Instant::now();
     let pool = replicator.pool();
     let (expected, unprojectable) = expected_items(pool).await?;
-    let in_flight = in_flight_documents(pool).await?;
-    let written = written_documents(pool).await?;
-    let ledger_entries = scan_ledger(ledger, &tables.acks).await?;
-    let deadline = Utc::now()
-        - chrono::Duration::from_std(options.ack_deadline).unwrap_or(chrono::Duration::zero());
-    // The newest version any region acknowledged for each item: a replica holding an older
-    // one went backwards (an older version written behind the writer's back).
-    let mut newest_ack: HashMap<&str, i64> = HashMap::new();
-    for ((key, region), ack) in &ledger_entries {
-        if region != acks::DELETE_INTENT && !ack.removed {
-            let slot = newest_ack.entry(key.as_str()).or_insert(ack.version);
-            *slot = (*slot).max(ack.version);
-        }
-    }
-    let old_enough = |doc: &str| written.get(doc).is_some_and(|w| w.written_at < deadline);
-
-    let mut report = Report {
-        expected_items: expected.len(),
-        in_flight_documents: in_flight.len(),
-        unprojectable,
-        ..Report::default()
+    let mut snapshot = Snapshot {
+        expected,
+        in_flight: in_flight_documents(pool).await?,
+        written: written_documents(pool).await?,
+        ledger: scan_ledger(ledger, &tables.acks).await?,
+        observed: Vec::new(),
     };
-    // Extra items to hand to their owners before a repair: (owner, table, key).
-    let mut extras: Vec<(String, TableKind, Value)> = Vec::new();
     for region in regions {
         let mut observed: HashMap<String, Observed> = HashMap::new();
         for kind in VERIFIED_TABLES {
             observed.extend(scan_table(&region.client, tables.name(kind), kind).await?);
         }
+        snapshot.observed.push((region.name.clone(), observed));
+    }
+    let mut found = compare(&snapshot, deadline(options));
+    let mut report = Report {
+        expected_items: snapshot.expected.len(),
+        in_flight_documents: snapshot.in_flight.len(),
+        unprojectable,
+        regions: std::mem::take(&mut found.regions),
+        ..Report::default()
+    };
+    drop(snapshot);
+
+    // A change committed during the scans, or still on its way to a region, looks like drift
+    // for a moment. Look again at what drifted, after a pause: drift is what persists.
+    if !found.drifts.is_empty() && !options.recheck_after.is_zero() {
+        tokio::time::sleep(options.recheck_after).await;
+        let again = recheck::snapshot(pool, tables, ledger, regions, &found.drifts).await?;
+        let persisting = compare(&again, deadline(options));
+        let before: HashSet<(String, String)> = found
+            .drifts
+            .iter()
+            .map(|d| (d.region.clone(), d.item_key.clone()))
+            .collect();
+        report.transient_drifts = found.drifts.len();
+        found.drifts = persisting
+            .drifts
+            .into_iter()
+            .filter(|d| before.contains(&(d.region.clone(), d.item_key.clone())))
+            .collect();
+        report.transient_drifts -= found.drifts.len().min(report.transient_drifts);
+        found.extras = persisting.extras;
+    }
+
+    report.drifts = found.drifts;
+    for d in &report.drifts {
+        *report.counts.entry(d.kind).or_default() += 1;
+    }
+    report
+        .drifts
+        .sort_by(|a, b| (&a.item_key, &a.region, a.kind).cmp(&(&b.item_key, &b.region, b.kind)));
+
+    if options.repair && !report.drifts.is_empty() {
+        repair(
+            replicator,
+            &report.drifts,
+            &found.extras,
+            &mut report.repair_failures,
+        )
+        .await
+        .map(|n| report.repaired_documents = n)?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn deadline(options: &Options) -> chrono::DateTime<Utc> {
+    Utc::now()
+        - chrono::Duration::from_std(options.ack_deadline).unwrap_or(chrono::Duration::zero())
+}
+
+/// Compares a snapshot, without I/O. Writes older than `deadline` must be acknowledged.
+pub fn compare(snap: &Snapshot, deadline: chrono::DateTime<Utc>) -> Comparison {
+    // The newest version any region acknowledged for each item: a replica holding an older
+    // one went backwards (an older version written behind the writer's back).
+    let mut newest_ack: HashMap<&str, i64> = HashMap::new();
+    for ((key, region), ack) in &snap.ledger {
+        if region != acks::DELETE_INTENT && !ack.removed {
+            let slot = newest_ack.entry(key.as_str()).or_insert(ack.version);
+            *slot = (*slot).max(ack.version);
+        }
+    }
+    let old_enough = |doc: &str| snap.written.get(doc).is_some_and(|w| *w < deadline);
+    let in_flight = &snap.in_flight;
+    let mut out = Comparison::default();
+    for (region, observed) in &snap.observed {
         let mut summary = RegionSummary {
-            name: region.name.clone(),
+            name: region.clone(),
             items: observed.len(),
             foreign: 0,
         };
+        let drifts = &mut out.drifts;
         let mut drift = |kind, item_key: &str, doc_key: Option<&str>, detail: String| {
-            report.drifts.push(Drift {
-                region: region.name.clone(),
+            drifts.push(Drift {
+                region: region.clone(),
                 kind,
                 item_key: item_key.to_string(),
                 doc_key: doc_key.map(String::from),
                 detail,
             })
         };
-        for (key, exp) in &expected {
+        for (key, exp) in &snap.expected {
             if in_flight.contains(&exp.doc_key) {
                 continue;
             }
             compare_expected(key, exp, observed.get(key), &mut drift);
         }
-        for (key, obs) in &observed {
-            let ack = ledger_entries.get(&(key.clone(), region.name.clone()));
+        for (key, obs) in observed {
+            let ack = snap.ledger.get(&(key.clone(), region.clone()));
             let faithful = |exp: &ExpectedItem| {
                 obs.corrupted.is_none() && obs.hash.as_deref() == Some(exp.hash.as_str())
             };
-            match (expected.get(key), &obs.version, &obs.doc_key) {
+            match (snap.expected.get(key), &obs.version, &obs.doc_key) {
                 (None, None, _) => summary.foreign += 1,
                 (None, Some(v), Some(owner)) if !in_flight.contains(owner) => {
                     drift(
@@ -197,7 +281,8 @@ pub async fn run<S: ItemStore>(
                         Some(owner),
                         format!("v{v} of {owner} is not expected by Postgres"),
                     );
-                    extras.push((owner.clone(), obs.table, Value::Object(obs.key.clone())));
+                    out.extras
+                        .push((owner.clone(), obs.table, Value::Object(obs.key.clone())));
                 }
                 (Some(exp), Some(v), _)
                     if faithful(exp) && newest_ack.get(key.as_str()).is_some_and(|a| a > v) =>
@@ -223,8 +308,7 @@ pub async fn run<S: ItemStore>(
                         key,
                         Some(&exp.doc_key),
                         format!(
-                            "v{v} has no acknowledgement of {} (newest: {:?})",
-                            region.name,
+                            "v{v} has no acknowledgement of {region} (newest: {:?})",
                             ack.map(|a| a.version)
                         ),
                     );
@@ -233,47 +317,29 @@ pub async fn run<S: ItemStore>(
             }
         }
         // Deletes the writer made longer ago than the deadline must be acknowledged too.
-        for ((key, r), intent) in &ledger_entries {
+        for ((key, r), intent) in &snap.ledger {
             if r != acks::DELETE_INTENT
                 || observed.contains_key(key)
                 || intent.recorded_at_ms > deadline.timestamp_millis()
             {
                 continue;
             }
-            let ack: Option<&Ack> = ledger_entries.get(&(key.clone(), region.name.clone()));
+            let ack: Option<&Ack> = snap.ledger.get(&(key.clone(), region.clone()));
             if ack.is_none_or(|a| a.version < intent.version) {
                 drift(
                     DriftKind::Unconfirmed,
                     key,
                     Some(&intent.doc_key),
                     format!(
-                        "the delete at v{} has no acknowledgement of {}",
-                        intent.version, region.name
+                        "the delete at v{} has no acknowledgement of {region}",
+                        intent.version
                     ),
                 );
             }
         }
-        report.regions.push(summary);
+        out.regions.push(summary);
     }
-    for d in &report.drifts {
-        *report.counts.entry(d.kind).or_default() += 1;
-    }
-    report
-        .drifts
-        .sort_by(|a, b| (&a.item_key, &a.region, a.kind).cmp(&(&b.item_key, &b.region, b.kind)));
-
-    if options.repair && !report.drifts.is_empty() {
-        repair(
-            replicator,
-            &report.drifts,
-            &extras,
-            &mut report.repair_failures,
-        )
-        .await
-        .map(|n| report.repaired_documents = n)?;
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    out
 }
 
 fn compare_expected(
@@ -322,16 +388,15 @@ async fn in_flight_documents(pool: &PgPool) -> Result<HashSet<String>, sqlx::Err
     Ok(keys.into_iter().collect())
 }
 
-async fn written_documents(pool: &PgPool) -> Result<HashMap<String, Written>, sqlx::Error> {
+async fn written_documents(
+    pool: &PgPool,
+) -> Result<HashMap<String, chrono::DateTime<Utc>>, sqlx::Error> {
     let rows: Vec<(String, chrono::DateTime<Utc>)> = sqlx::query_as(
         "SELECT doc_key, written_at FROM edge.document WHERE written_at IS NOT NULL",
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(k, written_at)| (k, Written { written_at }))
-        .collect())
+    Ok(rows.into_iter().collect())
 }
 
 /// Re-writes every drifting document; returns how many were re-written.
@@ -374,4 +439,124 @@ async fn repair<S: ItemStore>(
         }
     }
     Ok(repaired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected(doc: &str, hash: &str) -> ExpectedItem {
+        ExpectedItem {
+            doc_key: doc.into(),
+            table: TableKind::Environments,
+            hash: hash.into(),
+        }
+    }
+
+    fn observed(doc: Option<&str>, version: Option<i64>, hash: &str) -> Observed {
+        Observed {
+            table: TableKind::Environments,
+            key: serde_json::Map::new(),
+            version,
+            doc_key: doc.map(String::from),
+            hash: version.map(|_| hash.to_string()),
+            corrupted: None,
+        }
+    }
+
+    fn ack(key: &str, region: &str, version: i64) -> ((String, String), Ack) {
+        (
+            (key.into(), region.into()),
+            Ack {
+                item_key: key.into(),
+                region: region.into(),
+                version,
+                doc_key: "d".into(),
+                hash: String::new(),
+                removed: false,
+                source_time: String::new(),
+                recorded_at_ms: 0,
+                lag_ms: None,
+            },
+        )
+    }
+
+    fn kinds(c: &Comparison) -> Vec<(String, DriftKind)> {
+        let mut k: Vec<(String, DriftKind)> = c
+            .drifts
+            .iter()
+            .map(|d| (d.item_key.clone(), d.kind))
+            .collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn every_kind_of_drift_is_told_apart_and_the_rest_is_quiet() {
+        let now = Utc::now();
+        let long_ago = now - chrono::Duration::hours(1);
+        let mut corrupted = observed(Some("environment:3"), Some(5), "h3");
+        corrupted.corrupted = Some("hash mismatch".into());
+        let snap = Snapshot {
+            expected: HashMap::from([
+                ("ok".to_string(), expected("environment:1", "h1")),
+                ("missing".to_string(), expected("environment:2", "h2")),
+                ("corrupted".to_string(), expected("environment:3", "h3")),
+                ("stale".to_string(), expected("environment:4", "new")),
+                ("older".to_string(), expected("environment:5", "h5")),
+                ("unacked".to_string(), expected("environment:6", "h6")),
+                ("moving".to_string(), expected("environment:7", "h7")),
+            ]),
+            observed: vec![(
+                "r".to_string(),
+                HashMap::from([
+                    (
+                        "ok".to_string(),
+                        observed(Some("environment:1"), Some(5), "h1"),
+                    ),
+                    ("corrupted".to_string(), corrupted),
+                    (
+                        "stale".to_string(),
+                        observed(Some("environment:4"), Some(5), "old"),
+                    ),
+                    (
+                        "older".to_string(),
+                        observed(Some("environment:5"), Some(4), "h5"),
+                    ),
+                    (
+                        "unacked".to_string(),
+                        observed(Some("environment:6"), Some(5), "h6"),
+                    ),
+                    (
+                        "extra".to_string(),
+                        observed(Some("environment:8"), Some(5), "h8"),
+                    ),
+                    ("foreign".to_string(), observed(None, None, "")),
+                ]),
+            )],
+            ledger: HashMap::from([ack("ok", "r", 5), ack("older", "r", 5)]),
+            in_flight: HashSet::from(["environment:7".to_string()]),
+            written: (1..=8)
+                .map(|i| (format!("environment:{i}"), long_ago))
+                .collect(),
+        };
+        let c = compare(&snap, now - chrono::Duration::minutes(5));
+        assert_eq!(
+            kinds(&c),
+            vec![
+                ("corrupted".to_string(), DriftKind::Corrupted),
+                ("extra".to_string(), DriftKind::Extra),
+                ("missing".to_string(), DriftKind::Missing),
+                ("older".to_string(), DriftKind::Stale),
+                ("stale".to_string(), DriftKind::Stale),
+                ("unacked".to_string(), DriftKind::Unconfirmed),
+            ]
+        );
+        assert_eq!(c.regions[0].foreign, 1);
+        assert_eq!(c.extras.len(), 1);
+
+        // Within the deadline, a missing acknowledgement is not yet drift.
+        let c = compare(&snap, long_ago - chrono::Duration::minutes(1));
+        assert!(!kinds(&c).iter().any(|(_, k)| *k == DriftKind::Unconfirmed));
+    }
 }

@@ -37,7 +37,8 @@ pub struct ScanError {
     pub message: String,
 }
 
-fn observe(table: TableKind, item: &Item) -> Option<(String, Observed)> {
+/// An item reduced to what verification needs, with its ledger key.
+pub fn observe(table: TableKind, item: &Item) -> Option<(String, Observed)> {
     let key_item: Item = table
         .key_attributes()
         .into_iter()
