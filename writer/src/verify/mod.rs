@@ -129,7 +129,7 @@ pub enum VerifyError {
 }
 
 /// Everything one comparison looks at.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Snapshot {
     pub expected: HashMap<String, ExpectedItem>,
     /// Per region (in the order given), its items by ledger key.
@@ -242,7 +242,14 @@ pub fn compare(snap: &Snapshot, deadline: chrono::DateTime<Utc>) -> Comparison {
             *slot = (*slot).max(ack.version);
         }
     }
-    let old_enough = |doc: &str| snap.written.get(doc).is_some_and(|w| *w < deadline);
+    // Acknowledgements expire (TTL): a write older than their retention (less a day, for
+    // expiry's lag) can no longer be checked against them.
+    let retained_since = Utc::now() - chrono::Duration::seconds(acks::RETENTION_SECONDS - 86_400);
+    let old_enough = |doc: &str| {
+        snap.written
+            .get(doc)
+            .is_some_and(|w| *w < deadline && *w > retained_since)
+    };
     let in_flight = &snap.in_flight;
     let mut out = Comparison::default();
     for (region, observed) in &snap.observed {
@@ -321,6 +328,7 @@ pub fn compare(snap: &Snapshot, deadline: chrono::DateTime<Utc>) -> Comparison {
             if r != acks::DELETE_INTENT
                 || observed.contains_key(key)
                 || intent.recorded_at_ms > deadline.timestamp_millis()
+                || intent.recorded_at_ms < retained_since.timestamp_millis()
             {
                 continue;
             }
@@ -554,6 +562,14 @@ mod tests {
         );
         assert_eq!(c.regions[0].foreign, 1);
         assert_eq!(c.extras.len(), 1);
+
+        // Older than the acknowledgements' retention: no longer checked against them.
+        let mut ancient = snap.clone();
+        ancient.written = (1..=8)
+            .map(|i| (format!("environment:{i}"), now - chrono::Duration::days(30)))
+            .collect();
+        let c = compare(&ancient, now - chrono::Duration::minutes(5));
+        assert!(!kinds(&c).iter().any(|(_, k)| *k == DriftKind::Unconfirmed));
 
         // Within the deadline, a missing acknowledgement is not yet drift.
         let c = compare(&snap, long_ago - chrono::Duration::minutes(1));
