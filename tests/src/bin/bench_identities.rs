@@ -7,7 +7,8 @@
 //!   with the same number of batches in flight, nothing else;
 //! - the job's peak RSS for each size (it should be flat: memory is bounded by pages);
 //! - backfill throughput in environments per second (`writer backfill --project`), as a
-//!   ratio to raw conditional PutItem of the same documents at the same concurrency.
+//!   ratio to raw conditional PutItem of the same documents at the same concurrency;
+//! - `writer verify` over the migrated project (one region): wall time and peak RSS.
 //!
 //! Run with `infra/local/bench.sh identities [--counts 100000,1000000] [--environments 200]`.
 
@@ -73,14 +74,7 @@ fn options() -> Options {
 }
 
 fn writer_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    let bin = exe.parent().expect("target/release").join("writer");
-    assert!(
-        bin.exists(),
-        "{} not found: cargo build --release --bins",
-        bin.display()
-    );
-    bin
+    edge_tests::target_binary("writer")
 }
 
 fn writer(db: &TestDb, tables: &TestTables) -> tokio::process::Command {
@@ -230,6 +224,29 @@ async fn migration_case(count: i32) {
         wall.as_secs_f64(),
         items / wall.as_secs_f64(),
         rate / ceiling,
+        peak_kb as f64 / 1024.0
+    );
+
+    // verify over everything: the environment is written first, so that nothing drifts.
+    let mut cmd = writer(&db, &tables);
+    cmd.args(["sync", "--environment", "benchIds"]);
+    run_measured(cmd).await;
+    let mut cmd = writer(&db, &tables);
+    cmd.arg("verify")
+        .arg(format!("--region=bench={}", tables.endpoint))
+        .args([
+            "--ack-deadline-secs=1209600",
+            "--recheck-after-secs=0",
+            "--json",
+        ]);
+    let (report, wall, peak_kb) = run_measured(cmd).await;
+    assert_eq!(report["counts"], json!({}), "no drift: {report}");
+    println!(
+        "verify identities={count} expected_items={} region_items={} wall_s={:.1} items_per_s={:.0} peak_rss_mb={:.1}",
+        report["expected_items"],
+        report["regions"][0]["items"],
+        wall.as_secs_f64(),
+        report["expected_items"].as_f64().unwrap_or(0.0) / wall.as_secs_f64(),
         peak_kb as f64 / 1024.0
     );
     db.drop_db().await;

@@ -8,6 +8,7 @@ use edge_documents::hash::content_hash;
 use edge_documents::tables::TableKind;
 use sqlx::{Acquire, PgPool};
 
+use super::scan::{digest, Digest};
 use crate::doc_key::DocKey;
 use crate::projection::{self, load, ProjectionError};
 
@@ -17,10 +18,10 @@ const IDENTITY_BATCH: usize = 2000;
 /// One item Postgres says should exist.
 #[derive(Debug, Clone)]
 pub struct ExpectedItem {
-    pub doc_key: String,
+    pub doc_key: Box<str>,
     pub table: TableKind,
     /// Content hash of the projected logical item.
-    pub hash: String,
+    pub hash: Digest,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +40,7 @@ pub enum ExpectedError {
 /// data: reported, not fatal).
 pub async fn expected_items(
     pool: &PgPool,
-) -> Result<(HashMap<String, ExpectedItem>, Vec<String>), ExpectedError> {
+) -> Result<(HashMap<Box<str>, ExpectedItem>, Vec<String>), ExpectedError> {
     let mut conn = pool.acquire().await?;
     let envs: Vec<i32> = sqlx::query_scalar("SELECT id FROM environments_environment ORDER BY id")
         .fetch_all(&mut *conn)
@@ -65,7 +66,7 @@ pub async fn expected_items(
 pub async fn expected_of(
     pool: &PgPool,
     docs: &[DocKey],
-) -> Result<(HashMap<String, ExpectedItem>, Vec<String>), ExpectedError> {
+) -> Result<(HashMap<Box<str>, ExpectedItem>, Vec<String>), ExpectedError> {
     let mut out = HashMap::new();
     let mut failed = Vec::new();
     let mut conn = pool.acquire().await?;
@@ -108,7 +109,11 @@ pub async fn expected_of(
     Ok((out, failed))
 }
 
-fn add(out: &mut HashMap<String, ExpectedItem>, doc_key: &str, items: &[projection::DesiredItem]) {
+fn add(
+    out: &mut HashMap<Box<str>, ExpectedItem>,
+    doc_key: &str,
+    items: &[projection::DesiredItem],
+) {
     for item in items {
         if item.table == TableKind::ProjectMetadata {
             continue;
@@ -117,11 +122,11 @@ fn add(out: &mut HashMap<String, ExpectedItem>, doc_key: &str, items: &[projecti
             continue;
         };
         out.insert(
-            key,
+            key.into(),
             ExpectedItem {
-                doc_key: doc_key.to_string(),
+                doc_key: doc_key.into(),
                 table: item.table,
-                hash: content_hash(&item.body),
+                hash: digest(&content_hash(&item.body)),
             },
         );
     }

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use edge_documents::acks::{self, Ack};
+use edge_documents::acks;
 use edge_documents::tables::{TableKind, TableNames};
 use serde::Serialize;
 use serde_json::Value;
@@ -39,7 +39,7 @@ use crate::replicate::{error_chain, Replicator};
 use crate::state::documents;
 use crate::store::ItemStore;
 use expected::{expected_items, ExpectedItem};
-use scan::{scan_ledger, scan_table, Observed};
+use scan::{scan_ledger, scan_table, Ledger, Observed};
 
 /// The tables the consumers verify (the project metadata table has no stream and no versions).
 pub const VERIFIED_TABLES: [TableKind; 4] = [
@@ -131,10 +131,11 @@ pub enum VerifyError {
 /// Everything one comparison looks at.
 #[derive(Default, Clone)]
 pub struct Snapshot {
-    pub expected: HashMap<String, ExpectedItem>,
-    /// Per region (in the order given), its items by ledger key.
-    pub observed: Vec<(String, HashMap<String, Observed>)>,
-    pub ledger: HashMap<(String, String), Ack>,
+    pub expected: HashMap<Box<str>, ExpectedItem>,
+    /// Per region (in the order given), its items by ledger key. [`run`] keeps one region at a
+    /// time here.
+    pub observed: Vec<(String, HashMap<Box<str>, Observed>)>,
+    pub ledger: Ledger,
     pub in_flight: HashSet<String>,
     /// When each document was last written.
     pub written: HashMap<String, chrono::DateTime<Utc>>,
@@ -144,8 +145,8 @@ pub struct Snapshot {
 #[derive(Default)]
 pub struct Comparison {
     pub drifts: Vec<Drift>,
-    /// Extra items, to hand to their owners before a repair: (owner, table, key).
-    pub extras: Vec<(String, TableKind, Value)>,
+    /// Extra items, to hand to their owners before a repair: (owner, ledger key).
+    pub extras: Vec<(String, String)>,
     pub regions: Vec<RegionSummary>,
 }
 
@@ -159,21 +160,24 @@ pub async fn run<S: ItemStore>(
     let started = Instant::now();
     let pool = replicator.pool();
     let (expected, unprojectable) = expected_items(pool).await?;
-    let mut snapshot = Snapshot {
+    let snapshot = Snapshot {
         expected,
         in_flight: in_flight_documents(pool).await?,
         written: written_documents(pool).await?,
         ledger: scan_ledger(ledger, &tables.acks).await?,
         observed: Vec::new(),
     };
+    // One region's items at a time: memory is the expected items, the ledger and the largest
+    // region, not every region at once.
+    let deadline = deadline(options);
+    let mut found = Comparison::default();
     for region in regions {
-        let mut observed: HashMap<String, Observed> = HashMap::new();
+        let mut observed: HashMap<Box<str>, Observed> = HashMap::new();
         for kind in VERIFIED_TABLES {
-            observed.extend(scan_table(&region.client, tables.name(kind), kind).await?);
+            scan_table(&region.client, tables.name(kind), kind, &mut observed).await?;
         }
-        snapshot.observed.push((region.name.clone(), observed));
+        compare_region(&snapshot, &region.name, &observed, deadline, &mut found);
     }
-    let mut found = compare(&snapshot, deadline(options));
     let mut report = Report {
         expected_items: snapshot.expected.len(),
         in_flight_documents: snapshot.in_flight.len(),
@@ -188,7 +192,7 @@ pub async fn run<S: ItemStore>(
     if !found.drifts.is_empty() && !options.recheck_after.is_zero() {
         tokio::time::sleep(options.recheck_after).await;
         let again = recheck::snapshot(pool, tables, ledger, regions, &found.drifts).await?;
-        let persisting = compare(&again, deadline(options));
+        let persisting = compare(&again, deadline);
         let before: HashSet<(String, String)> = found
             .drifts
             .iter()
@@ -233,15 +237,21 @@ fn deadline(options: &Options) -> chrono::DateTime<Utc> {
 
 /// Compares a snapshot, without I/O. Writes older than `deadline` must be acknowledged.
 pub fn compare(snap: &Snapshot, deadline: chrono::DateTime<Utc>) -> Comparison {
-    // The newest version any region acknowledged for each item: a replica holding an older
-    // one went backwards (an older version written behind the writer's back).
-    let mut newest_ack: HashMap<&str, i64> = HashMap::new();
-    for ((key, region), ack) in &snap.ledger {
-        if region != acks::DELETE_INTENT && !ack.removed {
-            let slot = newest_ack.entry(key.as_str()).or_insert(ack.version);
-            *slot = (*slot).max(ack.version);
-        }
+    let mut out = Comparison::default();
+    for (region, observed) in &snap.observed {
+        compare_region(snap, region, observed, deadline, &mut out);
     }
+    out
+}
+
+/// Compares one region's items with the snapshot's expected items and ledger.
+fn compare_region(
+    snap: &Snapshot,
+    region: &str,
+    observed: &HashMap<Box<str>, Observed>,
+    deadline: chrono::DateTime<Utc>,
+    out: &mut Comparison,
+) {
     // Acknowledgements expire (TTL): a write older than their retention (less a day, for
     // expiry's lag) can no longer be checked against them.
     let retained_since = Utc::now() - chrono::Duration::seconds(acks::RETENTION_SECONDS - 86_400);
@@ -251,103 +261,94 @@ pub fn compare(snap: &Snapshot, deadline: chrono::DateTime<Utc>) -> Comparison {
             .is_some_and(|w| *w < deadline && *w > retained_since)
     };
     let in_flight = &snap.in_flight;
-    let mut out = Comparison::default();
-    for (region, observed) in &snap.observed {
-        let mut summary = RegionSummary {
-            name: region.clone(),
-            items: observed.len(),
-            foreign: 0,
-        };
-        let drifts = &mut out.drifts;
-        let mut drift = |kind, item_key: &str, doc_key: Option<&str>, detail: String| {
-            drifts.push(Drift {
-                region: region.clone(),
-                kind,
-                item_key: item_key.to_string(),
-                doc_key: doc_key.map(String::from),
-                detail,
-            })
-        };
-        for (key, exp) in &snap.expected {
-            if in_flight.contains(&exp.doc_key) {
-                continue;
-            }
-            compare_expected(key, exp, observed.get(key), &mut drift);
+    let mut summary = RegionSummary {
+        name: region.to_string(),
+        items: observed.len(),
+        foreign: 0,
+    };
+    let drifts = &mut out.drifts;
+    let mut drift = |kind, item_key: &str, doc_key: Option<&str>, detail: String| {
+        drifts.push(Drift {
+            region: region.to_string(),
+            kind,
+            item_key: item_key.to_string(),
+            doc_key: doc_key.map(String::from),
+            detail,
+        })
+    };
+    for (key, exp) in &snap.expected {
+        if in_flight.contains(&*exp.doc_key) {
+            continue;
         }
-        for (key, obs) in observed {
-            let ack = snap.ledger.get(&(key.clone(), region.clone()));
-            let faithful = |exp: &ExpectedItem| {
-                obs.corrupted.is_none() && obs.hash.as_deref() == Some(exp.hash.as_str())
-            };
-            match (snap.expected.get(key), &obs.version, &obs.doc_key) {
-                (None, None, _) => summary.foreign += 1,
-                (None, Some(v), Some(owner)) if !in_flight.contains(owner) => {
-                    drift(
-                        DriftKind::Extra,
-                        key,
-                        Some(owner),
-                        format!("v{v} of {owner} is not expected by Postgres"),
-                    );
-                    out.extras
-                        .push((owner.clone(), obs.table, Value::Object(obs.key.clone())));
-                }
-                (Some(exp), Some(v), _)
-                    if faithful(exp) && newest_ack.get(key.as_str()).is_some_and(|a| a > v) =>
-                {
-                    drift(
-                        DriftKind::Stale,
-                        key,
-                        Some(&exp.doc_key),
-                        format!(
-                            "v{v} is older than the v{} a region acknowledged",
-                            newest_ack[key.as_str()]
-                        ),
-                    );
-                }
-                (Some(exp), Some(v), _)
-                    if faithful(exp)
-                        && old_enough(&exp.doc_key)
-                        && !in_flight.contains(&exp.doc_key)
-                        && ack.is_none_or(|a| a.version < *v) =>
-                {
-                    drift(
-                        DriftKind::Unconfirmed,
-                        key,
-                        Some(&exp.doc_key),
-                        format!(
-                            "v{v} has no acknowledgement of {region} (newest: {:?})",
-                            ack.map(|a| a.version)
-                        ),
-                    );
-                }
-                _ => {}
-            }
-        }
-        // Deletes the writer made longer ago than the deadline must be acknowledged too.
-        for ((key, r), intent) in &snap.ledger {
-            if r != acks::DELETE_INTENT
-                || observed.contains_key(key)
-                || intent.recorded_at_ms > deadline.timestamp_millis()
-                || intent.recorded_at_ms < retained_since.timestamp_millis()
-            {
-                continue;
-            }
-            let ack: Option<&Ack> = snap.ledger.get(&(key.clone(), region.clone()));
-            if ack.is_none_or(|a| a.version < intent.version) {
+        compare_expected(key, exp, observed.get(key), &mut drift);
+    }
+    for (key, obs) in observed {
+        let ack = snap.ledger.get(key, region);
+        let newest_ack = snap.ledger.newest_ack(key);
+        let faithful = |exp: &ExpectedItem| obs.corrupted.is_none() && obs.hash == Some(exp.hash);
+        match (snap.expected.get(key), &obs.version, &obs.doc_key) {
+            (None, None, _) => summary.foreign += 1,
+            (None, Some(v), Some(owner)) if !in_flight.contains(&**owner) => {
                 drift(
-                    DriftKind::Unconfirmed,
+                    DriftKind::Extra,
                     key,
-                    Some(&intent.doc_key),
+                    Some(owner),
+                    format!("v{v} of {owner} is not expected by Postgres"),
+                );
+                out.extras.push((owner.to_string(), key.to_string()));
+            }
+            (Some(exp), Some(v), _) if faithful(exp) && newest_ack.is_some_and(|a| a > *v) => {
+                drift(
+                    DriftKind::Stale,
+                    key,
+                    Some(&exp.doc_key),
                     format!(
-                        "the delete at v{} has no acknowledgement of {region}",
-                        intent.version
+                        "v{v} is older than the v{} a region acknowledged",
+                        newest_ack.unwrap_or_default()
                     ),
                 );
             }
+            (Some(exp), Some(v), _)
+                if faithful(exp)
+                    && old_enough(&exp.doc_key)
+                    && !in_flight.contains(&*exp.doc_key)
+                    && ack.is_none_or(|a| a.version < *v) =>
+            {
+                drift(
+                    DriftKind::Unconfirmed,
+                    key,
+                    Some(&exp.doc_key),
+                    format!(
+                        "v{v} has no acknowledgement of {region} (newest: {:?})",
+                        ack.map(|a| a.version)
+                    ),
+                );
+            }
+            _ => {}
         }
-        out.regions.push(summary);
     }
-    out
+    // Deletes the writer made longer ago than the deadline must be acknowledged too.
+    for (key, intent) in snap.ledger.intents() {
+        if observed.contains_key(key)
+            || intent.recorded_at_ms > deadline.timestamp_millis()
+            || intent.recorded_at_ms < retained_since.timestamp_millis()
+        {
+            continue;
+        }
+        let ack = snap.ledger.get(key, region);
+        if ack.is_none_or(|a| a.version < intent.version) {
+            drift(
+                DriftKind::Unconfirmed,
+                key,
+                Some(&intent.doc_key),
+                format!(
+                    "the delete at v{} has no acknowledgement of {region}",
+                    intent.version
+                ),
+            );
+        }
+    }
+    out.regions.push(summary);
 }
 
 fn compare_expected(
@@ -356,7 +357,7 @@ fn compare_expected(
     obs: Option<&Observed>,
     drift: &mut impl FnMut(DriftKind, &str, Option<&str>, String),
 ) {
-    let doc = Some(exp.doc_key.as_str());
+    let doc = Some(&*exp.doc_key);
     match obs {
         None => drift(DriftKind::Missing, key, doc, "not in the region".into()),
         Some(o) => {
@@ -374,7 +375,7 @@ fn compare_expected(
                     doc,
                     "the stored item was not written by the writer".into(),
                 );
-            } else if o.hash.as_deref() != Some(exp.hash.as_str()) {
+            } else if o.hash != Some(exp.hash) {
                 drift(
                     DriftKind::Stale,
                     key,
@@ -411,14 +412,24 @@ async fn written_documents(
 async fn repair<S: ItemStore>(
     replicator: &Replicator<S>,
     drifts: &[Drift],
-    extras: &[(String, TableKind, Value)],
+    extras: &[(String, String)],
     failures: &mut Vec<String>,
 ) -> Result<usize, VerifyError> {
     let mut conn = replicator.pool().acquire().await?;
-    for (owner, table, key) in extras {
+    for (owner, item_key) in extras {
+        let Some((table, key)) = acks::key_of(item_key) else {
+            failures.push(format!("{item_key}: not a ledger key"));
+            continue;
+        };
+        let key: Value = serde_dynamo::aws_sdk_dynamodb_1::from_item(key).map_err(|e| {
+            VerifyError::Scan(scan::ScanError {
+                table: table.as_str().into(),
+                message: e.to_string(),
+            })
+        })?;
         if owner.parse::<DocKey>().is_ok() {
             documents::ensure_many(&mut conn, std::slice::from_ref(owner)).await?;
-            documents::record_items(&mut conn, owner, &[(*table, key.clone())]).await?;
+            documents::record_items(&mut conn, owner, &[(table, key)]).await?;
         }
     }
     drop(conn);
@@ -452,29 +463,28 @@ async fn repair<S: ItemStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edge_documents::acks::Ack;
+    use scan::digest;
 
     fn expected(doc: &str, hash: &str) -> ExpectedItem {
         ExpectedItem {
             doc_key: doc.into(),
             table: TableKind::Environments,
-            hash: hash.into(),
+            hash: digest(hash),
         }
     }
 
     fn observed(doc: Option<&str>, version: Option<i64>, hash: &str) -> Observed {
         Observed {
-            table: TableKind::Environments,
-            key: serde_json::Map::new(),
             version,
-            doc_key: doc.map(String::from),
-            hash: version.map(|_| hash.to_string()),
+            doc_key: doc.map(Into::into),
+            hash: version.map(|_| digest(hash)),
             corrupted: None,
         }
     }
 
-    fn ack(key: &str, region: &str, version: i64) -> ((String, String), Ack) {
-        (
-            (key.into(), region.into()),
+    fn ack(key: &str, region: &str, version: i64) -> Ack {
+        {
             Ack {
                 item_key: key.into(),
                 region: region.into(),
@@ -485,8 +495,8 @@ mod tests {
                 source_time: String::new(),
                 recorded_at_ms: 0,
                 lag_ms: None,
-            },
-        )
+            }
+        }
     }
 
     fn kinds(c: &Comparison) -> Vec<(String, DriftKind)> {
@@ -507,42 +517,44 @@ mod tests {
         corrupted.corrupted = Some("hash mismatch".into());
         let snap = Snapshot {
             expected: HashMap::from([
-                ("ok".to_string(), expected("environment:1", "h1")),
-                ("missing".to_string(), expected("environment:2", "h2")),
-                ("corrupted".to_string(), expected("environment:3", "h3")),
-                ("stale".to_string(), expected("environment:4", "new")),
-                ("older".to_string(), expected("environment:5", "h5")),
-                ("unacked".to_string(), expected("environment:6", "h6")),
-                ("moving".to_string(), expected("environment:7", "h7")),
+                ("ok".into(), expected("environment:1", "h1")),
+                ("missing".into(), expected("environment:2", "h2")),
+                ("corrupted".into(), expected("environment:3", "h3")),
+                ("stale".into(), expected("environment:4", "new")),
+                ("older".into(), expected("environment:5", "h5")),
+                ("unacked".into(), expected("environment:6", "h6")),
+                ("moving".into(), expected("environment:7", "h7")),
             ]),
             observed: vec![(
-                "r".to_string(),
+                "r".into(),
                 HashMap::from([
+                    ("ok".into(), observed(Some("environment:1"), Some(5), "h1")),
+                    ("corrupted".into(), corrupted),
                     (
-                        "ok".to_string(),
-                        observed(Some("environment:1"), Some(5), "h1"),
-                    ),
-                    ("corrupted".to_string(), corrupted),
-                    (
-                        "stale".to_string(),
+                        "stale".into(),
                         observed(Some("environment:4"), Some(5), "old"),
                     ),
                     (
-                        "older".to_string(),
+                        "older".into(),
                         observed(Some("environment:5"), Some(4), "h5"),
                     ),
                     (
-                        "unacked".to_string(),
+                        "unacked".into(),
                         observed(Some("environment:6"), Some(5), "h6"),
                     ),
                     (
-                        "extra".to_string(),
+                        "extra".into(),
                         observed(Some("environment:8"), Some(5), "h8"),
                     ),
-                    ("foreign".to_string(), observed(None, None, "")),
+                    ("foreign".into(), observed(None, None, "")),
                 ]),
             )],
-            ledger: HashMap::from([ack("ok", "r", 5), ack("older", "r", 5)]),
+            ledger: {
+                let mut l = Ledger::default();
+                l.insert(&ack("ok", "r", 5));
+                l.insert(&ack("older", "r", 5));
+                l
+            },
             in_flight: HashSet::from(["environment:7".to_string()]),
             written: (1..=8)
                 .map(|i| (format!("environment:{i}"), long_ago))
@@ -552,12 +564,12 @@ mod tests {
         assert_eq!(
             kinds(&c),
             vec![
-                ("corrupted".to_string(), DriftKind::Corrupted),
-                ("extra".to_string(), DriftKind::Extra),
-                ("missing".to_string(), DriftKind::Missing),
-                ("older".to_string(), DriftKind::Stale),
-                ("stale".to_string(), DriftKind::Stale),
-                ("unacked".to_string(), DriftKind::Unconfirmed),
+                ("corrupted".into(), DriftKind::Corrupted),
+                ("extra".into(), DriftKind::Extra),
+                ("missing".into(), DriftKind::Missing),
+                ("older".into(), DriftKind::Stale),
+                ("stale".into(), DriftKind::Stale),
+                ("unacked".into(), DriftKind::Unconfirmed),
             ]
         );
         assert_eq!(c.regions[0].foreign, 1);

@@ -11,7 +11,7 @@ use edge_documents::tables::TableNames;
 use sqlx::PgPool;
 
 use super::expected::expected_of;
-use super::scan::{observe, ScanError};
+use super::scan::{observe, Ledger, ScanError};
 use super::{in_flight_documents, written_documents, Drift, Region, Snapshot, VerifyError};
 use crate::doc_key::DocKey;
 
@@ -40,7 +40,7 @@ pub async fn snapshot(
         docs
     };
     let (mut expected, _) = expected_of(pool, &docs).await?;
-    expected.retain(|k, _| keys.contains(k.as_str()));
+    expected.retain(|k, _| keys.contains(&**k));
 
     let mut observed = Vec::new();
     for region in regions {
@@ -66,7 +66,7 @@ pub async fn snapshot(
         observed.push((region.name.clone(), items));
     }
 
-    let mut entries: HashMap<(String, String), Ack> = HashMap::new();
+    let mut entries = Ledger::default();
     for key in &keys {
         let out = ledger
             .query()
@@ -78,7 +78,7 @@ pub async fn snapshot(
             .await
             .map_err(|e| read_err(&tables.acks, e))?;
         for ack in out.items().iter().filter_map(Ack::from_item) {
-            entries.insert((ack.item_key.clone(), ack.region.clone()), ack);
+            entries.insert(&ack);
         }
     }
     Ok(Snapshot {

@@ -1,7 +1,9 @@
 //! What a region holds: every item of the edge tables, read with a parallel scan and reduced
-//! to what verification needs; and the replication ledger.
+//! to what verification needs (a few dozen bytes per item besides its key); and the
+//! replication ledger, reduced likewise.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -10,24 +12,36 @@ use edge_documents::hash::content_hash;
 use edge_documents::item::{logical_item, stored_meta, Item, ATTR_VERSION};
 use edge_documents::tables::TableKind;
 use futures::future::try_join_all;
+use sha2::{Digest as _, Sha256};
 
 /// Segments of one parallel scan.
 const SEGMENTS: i32 = 4;
 
+/// A content hash in 32 bytes rather than its 71-character text.
+pub type Digest = [u8; 32];
+
+/// The digest of a content hash (`sha256:<hex>`); any other text is hashed as is.
+pub fn digest(hash: &str) -> Digest {
+    let mut out = [0u8; 32];
+    if let Some(hex) = hash.strip_prefix("sha256:") {
+        if hex::decode_to_slice(hex, &mut out).is_ok() {
+            return out;
+        }
+    }
+    Sha256::digest(hash.as_bytes()).into()
+}
+
 /// One stored item, reduced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
-    pub table: TableKind,
-    /// The item's primary key attributes (for a repair's delete).
-    pub key: serde_json::Map<String, serde_json::Value>,
-    /// Replication metadata; `None` for an item the writer did not write.
+    /// The item's version; `None` for an item the writer did not write.
     pub version: Option<i64>,
-    pub doc_key: Option<String>,
+    pub doc_key: Option<Box<str>>,
     /// Content hash recomputed from the item.
-    pub hash: Option<String>,
+    pub hash: Option<Digest>,
     /// Why the item is corrupted (its content does not match its recorded hash, or it
     /// cannot be read back).
-    pub corrupted: Option<String>,
+    pub corrupted: Option<Box<str>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,17 +52,14 @@ pub struct ScanError {
 }
 
 /// An item reduced to what verification needs, with its ledger key.
-pub fn observe(table: TableKind, item: &Item) -> Option<(String, Observed)> {
+pub fn observe(table: TableKind, item: &Item) -> Option<(Box<str>, Observed)> {
     let key_item: Item = table
         .key_attributes()
         .into_iter()
         .filter_map(|k| item.get(k).map(|v| (k.to_string(), v.clone())))
         .collect();
-    let item_key = acks::item_key(table, &key_item)?;
-    let key = serde_dynamo::aws_sdk_dynamodb_1::from_item(key_item).ok()?;
+    let item_key = acks::item_key(table, &key_item)?.into_boxed_str();
     let mut observed = Observed {
-        table,
-        key,
         version: None,
         doc_key: None,
         hash: None,
@@ -61,28 +72,30 @@ pub fn observe(table: TableKind, item: &Item) -> Option<(String, Observed)> {
         (Ok(meta), Ok(logical)) => {
             let actual = content_hash(&logical);
             if actual != meta.hash {
-                observed.corrupted = Some(format!(
-                    "content hash {actual} does not match the recorded {}",
-                    meta.hash
-                ));
+                observed.corrupted = Some(
+                    format!(
+                        "content hash {actual} does not match the recorded {}",
+                        meta.hash
+                    )
+                    .into(),
+                );
             }
             observed.version = Some(meta.version);
-            observed.doc_key = Some(meta.doc_key);
-            observed.hash = Some(actual);
+            observed.doc_key = Some(meta.doc_key.into());
+            observed.hash = Some(digest(&actual));
         }
-        (Err(e), _) | (_, Err(e)) => observed.corrupted = Some(e.to_string()),
+        (Err(e), _) | (_, Err(e)) => observed.corrupted = Some(e.to_string().into()),
     }
     Some((item_key, observed))
 }
 
-/// Every item of one segment of a scan (`segment` of `total`), reduced by `keep`.
-async fn scan_segment<T>(
+/// Hands every item of one segment of a scan (`segment` of `total`) to `sink`.
+async fn scan_segment(
     client: &aws_sdk_dynamodb::Client,
     table_name: &str,
     segment: Option<(i32, i32)>,
-    keep: impl Fn(&Item) -> Option<T>,
-) -> Result<Vec<T>, ScanError> {
-    let mut out = Vec::new();
+    sink: &(dyn Fn(&Item) + Sync),
+) -> Result<(), ScanError> {
     let mut start: Option<HashMap<String, AttributeValue>> = None;
     loop {
         let page = client
@@ -98,37 +111,157 @@ async fn scan_segment<T>(
                 table: table_name.to_string(),
                 message: DisplayErrorContext(e).to_string(),
             })?;
-        out.extend(page.items().iter().filter_map(&keep));
+        page.items().iter().for_each(sink);
         match page.last_evaluated_key() {
             Some(k) if !k.is_empty() => start = Some(k.clone()),
-            _ => return Ok(out),
+            _ => return Ok(()),
         }
     }
 }
 
-/// Every item of `table_name` (a table of kind `table`), by ledger key.
+/// Every item of `table_name` (a table of kind `table`), by ledger key, added to `into`.
 pub async fn scan_table(
     client: &aws_sdk_dynamodb::Client,
     table_name: &str,
     table: TableKind,
-) -> Result<HashMap<String, Observed>, ScanError> {
-    let segments = (0..SEGMENTS).map(|segment| {
-        scan_segment(client, table_name, Some((segment, SEGMENTS)), move |i| {
-            observe(table, i)
-        })
-    });
-    let parts = try_join_all(segments).await?;
-    Ok(parts.into_iter().flatten().collect())
+    into: &mut HashMap<Box<str>, Observed>,
+) -> Result<(), ScanError> {
+    let found = Mutex::new(std::mem::take(into));
+    let sink = |item: &Item| {
+        if let Some((k, o)) = observe(table, item) {
+            found.lock().expect("not poisoned").insert(k, o);
+        }
+    };
+    try_join_all(
+        (0..SEGMENTS)
+            .map(|segment| scan_segment(client, table_name, Some((segment, SEGMENTS)), &sink)),
+    )
+    .await?;
+    *into = found.into_inner().expect("not poisoned");
+    Ok(())
 }
 
-/// Every ledger entry, by (item key, region).
+/// One ledger entry, reduced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub version: i64,
+    pub removed: bool,
+    pub recorded_at_ms: i64,
+    /// The owner (delete intents only).
+    pub doc_key: Box<str>,
+}
+
+/// The ledger by item key: each region's acknowledgement and the writer's delete intent.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    entries: HashMap<Box<str>, Vec<(Box<str>, LedgerEntry)>>,
+}
+
+impl Ledger {
+    pub fn insert(&mut self, ack: &Ack) {
+        let intent = ack.region == acks::DELETE_INTENT;
+        let entry = LedgerEntry {
+            version: ack.version,
+            removed: ack.removed,
+            recorded_at_ms: ack.recorded_at_ms,
+            doc_key: if intent {
+                ack.doc_key.clone().into()
+            } else {
+                "".into()
+            },
+        };
+        let slot = self.entries.entry(ack.item_key.clone().into()).or_default();
+        slot.retain(|(r, _)| **r != *ack.region);
+        slot.push((ack.region.clone().into(), entry));
+    }
+
+    /// The entry of `region` (or [`acks::DELETE_INTENT`]) for an item.
+    pub fn get(&self, item_key: &str, region: &str) -> Option<&LedgerEntry> {
+        self.entries
+            .get(item_key)?
+            .iter()
+            .find(|(r, _)| &**r == region)
+            .map(|(_, e)| e)
+    }
+
+    /// The newest version any region acknowledged as present.
+    pub fn newest_ack(&self, item_key: &str) -> Option<i64> {
+        self.entries
+            .get(item_key)?
+            .iter()
+            .filter(|(r, e)| &**r != acks::DELETE_INTENT && !e.removed)
+            .map(|(_, e)| e.version)
+            .max()
+    }
+
+    /// The writer's delete intents: (item key, intent).
+    pub fn intents(&self) -> impl Iterator<Item = (&str, &LedgerEntry)> {
+        self.entries.iter().filter_map(|(k, v)| {
+            v.iter()
+                .find(|(r, _)| &**r == acks::DELETE_INTENT)
+                .map(|(_, e)| (&**k, e))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The whole ledger.
 pub async fn scan_ledger(
     client: &aws_sdk_dynamodb::Client,
     table_name: &str,
-) -> Result<HashMap<(String, String), Ack>, ScanError> {
-    let entries = scan_segment(client, table_name, None, Ack::from_item).await?;
-    Ok(entries
-        .into_iter()
-        .map(|a| ((a.item_key.clone(), a.region.clone()), a))
-        .collect())
+) -> Result<Ledger, ScanError> {
+    let ledger = Mutex::new(Ledger::default());
+    let sink = |item: &Item| {
+        if let Some(ack) = Ack::from_item(item) {
+            ledger.lock().expect("not poisoned").insert(&ack);
+        }
+    };
+    scan_segment(client, table_name, None, &sink).await?;
+    Ok(ledger.into_inner().expect("not poisoned"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_the_hashes_bytes() {
+        let h = content_hash(&serde_json::json!({"a": 1}));
+        let d = digest(&h);
+        assert_eq!(format!("sha256:{}", hex::encode(d)), h);
+        assert_ne!(digest("not a hash"), [0u8; 32]);
+    }
+
+    #[test]
+    fn the_ledger_keeps_one_entry_per_item_and_region() {
+        let mut ledger = Ledger::default();
+        let ack = |region: &str, version, removed| Ack {
+            item_key: "environments|k".into(),
+            region: region.into(),
+            version,
+            doc_key: "environment:1".into(),
+            hash: String::new(),
+            removed,
+            source_time: String::new(),
+            recorded_at_ms: 1,
+            lag_ms: None,
+        };
+        ledger.insert(&ack("a", 1, false));
+        ledger.insert(&ack("a", 3, false));
+        ledger.insert(&ack("b", 2, false));
+        ledger.insert(&ack(acks::DELETE_INTENT, 9, true));
+        assert_eq!(ledger.len(), 3);
+        assert_eq!(ledger.get("environments|k", "a").unwrap().version, 3);
+        assert_eq!(ledger.newest_ack("environments|k"), Some(3));
+        let intents: Vec<_> = ledger.intents().collect();
+        assert_eq!(intents.len(), 1);
+        assert_eq!(&*intents[0].1.doc_key, "environment:1");
+    }
 }
