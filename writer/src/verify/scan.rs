@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -16,6 +19,11 @@ use sha2::{Digest as _, Sha256};
 
 /// Segments of one parallel scan.
 const SEGMENTS: i32 = 4;
+/// One Scan page may take longer than the writer's 5 s per call: it is a full 1 MB page, and
+/// DynamoDB Local on a large table is slow to produce one.
+const PAGE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Extra reads of a page that failed.
+const PAGE_RETRIES: usize = 3;
 
 /// A content hash in 32 bytes rather than its 71-character text.
 pub type Digest = [u8; 32];
@@ -98,14 +106,37 @@ async fn scan_segment(
 ) -> Result<(), ScanError> {
     let mut start: Option<HashMap<String, AttributeValue>> = None;
     loop {
-        let page = client
-            .scan()
-            .table_name(table_name)
-            .set_segment(segment.map(|s| s.0))
-            .set_total_segments(segment.map(|s| s.1))
-            .consistent_read(true)
-            .set_exclusive_start_key(start.take())
-            .send()
+        // A page is read again from the same start key when it fails: a scan is read-only.
+        let request = || {
+            client
+                .scan()
+                .table_name(table_name)
+                .set_segment(segment.map(|s| s.0))
+                .set_total_segments(segment.map(|s| s.1))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.clone())
+                .customize()
+                .config_override(
+                    aws_sdk_dynamodb::config::Builder::default().timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .operation_attempt_timeout(PAGE_ATTEMPT_TIMEOUT)
+                            .operation_timeout(PAGE_ATTEMPT_TIMEOUT * 3)
+                            .build(),
+                    ),
+                )
+                .send()
+        };
+        let page = request
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_times(PAGE_RETRIES)
+                    .with_jitter(),
+            )
+            .notify(|e, after| {
+                tracing::warn!(table = table_name, error = %DisplayErrorContext(e),
+                    retry_in_ms = after.as_millis() as u64, "scan page failed; reading it again")
+            })
             .await
             .map_err(|e| ScanError {
                 table: table_name.to_string(),
