@@ -199,6 +199,9 @@ pub struct IdentityOverrideItem {
     pub identifier: String,
     pub identity_uuid: String,
     pub feature_state: FeatureState,
+    /// When the override was added or last changed (Flagsmith stamps the item on every
+    /// add or change), isoformat.
+    pub created_date: String,
 }
 
 /// Formats a timestamp the way Flagsmith's core API does (Python `isoformat()` of an aware

@@ -66,6 +66,10 @@ pub struct Settings {
     /// Delay before the second attempt, in milliseconds (doubling, with jitter).
     #[arg(long, env = "EDGE_INVALIDATION_RETRY_MS", default_value_t = 100)]
     pub invalidation_retry_ms: u64,
+    /// Flagsmith's core database: identity items written at the edge are ingested into it
+    /// (every region's consumer should have it). Unset: edge writes are only skipped.
+    #[arg(long, env = "EDGE_INGEST_DATABASE_URL", hide_env_values = true)]
+    pub ingest_database_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,11 +148,14 @@ impl Settings {
             aws_sdk_dynamodb::Client::from_conf(ledger_config.build()),
             self.tables().acks,
         );
-        Ok(Consumer::new(
-            self.region.clone(),
-            ledger,
-            self.invalidation(sdk)?,
-        ))
+        let consumer = Consumer::new(self.region.clone(), ledger, self.invalidation(sdk)?);
+        Ok(match &self.ingest_database_url {
+            Some(url) => consumer.with_ingestion(
+                crate::ingest::Ingestion::connect_lazy(url)
+                    .map_err(|e| ConfigError(format!("EDGE_INGEST_DATABASE_URL: {e}")))?,
+            ),
+            None => consumer,
+        })
     }
 }
 

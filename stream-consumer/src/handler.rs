@@ -23,10 +23,12 @@ use edge_documents::acks::{self, Ack};
 use edge_documents::item::{stored_meta, ATTR_VERSION};
 use futures::future::join_all;
 
+use crate::ingest::{self, Ingestion};
 use crate::invalidate::{dedupe, Change, Invalidation};
 use crate::ledger::Ledger;
 use crate::record::{ChangeRecord, Malformed};
 use crate::verify::{verify, VerifyError};
+use edge_documents::tables::TableKind;
 
 /// Acknowledgements written at once within a batch.
 const ACK_CONCURRENCY: usize = 16;
@@ -45,6 +47,10 @@ pub struct BatchReport {
     pub lags_ms: Vec<i64>,
     pub invalidated: usize,
     pub invalidation_failures: Vec<String>,
+    /// Identity items written at the edge, applied to core (see [`crate::ingest`]).
+    pub ingested: usize,
+    /// Edge items that could not be ingested and were parked.
+    pub ingest_parked: usize,
     pub seconds: f64,
 }
 
@@ -58,12 +64,15 @@ impl BatchReport {
 enum Checked {
     Ack(Box<Ack>, Change),
     Skipped,
+    Ingested,
+    Parked,
 }
 
 pub struct Consumer<L> {
     region: String,
     ledger: L,
     invalidation: Invalidation,
+    ingestion: Option<Ingestion>,
 }
 
 impl<L: Ledger> Consumer<L> {
@@ -72,7 +81,14 @@ impl<L: Ledger> Consumer<L> {
             region: region.into(),
             ledger,
             invalidation,
+            ingestion: None,
         }
+    }
+
+    /// Applies identity items written at the edge to the core database too.
+    pub fn with_ingestion(mut self, ingestion: Ingestion) -> Self {
+        self.ingestion = Some(ingestion);
+        self
     }
 
     pub fn region(&self) -> &str {
@@ -140,6 +156,8 @@ impl<L: Ledger> Consumer<L> {
                     changes.push(change);
                 }
                 Checked::Skipped => report.skipped += 1,
+                Checked::Ingested => report.ingested += 1,
+                Checked::Parked => report.ingest_parked += 1,
             }
         }
         // 4: invalidation of what was verified; failures are reported, never fatal.
@@ -166,7 +184,31 @@ impl<L: Ledger> Consumer<L> {
                 .acknowledge(ack)
                 .await
                 .map_err(|e| e.to_string()),
-            Checked::Skipped => Ok(()),
+            Checked::Skipped | Checked::Ingested | Checked::Parked => Ok(()),
+        }
+    }
+
+    /// Ingests an edge write of an identity item into core.
+    async fn ingest(
+        &self,
+        ingestion: &Ingestion,
+        record: &ChangeRecord,
+    ) -> Result<Checked, VerifyError> {
+        let composite_key = match record.keys.get("composite_key") {
+            Some(aws_sdk_dynamodb::types::AttributeValue::S(k)) => k.clone(),
+            _ => {
+                return Err(VerifyError::Unreadable(
+                    "an identity record without a composite_key".into(),
+                ))
+            }
+        };
+        match ingestion.apply(record, &composite_key).await {
+            Ok(ingest::Outcome::Ingested(result)) => {
+                tracing::debug!(item = %composite_key, ?result, "edge write ingested");
+                Ok(Checked::Ingested)
+            }
+            Ok(ingest::Outcome::Parked(_)) => Ok(Checked::Parked),
+            Err(e) => Err(VerifyError::Ingestion(e)),
         }
     }
 
@@ -182,6 +224,11 @@ impl<L: Ledger> Consumer<L> {
         match &record.new {
             Some(new) => {
                 if !new.contains_key(ATTR_VERSION) {
+                    if let (Some(ingestion), TableKind::Identities) =
+                        (&self.ingestion, record.table)
+                    {
+                        return self.ingest(ingestion, record).await;
+                    }
                     return Ok(Checked::Skipped);
                 }
                 let meta = verify(new, record.old.as_ref())?;
@@ -208,6 +255,18 @@ impl<L: Ledger> Consumer<L> {
                 let Some(old) = &record.old else {
                     return Ok(Checked::Skipped);
                 };
+                if let (Some(ingestion), TableKind::Identities) = (&self.ingestion, record.table) {
+                    let intent = self
+                        .ledger
+                        .delete_intent(&item_key)
+                        .await
+                        .map_err(|e| VerifyError::Unreadable(e.to_string()))?;
+                    let at_ms = record.created_at.unwrap_or(now).timestamp_millis();
+                    let intent = intent.map(|i| (i.version, i.recorded_at_ms));
+                    if ingest::is_edge_delete(old, intent, at_ms) {
+                        return self.ingest(ingestion, record).await;
+                    }
+                }
                 let Ok(old_meta) = stored_meta(old) else {
                     return Ok(Checked::Skipped);
                 };
@@ -252,7 +311,6 @@ mod tests {
     use crate::ledger::LedgerError;
     use aws_sdk_dynamodb::types::AttributeValue;
     use edge_documents::item::{encode, Item, ReplicationMeta};
-    use edge_documents::tables::TableKind;
     use serde_json::json;
     use std::sync::Mutex;
 
@@ -304,6 +362,7 @@ mod tests {
             keys: [("api_key".to_string(), AttributeValue::S("k".into()))].into(),
             new,
             old,
+            created_at: None,
         })
     }
 

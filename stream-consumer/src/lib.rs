@@ -6,12 +6,14 @@
 //! - [`ledger`]: acknowledgements and the writer's delete intents (DynamoDB);
 //! - [`invalidate`]: Redis, webhook and CloudFront targets with retries;
 //! - [`handler`]: a batch, in order, up to its first failure;
+//! - [`ingest`]: identity items written at the edge, applied to core (`edge_ingest`);
 //! - [`lambda`] and [`poller`]: the two ways records arrive;
 //! - [`metrics`]: CloudWatch Embedded Metric Format;
 //! - [`config`]: settings from flags or environment variables.
 
 pub mod config;
 pub mod handler;
+pub mod ingest;
 pub mod invalidate;
 pub mod lambda;
 pub mod ledger;

@@ -94,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!(table = kind.as_str(), records = report.records,
                     verified = report.verified, removals = report.removals,
                     max_lag_ms = ?report.max_lag_ms(), invalidated = report.invalidated,
+                    ingested = report.ingested, ingest_parked = report.ingest_parked,
                     invalidation_failures = report.invalidation_failures.len(),
                     failed = ?report.failure.as_ref().map(|f| &f.0), "batch handled");
             };

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use edge_documents::item::Item;
 use edge_documents::tables::{TableKind, TableNames};
 use serde_json::Value;
@@ -21,6 +22,9 @@ pub struct ChangeRecord {
     pub new: Option<Item>,
     /// The item before the change, when there was one.
     pub old: Option<Item>,
+    /// When the change was made in this region (the record's approximate creation time):
+    /// an edge write's time under the merge rule.
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -84,12 +88,17 @@ pub fn from_lambda(record: &Value, tables: &TableNames) -> Result<ChangeRecord, 
         )
     })?;
     let keys = json_image(record, "Keys")?.ok_or_else(|| malformed("Keys", "missing".into()))?;
+    // Epoch seconds (a number; Lambda may send a fraction).
+    let created_at = record["dynamodb"]["ApproximateCreationDateTime"]
+        .as_f64()
+        .and_then(|s| DateTime::from_timestamp_micros((s * 1e6) as i64));
     Ok(ChangeRecord {
         new: json_image(record, "NewImage")?,
         old: json_image(record, "OldImage")?,
         sequence,
         table,
         keys,
+        created_at,
     })
 }
 
@@ -116,12 +125,16 @@ pub fn from_streams(
             reason: "missing".into(),
         });
     };
+    let created_at = data
+        .approximate_creation_date_time()
+        .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
     Ok(ChangeRecord {
         keys: streams_image(data.keys.as_ref()).unwrap_or_default(),
         new: streams_image(data.new_image.as_ref()),
         old: streams_image(data.old_image.as_ref()),
         sequence,
         table,
+        created_at,
     })
 }
 

@@ -20,6 +20,8 @@ pub enum VerifyError {
     VersionWentBackwards { doc_key: String, old: i64, new: i64 },
     #[error("item cannot be read: {0}")]
     Unreadable(String),
+    #[error("ingesting the edge's write into core failed (retried): {0}")]
+    Ingestion(String),
     #[error("item {item_key} of {doc_key} v{version} was removed without a delete of the writer (newest delete intent: {intent:?})")]
     UnexpectedRemoval {
         item_key: String,

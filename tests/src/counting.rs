@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use edge_documents::item::Item;
 use edge_documents::tables::TableKind;
-use edge_writer::store::{ItemStore, StoreError, WriteOutcome};
+use edge_writer::store::{Guard, ItemStore, StoreError, WriteOutcome};
 
 #[derive(Clone)]
 pub struct CountingStore<S> {
@@ -38,12 +38,13 @@ impl<S: ItemStore> ItemStore for CountingStore<S> {
         table: TableKind,
         item: Item,
         version: i64,
+        guard: &Guard,
     ) -> Result<WriteOutcome, StoreError> {
         self.puts.fetch_add(1, Ordering::SeqCst);
         if table == TableKind::Environments {
             self.environment_puts.fetch_add(1, Ordering::SeqCst);
         }
-        self.inner.put(table, item, version).await
+        self.inner.put(table, item, version, guard).await
     }
 
     async fn delete(
@@ -52,9 +53,10 @@ impl<S: ItemStore> ItemStore for CountingStore<S> {
         key: Item,
         doc_key: &str,
         version: i64,
+        guard: &Guard,
     ) -> Result<WriteOutcome, StoreError> {
         self.deletes.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(table, key, doc_key, version).await
+        self.inner.delete(table, key, doc_key, version, guard).await
     }
 
     async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), StoreError> {

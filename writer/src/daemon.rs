@@ -91,9 +91,10 @@ async fn capture_loop(
         }
         match capture::drain_all(&pool, config.capture_batch).await {
             Ok(drained) if drained.changes > 0 => {
-                m::record_captured(drained.changes);
+                m::record_captured(drained.changes - drained.edge_changes, drained.edge_changes);
                 tracing::debug!(
                     changes = drained.changes,
+                    edge_changes = drained.edge_changes,
                     documents = drained.documents,
                     "captured"
                 );

@@ -53,6 +53,9 @@ async fn sync<S: ItemStore>(
                 SyncError::Replicate(r) if r.kind() == FailureKind::Transient => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
+                SyncError::Replicate(r) if r.kind() == FailureKind::AwaitingIngestion => {
+                    StatusCode::CONFLICT
+                }
                 SyncError::Replicate(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 SyncError::Lookup(..) => StatusCode::SERVICE_UNAVAILABLE,
             };

@@ -126,6 +126,12 @@ enum Command {
     /// Exit code: 0 no drift, 2 drift found, 3 drift found and every drifting document
     /// re-written (`--repair`; run again once replication has carried it), 1 verify failed.
     Verify(VerifyArgs),
+    /// Edge -> core ingestion of identities written at the edge: the per-project switch and
+    /// the edge items that could not be ingested.
+    Ingestion {
+        #[command(subcommand)]
+        command: IngestionCommand,
+    },
     /// Show an environment's items in DynamoDB with their replication metadata.
     Inspect {
         /// Environment client-side api_key.
@@ -142,6 +148,31 @@ enum TablesCommand {
         #[arg(long)]
         no_streams: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum IngestionCommand {
+    /// Every edge project: its setting (on, off, default), whether ingestion runs, and
+    /// whether its identity migration is complete (the default turns ingestion on then).
+    List,
+    /// Ingest the edge's identity writes of a project into core.
+    On {
+        #[arg(long)]
+        project: i32,
+    },
+    /// Leave the project's identities written at the edge to the edge: not ingested, and
+    /// not replaced by the writer.
+    Off {
+        #[arg(long)]
+        project: i32,
+    },
+    /// Back to the default: on once the project's identity migration is complete.
+    Default {
+        #[arg(long)]
+        project: i32,
+    },
+    /// Edge items that could not be ingested, with their key and reason.
+    DeadLetters,
 }
 
 #[derive(Subcommand, Debug)]
@@ -306,6 +337,10 @@ struct ReplicationArgs {
     /// Longest backoff between attempts, in milliseconds.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     retry_cap_ms: u64,
+    /// Seconds an identity item written at the edge may wait for a stream consumer to ingest
+    /// it before the writer ingests it itself.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    ingest_grace_secs: u64,
 }
 
 impl ReplicationArgs {
@@ -316,6 +351,7 @@ impl ReplicationArgs {
             delete_recheck_after: Duration::from_secs(self.delete_recheck_after_secs),
             max_attempts: self.max_attempts,
             retry_cap: Duration::from_millis(self.retry_cap_ms),
+            ingest_grace: Duration::from_secs(self.ingest_grace_secs),
             retry_base: defaults
                 .retry_base
                 .min(Duration::from_millis(self.retry_cap_ms)),
@@ -438,9 +474,66 @@ async fn dispatch(
                 );
             }
         }
+        Command::Ingestion { command } => ingestion(&cli, command).await?,
         Command::Inspect { environment } => inspect(&cli, environment).await?,
         Command::MigrateIdentities(args) => migrate_identities(&cli, args).await?,
         Command::Run(args) => run(&cli, args, metrics_handle).await?,
+    }
+    Ok(())
+}
+
+async fn ingestion(cli: &Cli, command: &IngestionCommand) -> Result<()> {
+    use edge_ingest::{dead_letters, switch};
+    let pool = pool(cli, 1).await?;
+    let (project, setting) = match command {
+        IngestionCommand::On { project } => (*project, Some(true)),
+        IngestionCommand::Off { project } => (*project, Some(false)),
+        IngestionCommand::Default { project } => (*project, None),
+        IngestionCommand::List => {
+            for p in switch::list(&pool).await.context("reading the projects")? {
+                println!(
+                    "project {}\t{}\tsetting={}\tingestion={}\tmigration_complete={}",
+                    p.project_id,
+                    p.name,
+                    p.setting,
+                    if p.ingestion { "on" } else { "off" },
+                    p.migration_complete
+                );
+            }
+            return Ok(());
+        }
+        IngestionCommand::DeadLetters => {
+            let letters = dead_letters::list(&pool)
+                .await
+                .context("reading the ingestion dead letters")?;
+            if letters.is_empty() {
+                println!("no ingestion dead letters");
+            }
+            for l in letters {
+                println!(
+                    "{}\tattempts={}\tlast={}\t{}",
+                    l.item_key, l.attempts, l.last_failed_at, l.error
+                );
+            }
+            return Ok(());
+        }
+    };
+    switch::set(&pool, project, setting)
+        .await
+        .with_context(|| format!("setting ingestion of project {project}"))?;
+    let state = switch::list(&pool)
+        .await
+        .context("reading the projects")?
+        .into_iter()
+        .find(|p| p.project_id == project);
+    match state {
+        Some(p) => println!(
+            "project {}: setting={}, ingestion {}",
+            p.project_id,
+            p.setting,
+            if p.ingestion { "on" } else { "off" }
+        ),
+        None => println!("project {project}: setting saved (it is not an edge project now)"),
     }
     Ok(())
 }
@@ -583,6 +676,14 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
                 d.detail
             );
         }
+        for p in &report.pending_ingestion {
+            println!(
+                "{}\tpending ingestion\t{}\t{}\twritten at the edge, not merged into core yet (never repaired)",
+                p.region,
+                p.item_key,
+                p.doc_key.as_deref().unwrap_or("-")
+            );
+        }
         for u in &report.unprojectable {
             println!("postgres\tunprojectable\t{u}");
         }
@@ -595,10 +696,11 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
             .map(|r| format!("{}: {} items ({} foreign)", r.name, r.items, r.foreign))
             .collect();
         println!(
-            "expected {} items; {}; {} documents in flight; {} transient; drift {:?}; repaired {} documents; {:.1} s",
+            "expected {} items; {}; {} documents in flight; {} pending ingestion; {} transient; drift {:?}; repaired {} documents; {:.1} s",
             report.expected_items,
             regions.join(", "),
             report.in_flight_documents,
+            report.pending_ingestion.len(),
             report.transient_drifts,
             report.counts,
             report.repaired_documents,

@@ -19,6 +19,7 @@ pub const LAG_SECONDS: &str = "writer_lag_seconds";
 pub const QUEUE_DEPTH: &str = "writer_queue_depth";
 pub const QUEUE_DUE: &str = "writer_queue_due";
 pub const DEAD_LETTERS: &str = "writer_dead_letters";
+pub const FOREIGN_ITEMS_TOTAL: &str = "writer_foreign_items_total";
 
 /// Installs the global recorder (once per process) and returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
@@ -65,8 +66,18 @@ pub fn record_failure(kind: FailureKind) {
     metrics::counter!(FAILURES_TOTAL, "kind" => kind.as_str()).increment(1);
 }
 
-pub fn record_captured(changes: usize) {
-    metrics::counter!(CHANGES_CAPTURED_TOTAL).increment(changes as u64);
+/// Captured changes by origin: `core` (Flagsmith's own writes) or `edge` (made by edge ->
+/// core ingestion, re-projected but not new core changes).
+pub fn record_captured(core: usize, edge: usize) {
+    metrics::counter!(CHANGES_CAPTURED_TOTAL, "origin" => "core").increment(core as u64);
+    metrics::counter!(CHANGES_CAPTURED_TOTAL, "origin" => "edge").increment(edge as u64);
+}
+
+/// Identity writes that found an item someone else wrote, by what happened: `adopted` (its
+/// content was ingested; replaced by the merged document), `awaiting_ingestion`,
+/// `ingested_by_writer` (no consumer ingested it in time), `edge_owned` (ingestion off).
+pub fn record_foreign(what: &'static str) {
+    metrics::counter!(FOREIGN_ITEMS_TOTAL, "result" => what).increment(1);
 }
 
 pub fn record_queue(depth: i64, due: i64, dead_letters: i64) {

@@ -43,8 +43,8 @@ use crate::metrics as m;
 use crate::projection::environment::iso;
 use crate::projection::{self, DesiredItem, ProjectionError};
 use crate::state::documents::{self, DocState, RecordedItem};
-use crate::state::{dead_letters, pending};
-use crate::store::{ItemStore, StoreError, WriteOutcome};
+use crate::state::{dead_letters, foreign, pending};
+use crate::store::{Guard, ItemStore, StoreError, WriteOutcome};
 
 /// Tuning of the replication of one document.
 #[derive(Debug, Clone)]
@@ -62,6 +62,9 @@ pub struct Settings {
     pub retry_cap: Duration,
     /// How long `sync` waits for a document's lock.
     pub lock_timeout: Duration,
+    /// How long an identity item someone else wrote may wait for a stream consumer to ingest
+    /// it before the writer ingests it itself (with the time it first found it).
+    pub ingest_grace: Duration,
 }
 
 impl Default for Settings {
@@ -73,6 +76,7 @@ impl Default for Settings {
             retry_base: Duration::from_millis(500),
             retry_cap: Duration::from_secs(60),
             lock_timeout: Duration::from_secs(30),
+            ingest_grace: Duration::from_secs(60),
         }
     }
 }
@@ -88,6 +92,9 @@ pub enum FailureKind {
     TooLarge,
     /// DynamoDB refused the request for good (validation): parked at once.
     Rejected,
+    /// An identity item written by someone else (the edge) waits for edge -> core
+    /// ingestion: retried after it, never parked.
+    AwaitingIngestion,
     /// Anything else: retried, parked after `max_attempts`.
     Other,
 }
@@ -99,6 +106,7 @@ impl FailureKind {
             FailureKind::InvalidData => "invalid_data",
             FailureKind::TooLarge => "too_large",
             FailureKind::Rejected => "rejected",
+            FailureKind::AwaitingIngestion => "awaiting_ingestion",
             FailureKind::Other => "persistent",
         }
     }
@@ -132,6 +140,14 @@ pub enum ReplicateError {
     },
     #[error(transparent)]
     InvalidKey(#[from] InvalidDocKey),
+    /// The document's identity item was written by someone else (the edge) and its content
+    /// has not reached core yet: it is not replaced; the document waits for ingestion.
+    #[error("{doc_key}: the identity item was written at the edge and is not ingested into core yet; waiting for ingestion")]
+    Foreign {
+        doc_key: String,
+        /// The item found (None: it changed or vanished meanwhile).
+        item: Option<Box<Item>>,
+    },
     /// A bulk writer that died may still have a write in flight for the document.
     #[error("{doc_key}: a bulk write lease holds the document until {until}; retrying after it")]
     Leased {
@@ -163,6 +179,7 @@ impl ReplicateError {
             ReplicateError::State { source, .. } => classify_sqlx(source),
             ReplicateError::InvalidKey(_) => FailureKind::InvalidData,
             ReplicateError::Leased { .. } => FailureKind::Transient,
+            ReplicateError::Foreign { .. } => FailureKind::AwaitingIngestion,
         }
     }
 }
@@ -363,12 +380,15 @@ impl<S: ItemStore> Replicator<S> {
         claim: &pending::Claim,
         err: &ReplicateError,
     ) -> Result<(), sqlx::Error> {
+        if let ReplicateError::Foreign { item, .. } = err {
+            return self.await_ingestion(claim, item.as_deref()).await;
+        }
         let kind = err.kind();
         let attempts = claim.attempts + 1;
         let message = error_chain(err);
         m::record_failure(kind);
         let park = match kind {
-            FailureKind::Transient => false,
+            FailureKind::Transient | FailureKind::AwaitingIngestion => false,
             FailureKind::InvalidData | FailureKind::TooLarge | FailureKind::Rejected => true,
             FailureKind::Other => attempts >= self.settings.max_attempts,
         };
@@ -401,6 +421,153 @@ impl<S: ItemStore> Replicator<S> {
             pending::record_failure(&self.pool, &claim.doc_key, &message, delay).await?;
         }
         Ok(())
+    }
+
+    /// The document's identity item was written by someone else and not yet ingested.
+    ///
+    /// - Ingestion off for the project: the edge owns the identity; the item is left to it
+    ///   and the queue row is done (a later core change tries again).
+    /// - Otherwise the document waits for a stream consumer to ingest the item (ingestion
+    ///   queues the document again, due at once), retried with backoff meanwhile. After
+    ///   [`Settings::ingest_grace`] the writer ingests the item itself, as written at the time
+    ///   it was first found (no consumer may be configured, or the stream record may be gone).
+    async fn await_ingestion(
+        &self,
+        claim: &pending::Claim,
+        found: Option<&Item>,
+    ) -> Result<(), sqlx::Error> {
+        let doc_key = claim.doc_key.as_str();
+        let identity_id = match claim.doc_key.parse::<DocKey>() {
+            Ok(DocKey::Identity(id)) => id,
+            _ => return Ok(()),
+        };
+        let mut conn = self.pool.acquire().await?;
+        let enabled = edge_ingest::switch::enabled_for_identity(&mut conn, identity_id).await?;
+        drop(conn);
+        if !enabled {
+            m::record_foreign("edge_owned");
+            foreign::mark(&self.pool, doc_key, "edge_owned").await?;
+            tracing::info!(doc = %doc_key,
+                "identity item written at the edge and ingestion is off for its project: left to the edge");
+            pending::drop_parked(&self.pool, doc_key, claim.seq).await?;
+            return Ok(());
+        }
+        let since = foreign::mark(&self.pool, doc_key, "awaiting_ingestion").await?;
+        let waited = (Utc::now() - since).to_std().unwrap_or_default();
+        if let (true, Some(item)) = (waited >= self.settings.ingest_grace, found) {
+            let composite_key = match item.get("composite_key") {
+                Some(aws_sdk_dynamodb::types::AttributeValue::S(k)) => k.clone(),
+                _ => String::new(),
+            };
+            let write = edge_ingest::EdgeWrite {
+                composite_key: &composite_key,
+                new: Some(item),
+                old: None,
+                at: since,
+            };
+            match edge_ingest::ingest(&self.pool, &write).await {
+                Ok(result) => {
+                    m::record_foreign("ingested_by_writer");
+                    tracing::warn!(doc = %doc_key, waited_s = waited.as_secs(), ?result,
+                        "no consumer ingested the edge's identity item in time; the writer ingested it");
+                    pending::record_failure(
+                        &self.pool,
+                        doc_key,
+                        "ingested by the writer",
+                        Duration::ZERO,
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                Err(e) if e.is_invalid() => {
+                    m::record_foreign("edge_owned");
+                    let reason = error_chain(&e);
+                    tracing::error!(doc = %doc_key, error = %reason,
+                        "the edge's identity item cannot be ingested; parked and left to the edge");
+                    edge_ingest::dead_letters::park(&self.pool, &composite_key, &reason, None)
+                        .await?;
+                    foreign::mark(&self.pool, doc_key, "edge_owned").await?;
+                    pending::drop_parked(&self.pool, doc_key, claim.seq).await?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(doc = %doc_key, error = %error_chain(&e), "ingesting the edge's identity item failed; will retry");
+                }
+            }
+        }
+        m::record_foreign("awaiting_ingestion");
+        let delay = Duration::from_secs(2)
+            .saturating_mul(1u32 << claim.attempts.clamp(0, 4) as u32)
+            .min(Duration::from_secs(30));
+        tracing::info!(doc = %doc_key, waited_s = waited.as_secs(), retry_in_ms = delay.as_millis() as u64,
+            "identity item written at the edge; waiting for its ingestion into core");
+        pending::record_failure(
+            &self.pool,
+            doc_key,
+            "awaiting ingestion of an identity item written at the edge",
+            delay,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// An owned write (see [`Guard::Owned`]) found an item someone else wrote. If exactly that
+    /// item was ingested into core (its digest is the last one ingested for its key), the
+    /// merged document replaces it, conditional on it being unchanged; otherwise the document
+    /// waits for ingestion ([`ReplicateError::Foreign`]).
+    async fn adopt(
+        &self,
+        doc_key: &str,
+        table: TableKind,
+        write: Planned<'_>,
+        version: i64,
+        found: Option<Box<Item>>,
+    ) -> Result<WriteOutcome, ReplicateError> {
+        let waiting = |item| ReplicateError::Foreign {
+            doc_key: doc_key.to_string(),
+            item,
+        };
+        let Some(found) = found else {
+            return Err(waiting(None));
+        };
+        let composite_key = match found.get("composite_key") {
+            Some(aws_sdk_dynamodb::types::AttributeValue::S(k)) => k.clone(),
+            _ => return Err(waiting(Some(found))),
+        };
+        let digest = edge_ingest::edge_item::digest(&found).ok();
+        let ingested = foreign::ingested_digest(&self.pool, &composite_key)
+            .await
+            .map_err(|source| ReplicateError::State {
+                doc_key: doc_key.to_string(),
+                source,
+            })?;
+        if digest.is_none() || digest != ingested {
+            return Err(waiting(Some(found)));
+        }
+        let guard = Guard::Adopt(found);
+        let outcome = match write {
+            Planned::Put(item) => {
+                with_retry(|| self.store.put(table, item.clone(), version, &guard)).await
+            }
+            Planned::Delete(key) => {
+                with_retry(|| {
+                    self.store
+                        .delete(table, key.clone(), doc_key, version, &guard)
+                })
+                .await
+            }
+        }
+        .map_err(|source| ReplicateError::Store {
+            doc_key: doc_key.to_string(),
+            source,
+        })?;
+        match outcome {
+            WriteOutcome::Foreign { item } => Err(waiting(item)),
+            other => {
+                m::record_foreign("adopted");
+                Ok(other)
+            }
+        }
     }
 
     async fn replicate_locked(
@@ -490,33 +657,83 @@ impl<S: ItemStore> Replicator<S> {
             .map_err(state_err)?;
         drop(snap);
 
-        // The writes: every item in parallel, each conditional on the version.
+        // The writes, each conditional on the version. Items with other writers (an identity
+        // document's identity item: the edge writes it too) go first, one at a time, under
+        // [`Guard::Owned`]; the rest only once those are the writer's, all in parallel.
         let t_write = Instant::now();
         let puts = if content_unchanged { vec![] } else { encoded };
-        let put_results = join_all(
-            puts.iter()
-                .map(|(d, e)| with_retry(|| self.store.put(d.table, e.item.clone(), version))),
-        );
-        let delete_results = join_all(stale.iter().map(|r| {
-            let key = key_item(&r.key);
-            let doc_key = doc_key.as_str();
-            with_retry(move || self.store.delete(r.table, key.clone(), doc_key, version))
-        }));
-        let (put_results, delete_results) = futures::join!(put_results, delete_results);
+        let owned = |t: TableKind| t == TableKind::Identities;
         let store_err = |source| ReplicateError::Store {
             doc_key: doc_key.clone(),
             source,
         };
+        let mut outcomes: Vec<WriteOutcome> = Vec::new();
+        for (d, e) in puts.iter().filter(|(d, _)| owned(d.table)) {
+            let outcome = with_retry(|| {
+                self.store
+                    .put(d.table, e.item.clone(), version, &Guard::Owned)
+            })
+            .await
+            .map_err(store_err)?;
+            outcomes.push(match outcome {
+                WriteOutcome::Foreign { item } => {
+                    self.adopt(&doc_key, d.table, Planned::Put(&e.item), version, item)
+                        .await?
+                }
+                other => other,
+            });
+        }
+        for r in stale.iter().filter(|r| owned(r.table)) {
+            let key = key_item(&r.key);
+            let outcome = with_retry(|| {
+                self.store
+                    .delete(r.table, key.clone(), &doc_key, version, &Guard::Owned)
+            })
+            .await
+            .map_err(store_err)?;
+            outcomes.push(match outcome {
+                WriteOutcome::Foreign { item } => {
+                    self.adopt(&doc_key, r.table, Planned::Delete(&key), version, item)
+                        .await?
+                }
+                other => other,
+            });
+        }
+        let put_results = join_all(puts.iter().filter(|(d, _)| !owned(d.table)).map(|(d, e)| {
+            with_retry(|| {
+                self.store
+                    .put(d.table, e.item.clone(), version, &Guard::Version)
+            })
+        }));
+        let delete_results = join_all(stale.iter().filter(|r| !owned(r.table)).map(|r| {
+            let key = key_item(&r.key);
+            let doc_key = doc_key.as_str();
+            with_retry(move || {
+                self.store
+                    .delete(r.table, key.clone(), doc_key, version, &Guard::Version)
+            })
+        }));
+        let (put_results, delete_results) = futures::join!(put_results, delete_results);
+        for result in put_results.into_iter().chain(delete_results) {
+            outcomes.push(result.map_err(store_err)?);
+        }
         let mut superseded = 0;
-        for outcome in put_results.iter().chain(delete_results.iter()) {
+        for outcome in &outcomes {
             match outcome {
-                Ok(WriteOutcome::Applied) => {}
-                Ok(WriteOutcome::Superseded { stored_version }) => {
+                WriteOutcome::Applied => {}
+                WriteOutcome::Superseded { stored_version } => {
                     superseded += 1;
                     tracing::info!(doc = %doc_key, version, ?stored_version,
                         "a newer version is already stored; this write was not applied");
                 }
-                Err(e) => return Err(store_err(e.clone())),
+                WriteOutcome::Foreign { .. } => {
+                    // Only owned writes can meet a foreign item, and `adopt` turned those
+                    // into an error above.
+                    return Err(ReplicateError::Foreign {
+                        doc_key: doc_key.clone(),
+                        item: None,
+                    });
+                }
             }
         }
 
@@ -636,6 +853,13 @@ pub(crate) fn document_hash(encoded: &[(DesiredItem, EncodedItem)]) -> Option<St
         .collect();
     parts.sort_by_key(|p| p.to_string());
     Some(content_hash(&Value::Array(parts)))
+}
+
+/// A write that met a foreign item, to be tried again under [`Guard::Adopt`].
+#[derive(Clone, Copy)]
+enum Planned<'a> {
+    Put(&'a Item),
+    Delete(&'a Item),
 }
 
 fn key_item(key: &Value) -> Item {

@@ -17,7 +17,7 @@ use edge_tests::dynamo::{document_of, start_instance, TestTables};
 use edge_tests::pg::TestDb;
 use edge_tests::writer::{test_settings, InProcessWriter};
 use edge_writer::replicate::Replicator;
-use edge_writer::store::ItemStore;
+use edge_writer::store::{Guard, ItemStore};
 use futures::future::join_all;
 use serde_json::Value;
 
@@ -95,7 +95,7 @@ async fn raw_put_latency(tables: &TestTables, body: &Value, n: usize) -> Vec<Dur
         let item = encode(&body, &meta, Some(350 * 1024)).unwrap().item;
         let t = Instant::now();
         store
-            .put(TableKind::Environments, item, i as i64 + 1)
+            .put(TableKind::Environments, item, i as i64 + 1, &Guard::Version)
             .await
             .expect("raw put");
         out.push(t.elapsed());
@@ -128,7 +128,7 @@ async fn raw_put_throughput(
                 };
                 let item = encode(&body, &meta, Some(350 * 1024)).unwrap().item;
                 store
-                    .put(TableKind::Environments, item, 1)
+                    .put(TableKind::Environments, item, 1, &Guard::Version)
                     .await
                     .expect("raw put");
             }

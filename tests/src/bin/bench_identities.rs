@@ -19,7 +19,7 @@ use edge_documents::tables::TableKind;
 use edge_tests::core::{Core, Val};
 use edge_tests::dynamo::{start_instance, TestTables};
 use edge_tests::pg::TestDb;
-use edge_writer::store::{ItemStore, BATCH_MAX_ITEMS};
+use edge_writer::store::{Guard, ItemStore, BATCH_MAX_ITEMS};
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
@@ -290,7 +290,7 @@ async fn backfill_case(environments: i32) {
                 "api_key".into(),
                 aws_sdk_dynamodb::types::AttributeValue::S(format!("ref{i}")),
             );
-            store.put(TableKind::Environments, item, 1)
+            store.put(TableKind::Environments, item, 1, &Guard::Version)
         })
         .buffer_unordered(4)
         .for_each(|r| async move {

@@ -523,6 +523,7 @@ mod tests {
             new_keys: Some(new),
             old_keys: old,
             captured_at: Utc::now(),
+            origin: None,
         }
     }
 

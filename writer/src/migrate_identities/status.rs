@@ -94,7 +94,14 @@ pub async fn write_metadata<S: ItemStore>(
     }
     // The item carries no version, so the put's version condition always holds: the job
     // (one per project, under an advisory lock) is the only writer of this item.
-    store.put(TableKind::ProjectMetadata, item, 0).await?;
+    store
+        .put(
+            TableKind::ProjectMetadata,
+            item,
+            0,
+            &crate::store::Guard::Version,
+        )
+        .await?;
     Ok(())
 }
 

@@ -120,11 +120,22 @@ pub fn project_identity(rows: &IdentityRows) -> Result<IdentityProjection, Proje
         );
     }
 
-    let uuid = identity_uuid(i.environment_id, i.id).to_string();
+    let uuid = i
+        .edge_identity_uuid
+        .unwrap_or_else(|| identity_uuid(i.environment_id, i.id))
+        .to_string();
+    let changed_at: HashMap<i32, DateTime<Utc>> = overrides
+        .values()
+        .map(|o| (o.state.feature_id, o.updated_at))
+        .collect();
     let override_items = if i.project_v2_migration_status == V2_OVERRIDES_STATUS {
         features
             .iter()
             .map(|fs| IdentityOverrideItem {
+                created_date: changed_at
+                    .get(&(fs.feature.id as i32))
+                    .map(|t| iso(*t))
+                    .unwrap_or_else(|| iso(rows.snapshot_time)),
                 environment_id: i.environment_id.to_string(),
                 document_key: format!("identity_override:{}:{uuid}", fs.feature.id),
                 environment_api_key: i.environment_api_key.clone(),
@@ -258,6 +269,7 @@ mod tests {
                 project_v2_migration_status: "COMPLETE".into(),
                 project_deleted_at: None,
                 organisation_deleted_at: None,
+                edge_identity_uuid: None,
             },
             traits: vec![TraitRow {
                 id: 1,

@@ -206,11 +206,13 @@ SELECT i.id, i.identifier, i.created_date, i.environment_id, i.system_traits,
        e.use_v2_feature_versioning AS environment_use_v2_feature_versioning,
        p.enable_dynamo_db AS project_enable_dynamo_db,
        p.identity_overrides_v2_migration_status AS project_v2_migration_status,
-       p.deleted_at AS project_deleted_at, o.deleted_at AS organisation_deleted_at
+       p.deleted_at AS project_deleted_at, o.deleted_at AS organisation_deleted_at,
+       u.identity_uuid AS edge_identity_uuid
 FROM environments_identity i
 JOIN environments_environment e ON e.id = i.environment_id
 JOIN projects_project p ON p.id = e.project_id
 JOIN organisations_organisation o ON o.id = p.organisation_id
+LEFT JOIN edge.identity_uuid u ON u.identity_id = i.id
 WHERE i.id = ANY($1)
 "#;
 
@@ -223,7 +225,7 @@ ORDER BY identity_id, id
 "#;
 
 const IDENTITY_OVERRIDES: &str = r#"
-SELECT fs.identity_id, fs.id, fs.uuid, fs.feature_id, fs.feature_segment_id, fs.enabled,
+SELECT fs.identity_id, fs.id, fs.uuid, fs.feature_id, fs.feature_segment_id, fs.enabled, fs.updated_at,
        fs.version, fs.live_from, fs.environment_feature_version_id, fs.mv_hashing_salt,
        v.type AS value_type, v.integer_value, v.string_value, v.boolean_value,
        f.name AS feature_name, f.type AS feature_type

@@ -178,6 +178,9 @@ pub struct IdentityRow {
     pub project_v2_migration_status: String,
     pub project_deleted_at: Option<DateTime<Utc>>,
     pub organisation_deleted_at: Option<DateTime<Utc>>,
+    /// The identity_uuid an identity created at the edge already had (`edge.identity_uuid`);
+    /// `None`: derived from the ids.
+    pub edge_identity_uuid: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -199,6 +202,9 @@ pub struct IdentityOverrideRow {
     pub identity_id: i32,
     #[sqlx(flatten)]
     pub state: FeatureStateRow,
+    /// The override's last change (the v2 override item's `created_date`: Flagsmith stamps
+    /// that item when the override is added or changed).
+    pub updated_at: DateTime<Utc>,
     pub feature_name: String,
     pub feature_type: String,
 }

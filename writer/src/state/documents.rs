@@ -174,7 +174,8 @@ pub async fn record_writes(
     sqlx::query(
         r#"UPDATE edge.document d
            SET version = $2, content_hash = x.h, deleted = (x.h IS NULL), written_at = now(),
-               source_time = $3, next_projection_at = x.n
+               source_time = $3, next_projection_at = x.n, foreign_since = NULL,
+               foreign_state = NULL
            FROM unnest($1::text[], $4::text[], $5::timestamptz[]) AS x(k, h, n)
            WHERE d.doc_key = x.k"#,
     )
@@ -259,7 +260,8 @@ pub async fn record_write(
     sqlx::query(
         r#"UPDATE edge.document
            SET version = $2, content_hash = $3, deleted = ($3 IS NULL), written_at = now(),
-               source_time = $4, next_projection_at = $5
+               source_time = $4, next_projection_at = $5, foreign_since = NULL,
+               foreign_state = NULL
            WHERE doc_key = $1"#,
     )
     .bind(doc_key)

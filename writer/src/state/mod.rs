@@ -3,5 +3,6 @@
 
 pub mod dead_letters;
 pub mod documents;
+pub mod foreign;
 pub mod leases;
 pub mod pending;

@@ -15,12 +15,84 @@ use edge_documents::acks;
 use edge_documents::item::{Item, ATTR_DOC, ATTR_VERSION};
 use edge_documents::tables::{TableKind, TableNames};
 
-use super::{ItemStore, StoreError, WriteOutcome};
+use super::{Guard, ItemStore, StoreError, WriteOutcome};
 
-/// Put only over an older version, an item that carries no version, or nothing.
+/// [`Guard::Version`]: put only over an older version, an item that carries no version, or
+/// nothing.
 const PUT_CONDITION: &str = "attribute_not_exists(#v) OR #v < :v";
-/// Delete only our own item, and only if it is older than the deleting version.
+/// [`Guard::Version`]: delete only our own item, and only if it is older than the deleting
+/// version (or an item without a version).
 const DELETE_CONDITION: &str = "attribute_not_exists(#v) OR (#d = :d AND #v < :v)";
+/// [`Guard::Owned`], puts and deletes: nothing there, or this document's own older item.
+const OWNED_CONDITION: &str = "attribute_not_exists(#k) OR (#d = :d AND #v < :v)";
+
+/// The condition, names and values of a guarded write.
+struct Condition {
+    expression: String,
+    names: Vec<(String, String)>,
+    values: Vec<(String, AttributeValue)>,
+}
+
+fn condition(
+    guard: &Guard,
+    key_attr: &str,
+    doc_key: &str,
+    version: i64,
+    version_rule: &str,
+) -> Condition {
+    let v = (":v".to_string(), AttributeValue::N(version.to_string()));
+    let d = (":d".to_string(), AttributeValue::S(doc_key.to_string()));
+    let names = |extra: &[(&str, &str)]| {
+        extra
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    };
+    match guard {
+        Guard::Version => Condition {
+            expression: version_rule.to_string(),
+            names: names(&[("#v", ATTR_VERSION), ("#d", ATTR_DOC)]),
+            values: vec![v, d],
+        },
+        Guard::Owned => Condition {
+            expression: OWNED_CONDITION.to_string(),
+            names: names(&[("#k", key_attr), ("#v", ATTR_VERSION), ("#d", ATTR_DOC)]),
+            values: vec![v, d],
+        },
+        Guard::Adopt(foreign) => {
+            let mut attrs: Vec<(&String, &AttributeValue)> = foreign.iter().collect();
+            attrs.sort_by(|a, b| a.0.cmp(b.0));
+            let mut parts = vec!["attribute_not_exists(#v)".to_string()];
+            let mut names = names(&[("#v", ATTR_VERSION)]);
+            let mut values = Vec::new();
+            for (i, (name, value)) in attrs.into_iter().enumerate() {
+                parts.push(format!("#a{i} = :a{i}"));
+                names.push((format!("#a{i}"), name.clone()));
+                values.push((format!(":a{i}"), value.clone()));
+            }
+            Condition {
+                expression: parts.join(" AND "),
+                names,
+                values,
+            }
+        }
+    }
+}
+
+/// What a failed condition found.
+fn refused(guard: &Guard, old: Option<&Item>) -> WriteOutcome {
+    match (guard, old) {
+        (Guard::Version, _) => WriteOutcome::Superseded {
+            stored_version: stored_version(old),
+        },
+        (_, Some(item)) if item.contains_key(ATTR_VERSION) => WriteOutcome::Superseded {
+            stored_version: stored_version(old),
+        },
+        (_, item) => WriteOutcome::Foreign {
+            item: item.map(|i| Box::new(i.clone())),
+        },
+    }
+}
 
 /// Retries of the unprocessed items of one BatchWriteItem before the call fails.
 const BATCH_MAX_RETRIES: u32 = 12;
@@ -102,19 +174,34 @@ impl ItemStore for DynamoStore {
         table: TableKind,
         item: Item,
         version: i64,
+        guard: &Guard,
     ) -> Result<WriteOutcome, StoreError> {
         let name = self.tables.name(table);
-        let result = self
+        let doc_key = match item.get(ATTR_DOC) {
+            Some(AttributeValue::S(d)) => d.clone(),
+            _ => String::new(),
+        };
+        let key_attr = table.key_attributes()[0];
+        let c = condition(guard, key_attr, &doc_key, version, PUT_CONDITION);
+        // Only the names and values the expression uses (DynamoDB refuses unused ones).
+        let mut request = self
             .client
             .put_item()
             .table_name(name)
             .set_item(Some(item))
-            .condition_expression(PUT_CONDITION)
-            .expression_attribute_names("#v", ATTR_VERSION)
-            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
+            .condition_expression(&c.expression)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (k, v) in c.names {
+            if c.expression.contains(k.as_str()) {
+                request = request.expression_attribute_names(k, v);
+            }
+        }
+        for (k, v) in c.values {
+            if c.expression.contains(k.as_str()) {
+                request = request.expression_attribute_values(k, v);
+            }
+        }
+        let result = request.send().await;
         match result {
             Ok(_) => Ok(WriteOutcome::Applied),
             Err(SdkError::ServiceError(e))
@@ -123,9 +210,7 @@ impl ItemStore for DynamoStore {
                 let PutItemError::ConditionalCheckFailedException(c) = e.err() else {
                     unreachable!("matched above")
                 };
-                Ok(WriteOutcome::Superseded {
-                    stored_version: stored_version(c.item()),
-                })
+                Ok(refused(guard, c.item()))
             }
             Err(e) => Err(classify("PutItem", name, e)),
         }
@@ -137,23 +222,31 @@ impl ItemStore for DynamoStore {
         key: Item,
         doc_key: &str,
         version: i64,
+        guard: &Guard,
     ) -> Result<WriteOutcome, StoreError> {
         let name = self.tables.name(table);
         self.record_delete_intent(table, &key, doc_key, version)
             .await?;
-        let result = self
+        let key_attr = table.key_attributes()[0];
+        let c = condition(guard, key_attr, doc_key, version, DELETE_CONDITION);
+        let mut request = self
             .client
             .delete_item()
             .table_name(name)
             .set_key(Some(key))
-            .condition_expression(DELETE_CONDITION)
-            .expression_attribute_names("#v", ATTR_VERSION)
-            .expression_attribute_names("#d", ATTR_DOC)
-            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
-            .expression_attribute_values(":d", AttributeValue::S(doc_key.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
+            .condition_expression(&c.expression)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (k, v) in c.names {
+            if c.expression.contains(k.as_str()) {
+                request = request.expression_attribute_names(k, v);
+            }
+        }
+        for (k, v) in c.values {
+            if c.expression.contains(k.as_str()) {
+                request = request.expression_attribute_values(k, v);
+            }
+        }
+        let result = request.send().await;
         match result {
             Ok(_) => Ok(WriteOutcome::Applied),
             Err(SdkError::ServiceError(e))
@@ -162,9 +255,7 @@ impl ItemStore for DynamoStore {
                 let DeleteItemError::ConditionalCheckFailedException(c) = e.err() else {
                     unreachable!("matched above")
                 };
-                Ok(WriteOutcome::Superseded {
-                    stored_version: stored_version(c.item()),
-                })
+                Ok(refused(guard, c.item()))
             }
             Err(e) => Err(classify("DeleteItem", name, e)),
         }

@@ -20,12 +20,33 @@ pub use dynamo::DynamoStore;
 pub const BATCH_MAX_ITEMS: usize = 25;
 
 /// Result of one conditional write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum WriteOutcome {
     /// DynamoDB applied the write.
     Applied,
     /// The stored item has a version at least as new: ours is obsolete and was not applied.
     Superseded { stored_version: Option<i64> },
+    /// Under [`Guard::Owned`] or [`Guard::Adopt`]: the stored item was written by someone
+    /// else (it lacks the writer's attributes) and was left alone. `None`: it changed or
+    /// vanished between the read and the write.
+    Foreign { item: Option<Box<Item>> },
+}
+
+/// What a write may replace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Guard {
+    /// Core owns the item (environments, `_META`, API keys, v2 override items): a put
+    /// replaces anything older than its version, including an item without a version.
+    Version,
+    /// Identities have other writers too (the Edge API, Flagsmith's edge identity
+    /// endpoints), whose whole-item puts drop the writer's attributes: the write applies only
+    /// to nothing, or to the writer's own item (`_replication_doc` is this document) older
+    /// than its version. An item written by someone else is never replaced.
+    Owned,
+    /// Replace exactly this foreign item (every attribute equal, still without the writer's
+    /// attributes): its content was ingested into core, so the merged document may take
+    /// its place. Anything else written meanwhile is left alone.
+    Adopt(Box<Item>),
 }
 
 /// A failed DynamoDB call, classified for the retry policy.
@@ -42,22 +63,25 @@ pub struct StoreError {
 
 /// Where items go. Implemented by [`DynamoStore`]; tests add failing or slow ones.
 pub trait ItemStore: Clone + Send + Sync + 'static {
-    /// Puts `item` unless the stored item has a version `>= version`.
+    /// Puts `item` unless the stored item has a version `>= version` or `guard` refuses it
+    /// (`item` must carry `_replication_doc`).
     fn put(
         &self,
         table: TableKind,
         item: Item,
         version: i64,
+        guard: &Guard,
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
 
     /// Deletes the item at `key` if it belongs to `doc_key` and is older than `version`
-    /// (or carries no version at all).
+    /// (under [`Guard::Version`], also an item that carries no version at all).
     fn delete(
         &self,
         table: TableKind,
         key: Item,
         doc_key: &str,
         version: i64,
+        guard: &Guard,
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
 
     /// Puts up to [`BATCH_MAX_ITEMS`] items unconditionally (BatchWriteItem), retrying the

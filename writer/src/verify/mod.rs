@@ -71,6 +71,21 @@ pub enum DriftKind {
     Corrupted,
     Extra,
     Unconfirmed,
+    /// A core-owned item (environment, `_META`, API key, override item) written by someone
+    /// else: most likely Flagsmith core itself, with its DynamoDB table settings set.
+    WrittenBySomeoneElse,
+}
+
+/// Advice on a core-owned item written by someone else.
+pub const SOMEONE_ELSE_ADVICE: &str = "written without the writer's attributes, most likely by Flagsmith core itself: unset its ENVIRONMENTS_TABLE_NAME_DYNAMO, ENVIRONMENTS_API_KEY_TABLE_NAME_DYNAMO and ENVIRONMENTS_V2_TABLE_NAME_DYNAMO (see 'Running beside Flagsmith core' in the deployment guide); --repair writes the core document back";
+
+/// An identity item written at the edge whose content has not reached core yet (or waits
+/// for the writer to merge it). Not drift, and `--repair` never rewrites it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingIngestion {
+    pub region: String,
+    pub item_key: String,
+    pub doc_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +114,8 @@ pub struct Report {
     pub unprojectable: Vec<String>,
     pub counts: BTreeMap<DriftKind, usize>,
     pub drifts: Vec<Drift>,
+    /// Identity items written at the edge and not merged into core yet.
+    pub pending_ingestion: Vec<PendingIngestion>,
     pub repaired_documents: usize,
     pub repair_failures: Vec<String>,
     pub seconds: f64,
@@ -139,6 +156,9 @@ pub struct Snapshot {
     pub in_flight: HashSet<String>,
     /// When each document was last written.
     pub written: HashMap<String, chrono::DateTime<Utc>>,
+    /// Client API keys of environments whose project does not ingest edge writes: their
+    /// identity items written at the edge are the edge's own (foreign), not pending.
+    pub ingestion_off: HashSet<String>,
 }
 
 /// What [`compare`] finds.
@@ -148,6 +168,7 @@ pub struct Comparison {
     /// Extra items, to hand to their owners before a repair: (owner, ledger key).
     pub extras: Vec<(String, String)>,
     pub regions: Vec<RegionSummary>,
+    pub pending_ingestion: Vec<PendingIngestion>,
 }
 
 pub async fn run<S: ItemStore>(
@@ -166,6 +187,7 @@ pub async fn run<S: ItemStore>(
         written: written_documents(pool).await?,
         ledger: scan_ledger(ledger, &tables.acks).await?,
         observed: Vec::new(),
+        ingestion_off: ingestion_off(pool).await?,
     };
     // One region's items at a time: memory is the expected items, the ledger and the largest
     // region, not every region at once.
@@ -183,6 +205,7 @@ pub async fn run<S: ItemStore>(
         in_flight_documents: snapshot.in_flight.len(),
         unprojectable,
         regions: std::mem::take(&mut found.regions),
+        pending_ingestion: std::mem::take(&mut found.pending_ingestion),
         ..Report::default()
     };
     drop(snapshot);
@@ -266,6 +289,7 @@ fn compare_region(
         items: observed.len(),
         foreign: 0,
     };
+    let pending = &mut out.pending_ingestion;
     let drifts = &mut out.drifts;
     let mut drift = |kind, item_key: &str, doc_key: Option<&str>, detail: String| {
         drifts.push(Drift {
@@ -287,6 +311,18 @@ fn compare_region(
         let newest_ack = snap.ledger.newest_ack(key);
         let faithful = |exp: &ExpectedItem| obs.corrupted.is_none() && obs.hash == Some(exp.hash);
         match (snap.expected.get(key), &obs.version, &obs.doc_key) {
+            (exp, None, _) if edge_identity_api_key(key).is_some() => {
+                let api_key = edge_identity_api_key(key).unwrap_or_default();
+                if snap.ingestion_off.contains(api_key) {
+                    summary.foreign += 1;
+                } else {
+                    pending.push(PendingIngestion {
+                        region: region.to_string(),
+                        item_key: key.to_string(),
+                        doc_key: exp.map(|e| e.doc_key.to_string()),
+                    });
+                }
+            }
             (None, None, _) => summary.foreign += 1,
             (None, Some(v), Some(owner)) if !in_flight.contains(&**owner) => {
                 drift(
@@ -369,12 +405,15 @@ fn compare_expected(
                     format!("v{}: {why}", o.version.unwrap_or_default()),
                 );
             } else if o.version.is_none() {
-                drift(
-                    DriftKind::Stale,
-                    key,
-                    doc,
-                    "the stored item was not written by the writer".into(),
-                );
+                // Identity items written at the edge are pending ingestion, not drift.
+                if edge_identity_api_key(key).is_none() {
+                    drift(
+                        DriftKind::WrittenBySomeoneElse,
+                        key,
+                        doc,
+                        SOMEONE_ELSE_ADVICE.into(),
+                    );
+                }
             } else if o.hash != Some(exp.hash) {
                 drift(
                     DriftKind::Stale,
@@ -388,6 +427,22 @@ fn compare_expected(
             }
         }
     }
+}
+
+/// The client API key in an identity item's ledger key (`identities|{api_key}_{identifier}`);
+/// `None` for items of other tables.
+fn edge_identity_api_key(item_key: &str) -> Option<&str> {
+    let rest = item_key
+        .strip_prefix(TableKind::Identities.as_str())?
+        .strip_prefix('|')?;
+    rest.split_once('_').map(|(k, _)| k)
+}
+
+pub(crate) async fn ingestion_off(pool: &PgPool) -> Result<HashSet<String>, sqlx::Error> {
+    Ok(edge_ingest::switch::api_keys_without_ingestion(pool)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 async fn in_flight_documents(pool: &PgPool) -> Result<HashSet<String>, sqlx::Error> {
@@ -524,6 +579,8 @@ mod tests {
                 ("older".into(), expected("environment:5", "h5")),
                 ("unacked".into(), expected("environment:6", "h6")),
                 ("moving".into(), expected("environment:7", "h7")),
+                ("overwritten".into(), expected("environment:9", "h9")),
+                ("identities|envA_alice".into(), expected("identity:1", "i1")),
             ]),
             observed: vec![(
                 "r".into(),
@@ -547,6 +604,12 @@ mod tests {
                         observed(Some("environment:8"), Some(5), "h8"),
                     ),
                     ("foreign".into(), observed(None, None, "")),
+                    ("overwritten".into(), observed(None, None, "")),
+                    // Written at the edge: an identity core knows, one it does not yet, and
+                    // one of a project whose ingestion is off.
+                    ("identities|envA_alice".into(), observed(None, None, "")),
+                    ("identities|envA_new".into(), observed(None, None, "")),
+                    ("identities|envOff_bob".into(), observed(None, None, "")),
                 ]),
             )],
             ledger: {
@@ -559,6 +622,7 @@ mod tests {
             written: (1..=8)
                 .map(|i| (format!("environment:{i}"), long_ago))
                 .collect(),
+            ingestion_off: HashSet::from(["envOff".to_string()]),
         };
         let c = compare(&snap, now - chrono::Duration::minutes(5));
         assert_eq!(
@@ -568,11 +632,22 @@ mod tests {
                 ("extra".into(), DriftKind::Extra),
                 ("missing".into(), DriftKind::Missing),
                 ("older".into(), DriftKind::Stale),
+                ("overwritten".into(), DriftKind::WrittenBySomeoneElse),
                 ("stale".into(), DriftKind::Stale),
                 ("unacked".into(), DriftKind::Unconfirmed),
             ]
         );
-        assert_eq!(c.regions[0].foreign, 1);
+        let mut pending: Vec<&str> = c
+            .pending_ingestion
+            .iter()
+            .map(|p| p.item_key.as_str())
+            .collect();
+        pending.sort();
+        assert_eq!(
+            pending,
+            vec!["identities|envA_alice", "identities|envA_new"]
+        );
+        assert_eq!(c.regions[0].foreign, 2);
         assert_eq!(c.extras.len(), 1);
 
         // Older than the acknowledgements' retention: no longer checked against them.

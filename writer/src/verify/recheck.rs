@@ -12,7 +12,9 @@ use sqlx::PgPool;
 
 use super::expected::expected_of;
 use super::scan::{observe, Ledger, ScanError};
-use super::{in_flight_documents, written_documents, Drift, Region, Snapshot, VerifyError};
+use super::{
+    in_flight_documents, ingestion_off, written_documents, Drift, Region, Snapshot, VerifyError,
+};
 use crate::doc_key::DocKey;
 
 fn read_err(table: &str, e: impl std::error::Error + 'static) -> ScanError {
@@ -87,5 +89,6 @@ pub async fn snapshot(
         ledger: entries,
         in_flight: in_flight_documents(pool).await?,
         written: written_documents(pool).await?,
+        ingestion_off: ingestion_off(pool).await?,
     })
 }
