@@ -111,6 +111,17 @@ CREATE TABLE IF NOT EXISTS edge.ingested (
     ingested_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- Every edge image ingested, with the edge write's time: a redelivered record is a no-op,
+-- and a replica region's consumer can tell whether an edge image the writer's item replaced
+-- there was ever ingested (see the stream consumer's ingestion roles).
+CREATE TABLE IF NOT EXISTS edge.ingested_image (
+    composite_key text        NOT NULL,
+    digest        text        NOT NULL,
+    edge_time     timestamptz NOT NULL,
+    ingested_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (composite_key, digest, edge_time)
+);
+
 -- Edge items that cannot be ingested (a trait of an unknown type, an oversized value, an
 -- override of a feature core does not have): parked with their key and reason; later edge
 -- writes of the identity carry on.

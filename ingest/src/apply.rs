@@ -43,6 +43,17 @@ pub struct EdgeWrite<'a> {
     pub old: Option<&'a Item>,
     /// When the edge wrote it (the stream record's creation time).
     pub at: DateTime<Utc>,
+    /// How much `at` may be rounded down: DynamoDB Streams round creation times down to the
+    /// second (DynamoDB Local to the minute). The write is taken to be at the end of that
+    /// interval (or now, if earlier): ties with a core change go to the edge.
+    pub precision: chrono::Duration,
+}
+
+impl EdgeWrite<'_> {
+    /// The edge write's time under the merge rule.
+    pub fn time(&self) -> DateTime<Utc> {
+        (self.at + self.precision).min(Utc::now()).max(self.at)
+    }
 }
 
 /// What an ingestion changed in core.
@@ -165,6 +176,8 @@ async fn apply(
     new: Option<&EdgeIdentity>,
     old: Option<&EdgeIdentity>,
 ) -> Result<Ingested, Step> {
+    let at = w.time();
+    let echo_window = crate::merge::ECHO_WINDOW + w.precision;
     sqlx::query("SET LOCAL edge.origin = 'edge'")
         .execute(&mut *tx)
         .await?;
@@ -203,13 +216,20 @@ async fn apply(
     .bind(w.composite_key)
     .execute(&mut *tx)
     .await?;
-    let (last_digest, last_time): (String, DateTime<Utc>) = sqlx::query_as(
-        "SELECT digest, edge_time FROM edge.ingested WHERE composite_key = $1 FOR UPDATE",
+    sqlx::query("SELECT 1 FROM edge.ingested WHERE composite_key = $1 FOR UPDATE")
+        .bind(w.composite_key)
+        .execute(&mut *tx)
+        .await?;
+    let seen: bool = sqlx::query_scalar(
+        r#"SELECT EXISTS (SELECT 1 FROM edge.ingested_image
+                          WHERE composite_key = $1 AND digest = $2 AND edge_time = $3)"#,
     )
     .bind(w.composite_key)
+    .bind(digest)
+    .bind(at)
     .fetch_one(&mut *tx)
     .await?;
-    if last_digest == digest && last_time >= w.at {
+    if seen {
         return Ok(Ingested::AlreadyIngested);
     }
 
@@ -227,9 +247,9 @@ async fn apply(
         (None, None) => {}
         (None, Some(id)) => {
             applied.identity_id = Some(id);
-            if core_changed_after(tx, id, w.at).await? {
-                record(tx, w.composite_key, digest, w.at).await?;
-                enqueue(tx, id, w.at).await?;
+            if core_changed_after(tx, id, at).await? {
+                record(tx, w.composite_key, digest, at).await?;
+                enqueue(tx, id, at).await?;
                 return Ok(Ingested::Skipped {
                     reason: "core changed the identity after the edge deleted it".into(),
                 });
@@ -244,8 +264,8 @@ async fn apply(
                     if let Some(deleted_at) =
                         clock::tombstone(tx, env.environment_id, &identifier).await?
                     {
-                        if deleted_at > w.at {
-                            record(tx, w.composite_key, digest, w.at).await?;
+                        if deleted_at > at {
+                            record(tx, w.composite_key, digest, at).await?;
                             return Ok(Ingested::Skipped {
                                 reason: format!(
                                     "core deleted the identity at {deleted_at}, after this edge write"
@@ -254,11 +274,11 @@ async fn apply(
                         }
                     }
                     applied.created = true;
-                    create_identity(tx, env.environment_id, new, w.at).await?
+                    create_identity(tx, env.environment_id, new, at).await?
                 }
             };
             applied.identity_id = Some(id);
-            merge_traits(tx, id, new, old, w.at, &mut applied).await?;
+            merge_traits(tx, id, new, old, at, echo_window, &mut applied).await?;
             merge_overrides(
                 tx,
                 id,
@@ -266,14 +286,14 @@ async fn apply(
                 env.project_id,
                 new,
                 old,
-                w.at,
+                at,
                 &mut applied,
             )
             .await?;
-            enqueue(tx, id, w.at).await?;
+            enqueue(tx, id, at).await?;
         }
     }
-    record(tx, w.composite_key, digest, w.at).await?;
+    record(tx, w.composite_key, digest, at).await?;
     sqlx::query("SELECT pg_notify('edge_change_log', '')")
         .execute(&mut *tx)
         .await?;
@@ -294,9 +314,33 @@ async fn record(
     .bind(composite_key)
     .bind(digest)
     .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        r#"INSERT INTO edge.ingested_image (composite_key, digest, edge_time) VALUES ($1, $2, $3)
+           ON CONFLICT DO NOTHING"#,
+    )
+    .bind(composite_key)
+    .bind(digest)
+    .bind(at)
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// Whether an edge image of the item was ever ingested (at any time).
+pub async fn was_ingested(
+    pool: &PgPool,
+    composite_key: &str,
+    digest: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM edge.ingested_image WHERE composite_key = $1 AND digest = $2)",
+    )
+    .bind(composite_key)
+    .bind(digest)
+    .fetch_one(pool)
+    .await
 }
 
 /// Queues the identity document, due now (the writer may be waiting for this ingestion).
@@ -406,6 +450,7 @@ async fn merge_traits(
     new: &EdgeIdentity,
     old: Option<&EdgeIdentity>,
     at: DateTime<Utc>,
+    echo_window: chrono::Duration,
     applied: &mut Applied,
 ) -> Result<(), sqlx::Error> {
     let rows: Vec<TraitRow> = sqlx::query_as(
@@ -444,11 +489,12 @@ async fn merge_traits(
             core.get(key).and_then(Option::as_ref),
             clocks.get(key),
             at,
+            echo_window,
         );
         match decision {
             Decision::Apply(Some(_)) => sets.push((key, &new.traits[key])),
             Decision::Apply(None) => deletes.push(key),
-            Decision::Keep(Kept::CoreIsLater | Kept::EdgeIsLater) => applied.kept_later += 1,
+            Decision::Keep(Kept::CoreIsLater) => applied.kept_later += 1,
             Decision::Keep(Kept::Echo) => applied.kept_echo += 1,
             Decision::Keep(Kept::Unchanged) => {}
         }
@@ -631,7 +677,7 @@ async fn merge_overrides(
                     applied.overrides_deleted += 1;
                 }
             }
-            Decision::Keep(Kept::CoreIsLater | Kept::EdgeIsLater) => applied.kept_later += 1,
+            Decision::Keep(Kept::CoreIsLater) => applied.kept_later += 1,
             Decision::Keep(Kept::Echo) => applied.kept_echo += 1,
             Decision::Keep(Kept::Unchanged) => {}
         }

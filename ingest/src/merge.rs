@@ -8,8 +8,11 @@
 //!   adopting an item it found) the new image's traits and overrides are sets and nothing is
 //!   deleted. What the edge did not change is left alone, so a trait set on one side and an
 //!   override (or another trait) set on the other both survive.
-//! - **Per trait, the later write wins.** An edge write's time is its stream record's
-//!   creation time; a core change's time is its capture time. Ties go to the edge.
+//! - **Per trait, the later write wins** between core and the edge. An edge write's time is
+//!   its stream record's creation time; a core change's time is its capture time. Ties go to
+//!   the edge. Edge writes among themselves apply in the order they are ingested (the home
+//!   region's stream orders the writes of one item; a write made in another region is timed
+//!   when it reached the home region, which makes its time later, never earlier).
 //! - **Echoes are not edits.** Flagsmith's edge writers read an item, change it and put the
 //!   whole item back, without a condition. A put built from a read older than core's latest
 //!   change carries the trait's *previous* value (or lacks a trait core just added). Such a
@@ -52,8 +55,6 @@ pub enum Kept {
     Unchanged,
     /// Core changed it after the edge write.
     CoreIsLater,
-    /// A later edge write was ingested already.
-    EdgeIsLater,
     /// The edge put carried a value from before a recent core change.
     Echo,
 }
@@ -96,6 +97,7 @@ pub fn decide_trait(
     core: Option<&TraitValue>,
     clock: Option<&TraitClock>,
     at: DateTime<Utc>,
+    echo_window: Duration,
 ) -> Decision<TraitValue> {
     let edge_changed = if has_base {
         !same_trait(before, after)
@@ -106,16 +108,13 @@ pub fn decide_trait(
         return Decision::Keep(Kept::Unchanged);
     }
     if let Some(c) = clock {
-        if c.changed_at > at {
-            return Decision::Keep(match c.origin {
-                Origin::Core => Kept::CoreIsLater,
-                Origin::Edge => Kept::EdgeIsLater,
-            });
+        if c.origin == Origin::Core && c.changed_at > at {
+            return Decision::Keep(Kept::CoreIsLater);
         }
         let echo = c
             .recent_core
             .iter()
-            .any(|(t, was)| *t <= at && at - *t < ECHO_WINDOW && same_trait(was.as_ref(), after));
+            .any(|(t, was)| *t <= at && at - *t < echo_window && same_trait(was.as_ref(), after));
         if echo {
             return Decision::Keep(Kept::Echo);
         }
@@ -214,12 +213,12 @@ mod tests {
         let cases: Vec<(&str, Decision<TraitValue>, Decision<TraitValue>)> = vec![
             (
                 "edge set a new value, no core change: applied",
-                decide_trait(Some(&a), Some(&b), true, Some(&a), None, t(10)),
+                decide_trait(Some(&a), Some(&b), true, Some(&a), None, t(10), ECHO_WINDOW),
                 Apply(Some(b.clone())),
             ),
             (
                 "edge did not touch the trait: core's value stays",
-                decide_trait(Some(&a), Some(&a), true, Some(&c), None, t(10)),
+                decide_trait(Some(&a), Some(&a), true, Some(&c), None, t(10), ECHO_WINDOW),
                 Keep(Kept::Unchanged),
             ),
             (
@@ -231,6 +230,7 @@ mod tests {
                     Some(&c),
                     Some(&clock(11, Origin::Core, vec![(11, Some(a.clone()))])),
                     t(10),
+                    ECHO_WINDOW,
                 ),
                 Keep(Kept::CoreIsLater),
             ),
@@ -243,6 +243,7 @@ mod tests {
                     Some(&c),
                     Some(&clock(5, Origin::Core, vec![(5, Some(a.clone()))])),
                     t(10),
+                    ECHO_WINDOW,
                 ),
                 Apply(Some(b.clone())),
             ),
@@ -255,6 +256,7 @@ mod tests {
                     Some(&c),
                     Some(&clock(8, Origin::Core, vec![(8, Some(a.clone()))])),
                     t(10),
+                    ECHO_WINDOW,
                 ),
                 Keep(Kept::Echo),
             ),
@@ -267,6 +269,7 @@ mod tests {
                     Some(&c),
                     Some(&clock(8, Origin::Core, vec![(8, None)])),
                     t(10),
+                    ECHO_WINDOW,
                 ),
                 Keep(Kept::Echo),
             ),
@@ -279,16 +282,17 @@ mod tests {
                     Some(&c),
                     Some(&clock(8, Origin::Core, vec![(8, Some(a.clone()))])),
                     t(100),
+                    ECHO_WINDOW,
                 ),
                 Apply(Some(a.clone())),
             ),
             (
                 "edge deleted the trait: deleted in core",
-                decide_trait(Some(&a), None, true, Some(&a), None, t(10)),
+                decide_trait(Some(&a), None, true, Some(&a), None, t(10), ECHO_WINDOW),
                 Apply(None),
             ),
             (
-                "a later edge write was ingested already",
+                "edge writes apply in the order they are ingested, whatever their times",
                 decide_trait(
                     Some(&a),
                     Some(&b),
@@ -296,17 +300,18 @@ mod tests {
                     Some(&c),
                     Some(&clock(12, Origin::Edge, vec![])),
                     t(10),
+                    ECHO_WINDOW,
                 ),
-                Keep(Kept::EdgeIsLater),
+                Apply(Some(b.clone())),
             ),
             (
                 "redelivery: core already holds the edge's value",
-                decide_trait(Some(&a), Some(&b), true, Some(&b), None, t(10)),
+                decide_trait(Some(&a), Some(&b), true, Some(&b), None, t(10), ECHO_WINDOW),
                 Keep(Kept::Unchanged),
             ),
             (
                 "no old image: values are sets, absence is not a delete",
-                decide_trait(None, None, false, Some(&a), None, t(10)),
+                decide_trait(None, None, false, Some(&a), None, t(10), ECHO_WINDOW),
                 Keep(Kept::Unchanged),
             ),
             (
@@ -318,6 +323,7 @@ mod tests {
                     Some(&c),
                     Some(&clock(10, Origin::Core, vec![])),
                     t(10),
+                    ECHO_WINDOW,
                 ),
                 Apply(Some(b.clone())),
             ),
@@ -330,6 +336,7 @@ mod tests {
                     Some(&c),
                     None,
                     t(10),
+                    ECHO_WINDOW,
                 ),
                 Keep(Kept::Unchanged),
             ),

@@ -70,6 +70,15 @@ pub struct Settings {
     /// (every region's consumer should have it). Unset: edge writes are only skipped.
     #[arg(long, env = "EDGE_INGEST_DATABASE_URL", hide_env_values = true)]
     pub ingest_database_url: Option<String>,
+    /// `home`: this consumer reads the home region's streams and ingests every edge write;
+    /// `replica`: it ingests only edge writes made in its region that lost last-writer-wins
+    /// against the writer before they replicated (see the README's merge rule).
+    #[arg(long, env = "EDGE_INGEST_ROLE", value_enum, default_value = "home")]
+    pub ingest_role: crate::ingest::Role,
+    /// How much the streams round a record's creation time down, in milliseconds: 1000 on
+    /// AWS; DynamoDB Local rounds to the minute (60000).
+    #[arg(long, env = "EDGE_STREAM_TIME_PRECISION_MS", default_value_t = 1000)]
+    pub stream_time_precision_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,8 +160,9 @@ impl Settings {
         let consumer = Consumer::new(self.region.clone(), ledger, self.invalidation(sdk)?);
         Ok(match &self.ingest_database_url {
             Some(url) => consumer.with_ingestion(
-                crate::ingest::Ingestion::connect_lazy(url)
-                    .map_err(|e| ConfigError(format!("EDGE_INGEST_DATABASE_URL: {e}")))?,
+                crate::ingest::Ingestion::connect_lazy(url, self.ingest_role)
+                    .map_err(|e| ConfigError(format!("EDGE_INGEST_DATABASE_URL: {e}")))?
+                    .with_time_precision(Duration::from_millis(self.stream_time_precision_ms)),
             ),
             None => consumer,
         })

@@ -194,14 +194,7 @@ impl<L: Ledger> Consumer<L> {
         ingestion: &Ingestion,
         record: &ChangeRecord,
     ) -> Result<Checked, VerifyError> {
-        let composite_key = match record.keys.get("composite_key") {
-            Some(aws_sdk_dynamodb::types::AttributeValue::S(k)) => k.clone(),
-            _ => {
-                return Err(VerifyError::Unreadable(
-                    "an identity record without a composite_key".into(),
-                ))
-            }
-        };
+        let composite_key = composite_key(record)?;
         match ingestion.apply(record, &composite_key).await {
             Ok(ingest::Outcome::Ingested(result)) => {
                 tracing::debug!(item = %composite_key, ?result, "edge write ingested");
@@ -227,9 +220,23 @@ impl<L: Ledger> Consumer<L> {
                     if let (Some(ingestion), TableKind::Identities) =
                         (&self.ingestion, record.table)
                     {
-                        return self.ingest(ingestion, record).await;
+                        if ingestion.role() == ingest::Role::Home {
+                            return self.ingest(ingestion, record).await;
+                        }
                     }
                     return Ok(Checked::Skipped);
+                }
+                if let (Some(ingestion), TableKind::Identities, Some(old)) =
+                    (&self.ingestion, record.table, &record.old)
+                {
+                    if ingestion.role() == ingest::Role::Replica && !old.contains_key(ATTR_VERSION)
+                    {
+                        let key = composite_key(record)?;
+                        ingestion
+                            .ingest_lost(record, &key, old)
+                            .await
+                            .map_err(VerifyError::Ingestion)?;
+                    }
                 }
                 let meta = verify(new, record.old.as_ref())?;
                 let lag_ms = DateTime::parse_from_rfc3339(&meta.source_time)
@@ -255,7 +262,11 @@ impl<L: Ledger> Consumer<L> {
                 let Some(old) = &record.old else {
                     return Ok(Checked::Skipped);
                 };
-                if let (Some(ingestion), TableKind::Identities) = (&self.ingestion, record.table) {
+                let home = self
+                    .ingestion
+                    .as_ref()
+                    .filter(|i| i.role() == ingest::Role::Home);
+                if let (Some(ingestion), TableKind::Identities) = (home, record.table) {
                     let intent = self
                         .ledger
                         .delete_intent(&item_key)
@@ -302,6 +313,15 @@ impl<L: Ledger> Consumer<L> {
                 ))
             }
         }
+    }
+}
+
+fn composite_key(record: &ChangeRecord) -> Result<String, VerifyError> {
+    match record.keys.get("composite_key") {
+        Some(aws_sdk_dynamodb::types::AttributeValue::S(k)) => Ok(k.clone()),
+        _ => Err(VerifyError::Unreadable(
+            "an identity record without a composite_key".into(),
+        )),
     }
 }
 

@@ -1,11 +1,20 @@
 //! Edge -> core ingestion in the consumer: identity items written at the edge (no
 //! replication attributes) are applied to Flagsmith's core database by `edge_ingest`.
 //!
-//! It runs in every region's consumer, not only the home region's: with global tables, an
-//! edge write in one region that loses a last-writer-wins race against the writer's newer
-//! write never reaches the other regions' streams, so only the region where it was made sees
-//! it. Ingestion is idempotent (the last ingested image per item, and per-trait clocks), so the
-//! same write ingested from two regions' streams, or redelivered, changes core once.
+//! Two roles ([`Role`]):
+//!
+//! - **home**: the consumer of the home region's streams ingests every edge write it sees.
+//!   Global tables bring every region's writes there, in order per item, so one place applies
+//!   edge writes in one order. (A write made in another region is timed when it reached the
+//!   home region.)
+//! - **replica**: the other regions' consumers ingest only what the home region can never see:
+//!   an edge write made in their region that lost global tables' last-writer-wins race against
+//!   a newer write of the writer, which replaced it before it replicated. They recognise it
+//!   when the writer's item replaces an edge image that was never ingested, and ingest that
+//!   image (without a base: its traits and overrides are sets, nothing is deleted).
+//!
+//! Ingestion is idempotent (each ingested image is recorded with its time), so a redelivered
+//! record changes nothing.
 
 use chrono::Utc;
 use edge_documents::item::{stored_meta, Item};
@@ -19,11 +28,23 @@ use crate::record::ChangeRecord;
 /// writer's attributes to be the writer's (its adoption of an ingested edge item).
 const INTENT_WINDOW_MS: i64 = 10 * 60 * 1000;
 
-/// The core database connection of ingestion.
+/// Which edge writes a consumer ingests (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Home,
+    Replica,
+}
+
+/// The core database connection of ingestion, and the consumer's role.
 #[derive(Clone)]
 pub struct Ingestion {
     pool: PgPool,
+    role: Role,
+    precision: chrono::Duration,
 }
+
+/// DynamoDB Streams round a record's creation time down to the second.
+pub const AWS_TIME_PRECISION: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What ingestion did with one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,16 +56,57 @@ pub enum Outcome {
 
 impl Ingestion {
     /// A lazily connecting pool (a Lambda cold start does not wait for Postgres).
-    pub fn connect_lazy(database_url: &str) -> Result<Ingestion, sqlx::Error> {
+    pub fn connect_lazy(database_url: &str, role: Role) -> Result<Ingestion, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_lazy(database_url)?;
-        Ok(Ingestion { pool })
+        Ok(Ingestion::from_pool(pool, role))
     }
 
-    pub fn from_pool(pool: PgPool) -> Ingestion {
-        Ingestion { pool }
+    pub fn from_pool(pool: PgPool, role: Role) -> Ingestion {
+        Ingestion {
+            pool,
+            role,
+            precision: chrono::Duration::from_std(AWS_TIME_PRECISION).unwrap_or_default(),
+        }
+    }
+
+    /// How much the streams round creation times down (DynamoDB Local: a minute).
+    pub fn with_time_precision(mut self, precision: std::time::Duration) -> Ingestion {
+        self.precision = chrono::Duration::from_std(precision).unwrap_or_default();
+        self
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Replica role: the writer's item replaced `old`, an edge image. If that image was never
+    /// ingested, it lost the last-writer-wins race here and nowhere else saw it: ingest it.
+    pub async fn ingest_lost(
+        &self,
+        record: &ChangeRecord,
+        composite_key: &str,
+        old: &Item,
+    ) -> Result<Option<Outcome>, String> {
+        let Ok(digest) = edge_ingest::edge_item::digest(old) else {
+            return Ok(None);
+        };
+        let seen = edge_ingest::was_ingested(&self.pool, composite_key, &digest)
+            .await
+            .map_err(|e| format!("edge item {composite_key}: core database: {e}"))?;
+        if seen {
+            return Ok(None);
+        }
+        tracing::warn!(item = composite_key,
+            "an edge write lost last-writer-wins against the writer before it replicated; ingesting it");
+        let lost = ChangeRecord {
+            new: Some(old.clone()),
+            old: None,
+            ..record.clone()
+        };
+        self.apply(&lost, composite_key).await.map(Some)
     }
 
     /// Applies an edge write of an identity item to core. `Err` only for a failure worth a
@@ -59,7 +121,10 @@ impl Ingestion {
             new: record.new.as_ref(),
             old: record.old.as_ref(),
             at: record.created_at.unwrap_or_else(Utc::now),
+            precision: self.precision,
         };
+        tracing::debug!(item = composite_key, at = %write.at, created_at = ?record.created_at,
+            "ingesting an edge write");
         match edge_ingest::ingest(&self.pool, &write).await {
             Ok(result) => {
                 if matches!(result, Ingested::Applied(_)) {

@@ -11,6 +11,7 @@
 pub mod core;
 pub mod counting;
 pub mod dynamo;
+pub mod edge;
 pub mod http;
 pub mod identities;
 pub mod lambda_api;

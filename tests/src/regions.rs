@@ -8,6 +8,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use edge_documents::acks::Ack;
 use edge_documents::tables::TableKind;
+use stream_consumer::ingest::{Ingestion, Role};
 use stream_consumer::invalidate::Invalidation;
 use stream_consumer::ledger::DynamoLedger;
 use stream_consumer::poller::{self, PollOptions, StartAt};
@@ -47,6 +48,15 @@ impl Drop for TwoRegions {
 impl TwoRegions {
     /// Starts both regions; `invalidation(region)` gives each consumer its targets.
     pub async fn start(invalidation: impl Fn(&str) -> Invalidation) -> TwoRegions {
+        Self::start_with(invalidation, None).await
+    }
+
+    /// As [`Self::start`], the consumers also ingesting edge writes into `ingest`'s core
+    /// database: region `a`'s as the home region, region `b`'s as a replica.
+    pub async fn start_with(
+        invalidation: impl Fn(&str) -> Invalidation,
+        ingest: Option<sqlx::PgPool>,
+    ) -> TwoRegions {
         let a = TestTables::new().await;
         let b = TestTables::named(&dynamo::second().endpoint, a.names.clone(), true).await;
         let relay = Relay::start(&a, &b).await;
@@ -56,7 +66,19 @@ impl TwoRegions {
             // Both consumers acknowledge in the home region's ledger (on AWS the ledger is a
             // global table and each consumer writes to its own replica).
             let ledger = DynamoLedger::new(a.client.clone(), a.names.acks.clone());
-            let consumer = Consumer::new(name, ledger, invalidation(name));
+            let mut consumer = Consumer::new(name, ledger, invalidation(name));
+            if let Some(pool) = &ingest {
+                let role = if name == HOME {
+                    Role::Home
+                } else {
+                    Role::Replica
+                };
+                consumer = consumer.with_ingestion(
+                    Ingestion::from_pool(pool.clone(), role)
+                        .with_time_precision(crate::edge::LOCAL_TIME_PRECISION),
+                );
+            }
+            let ingesting = ingest.is_some();
             let tables = tables.clone();
             let streams = relay::streams_client(&tables.endpoint).await;
             let handled = handled.clone();
@@ -71,7 +93,9 @@ impl TwoRegions {
                 };
                 let options = PollOptions {
                     start: StartAt::TrimHorizon,
-                    max_attempts: 3,
+                    // Ingestion failures are retried until they succeed (as Lambda does within
+                    // its retry budget); verification failures are given up after 3.
+                    max_attempts: if ingesting { 0 } else { 3 },
                 };
                 let result = poller::run(
                     &consumer,

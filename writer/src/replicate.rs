@@ -464,6 +464,7 @@ impl<S: ItemStore> Replicator<S> {
                 new: Some(item),
                 old: None,
                 at: since,
+                precision: chrono::Duration::zero(),
             };
             match edge_ingest::ingest(&self.pool, &write).await {
                 Ok(result) => {
