@@ -328,6 +328,19 @@ async fn record(
     Ok(())
 }
 
+/// When the last edge image of the item ingested was written (by the merge rule's time).
+pub async fn last_ingested_at(
+    pool: &PgPool,
+    composite_key: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT edge_time FROM edge.ingested WHERE composite_key = $1 AND digest <> ''",
+    )
+    .bind(composite_key)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Whether an edge image of the item was ever ingested (at any time).
 pub async fn was_ingested(
     pool: &PgPool,

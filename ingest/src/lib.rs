@@ -18,4 +18,6 @@ pub mod edge_item;
 pub mod merge;
 pub mod switch;
 
-pub use apply::{ingest, was_ingested, Applied, EdgeWrite, IngestError, Ingested};
+pub use apply::{
+    ingest, last_ingested_at, was_ingested, Applied, EdgeWrite, IngestError, Ingested,
+};

@@ -93,10 +93,20 @@ impl Ingestion {
         let Ok(digest) = edge_ingest::edge_item::digest(old) else {
             return Ok(None);
         };
-        let seen = edge_ingest::was_ingested(&self.pool, composite_key, &digest)
+        let db = |e: sqlx::Error| format!("edge item {composite_key}: core database: {e}");
+        if edge_ingest::was_ingested(&self.pool, composite_key, &digest)
             .await
-            .map_err(|e| format!("edge item {composite_key}: core database: {e}"))?;
-        if seen {
+            .map_err(db)?
+        {
+            return Ok(None);
+        }
+        // An edge write of the item ingested at or after the writer's replacing write here
+        // is later than the lost image: applying the lost image now would go back in time.
+        let replaced_at = record.created_at.unwrap_or_else(Utc::now);
+        let last = edge_ingest::last_ingested_at(&self.pool, composite_key)
+            .await
+            .map_err(db)?;
+        if last.is_some_and(|t| t >= replaced_at) {
             return Ok(None);
         }
         tracing::warn!(item = composite_key,

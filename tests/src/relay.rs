@@ -57,8 +57,9 @@ fn fingerprint(image: Option<&Item>) -> String {
 
 #[derive(Default)]
 struct Memory {
-    /// (destination, item) -> fingerprint of the image the relay wrote there.
-    written: HashMap<(usize, String), String>,
+    /// (destination, item) -> fingerprints of the images the relay wrote there and has not
+    /// seen come back yet (several, when an item changes faster than the relay's round trip).
+    written: HashMap<(usize, String), Vec<String>>,
     /// (destination, item) -> creation time of the last change applied there.
     applied_at: HashMap<(usize, String), f64>,
 }
@@ -147,9 +148,11 @@ async fn apply(
     {
         let mut m = memory.lock().unwrap();
         // Our own write arriving back from the destination: not a new change.
-        if m.written.get(&(src, key.clone())) == Some(&print) {
-            m.written.remove(&(src, key.clone()));
-            return;
+        if let Some(prints) = m.written.get_mut(&(src, key.clone())) {
+            if let Some(i) = prints.iter().position(|p| *p == print) {
+                prints.remove(i);
+                return;
+            }
         }
         if m.applied_at
             .get(&(dst, key.clone()))
@@ -158,7 +161,7 @@ async fn apply(
             return;
         }
         m.applied_at.insert((dst, key.clone()), at);
-        m.written.insert((dst, key.clone()), print);
+        m.written.entry((dst, key.clone())).or_default().push(print);
     }
     let table = to.names.name(kind);
     let result = match &change.new {

@@ -2,18 +2,20 @@
 //! and core through the writer. Real Postgres and DynamoDB Local; edge writes are made as
 //! Flagsmith's `EdgeIdentity.save` makes them (`edge_tests::edge`).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use edge_documents::item::{Item, ATTR_VERSION};
 use edge_documents::tables::TableKind;
 use edge_tests::core::{basic_project, TraitVal, Val};
 use edge_tests::dynamo::{document_of, TestTables};
 use edge_tests::edge::{self, MERGE_DEADLINE};
 use edge_tests::pg::TestDb;
+use edge_tests::regions::{TwoRegions, HOME, OTHER};
 use edge_tests::wait;
 use edge_tests::writer::{test_settings, writer_command, InProcessWriter};
 use edge_writer::replicate::{Replicator, Settings};
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{json, Value};
 use stream_consumer::ingest::{Ingestion, Role};
 use stream_consumer::invalidate::Invalidation;
@@ -221,7 +223,8 @@ fn record(
     old: Option<&Value>,
     composite_key: &str,
 ) -> Result<ChangeRecord, Malformed> {
-    let item = |v: &Value| -> Item { serde_dynamo::aws_sdk_dynamodb_1::to_item(v.clone()).unwrap() };
+    let item =
+        |v: &Value| -> Item { serde_dynamo::aws_sdk_dynamodb_1::to_item(v.clone()).unwrap() };
     Ok(ChangeRecord {
         sequence: seq.into(),
         table: TableKind::Identities,
@@ -303,7 +306,10 @@ async fn edge_identities_reach_core_typed_once_and_poison_items_are_parked() {
     };
     let carol_id = id_of("carol").await.expect("carol created in core");
     assert!(id_of("erin").await.is_some());
-    assert!(id_of("frank").await.is_none(), "ingestion is off for frank's project");
+    assert!(
+        id_of("frank").await.is_none(),
+        "ingestion is off for frank's project"
+    );
     let uuid: uuid::Uuid =
         sqlx::query_scalar("SELECT identity_uuid FROM edge.identity_uuid WHERE identity_id = $1")
             .bind(carol_id)
@@ -343,9 +349,16 @@ async fn edge_identities_reach_core_typed_once_and_poison_items_are_parked() {
             .await
             .unwrap();
     assert_eq!(parked.len(), 2, "{parked:?}");
-    assert!(parked.iter().any(|(k, e)| k == "ingEnv_dave" && e.contains("a list")), "{parked:?}");
     assert!(
-        parked.iter().any(|(k, e)| k.starts_with("ingEnv_lll") && e.contains("1025 bytes")),
+        parked
+            .iter()
+            .any(|(k, e)| k == "ingEnv_dave" && e.contains("a list")),
+        "{parked:?}"
+    );
+    assert!(
+        parked
+            .iter()
+            .any(|(k, e)| k.starts_with("ingEnv_lll") && e.contains("1025 bytes")),
         "{parked:?}"
     );
 
@@ -365,14 +378,21 @@ async fn edge_identities_reach_core_typed_once_and_poison_items_are_parked() {
     let before = state(db.pool.clone()).await;
     let again = consumer.handle(batch()).await;
     assert!(again.failure.is_none(), "{:?}", again.failure);
-    assert_eq!(state(db.pool.clone()).await, before, "redelivery changed core");
+    assert_eq!(
+        state(db.pool.clone()).await,
+        before,
+        "redelivery changed core"
+    );
 
     // An edge delete deletes in core.
     let report = consumer
         .handle(vec![record("6", None, Some(&carol), "ingEnv_carol")])
         .await;
     assert!(report.failure.is_none(), "{:?}", report.failure);
-    assert!(id_of("carol").await.is_none(), "the edge delete reached core");
+    assert!(
+        id_of("carol").await.is_none(),
+        "the edge delete reached core"
+    );
     let left: i64 = db
         .scalar_i64(&format!(
             "SELECT (SELECT count(*) FROM environments_trait WHERE identity_id = {carol_id})
@@ -388,6 +408,217 @@ async fn edge_identities_reach_core_typed_once_and_poison_items_are_parked() {
     })
     .await;
     assert!(erin_item.contains_key(ATTR_VERSION));
-    assert_eq!(document_of(&erin_item)["identity_uuid"], erin["identity_uuid"]);
+    assert_eq!(
+        document_of(&erin_item)["identity_uuid"],
+        erin["identity_uuid"]
+    );
+    writer.stop().await;
+}
+
+/// `writer verify` of both regions; returns (exit code, stdout).
+async fn verify_both(db: &TestDb, regions: &TwoRegions) -> (i32, String) {
+    let out = writer_command(&db.url, &regions.a)
+        .arg("verify")
+        .arg(format!("--region={HOME}={}", regions.a.endpoint))
+        .arg(format!("--region={OTHER}={}", regions.b.endpoint))
+        .arg("--recheck-after-secs=1")
+        .arg("--ack-deadline-secs=3600")
+        .output()
+        .await
+        .expect("run writer verify");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+/// A small deterministic generator (no shared state between the tasks).
+struct Lcg(u64);
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n
+    }
+
+    /// Half the picks among the first `HOT` identities, so both sides often meet.
+    fn pick(&mut self, n: usize) -> usize {
+        if self.below(2) == 0 {
+            self.below(HOT.min(n))
+        } else {
+            self.below(n)
+        }
+    }
+}
+
+const HOT: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edge_and_core_writing_the_same_identities_at_once_lose_nothing_in_any_region() {
+    edge_tests::init_logging();
+    let db = TestDb::new().await;
+    let core = edge_tests::core::Core::new(db.pool.clone());
+    let regions = TwoRegions::start_with(|_| Invalidation::none(), Some(db.pool.clone())).await;
+    let (_, project, env) = basic_project(&core, "raceEnv").await;
+    let flag = core
+        .create_feature(project, "flag", "STANDARD", false, Val::str("default"))
+        .await;
+    edge_ingest::switch::set(&db.pool, project, Some(true))
+        .await
+        .unwrap();
+    const N: i64 = 1000;
+    sqlx::query(
+        r#"INSERT INTO environments_identity (identifier, created_date, environment_id, system_traits)
+           SELECT 'user-' || g, now(), $1, '{}'::jsonb FROM generate_series(1, $2) AS g"#,
+    )
+    .bind(env)
+    .bind(N)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        r#"INSERT INTO environments_trait (trait_key, value_type, integer_value, created_date, identity_id)
+           SELECT 'core_n', 'int', 0, now(), id FROM environments_identity WHERE environment_id = $1"#,
+    )
+    .bind(env)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let identities: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT id, identifier FROM environments_identity WHERE environment_id = $1 ORDER BY id",
+    )
+    .bind(env)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let writer = InProcessWriter::start_on(&db.pool, &regions.a, 4);
+    wait::until("every identity in region b", MERGE_DEADLINE, || async {
+        (regions.b.scan(TableKind::Identities).await.len() as i64 >= N).then_some(())
+    })
+    .await;
+
+    // For a while, the edge (region b, as Flagsmith's EdgeIdentity.save: read, change, put
+    // back whole) and core change the same identities: the edge its trait `edge_n` (and, on
+    // every tenth identity, an override), core its trait `core_n`. Half the picks go to a few
+    // hot identities, and the edge goes on a little after core stops: its puts then carry
+    // core_n values read before core's last changes reached region b, which must not undo
+    // them.
+    let run_for = Duration::from_secs(12);
+    let edge_task = {
+        let b = regions.b.clone();
+        let identities = identities.clone();
+        tokio::spawn(async move {
+            let mut last: HashMap<String, i64> = HashMap::new();
+            let mut overridden: Vec<String> = Vec::new();
+            let mut rng = Lcg(7);
+            let until = Instant::now() + run_for + Duration::from_secs(3);
+            while Instant::now() < until {
+                let i = rng.pick(identities.len());
+                let identifier = &identities[i].1;
+                let n = last.get(identifier).copied().unwrap_or(0) + 1;
+                let with_override = n == 1 && i % 10 == 0;
+                edge::edit_identity(&b, &format!("raceEnv_{identifier}"), |doc| {
+                    edge::set_trait(doc, "edge_n", Some(json!(n)));
+                    if with_override {
+                        edge::set_override(doc, flag.into(), "flag", true, json!(identifier));
+                    }
+                })
+                .await;
+                if with_override {
+                    overridden.push(identifier.clone());
+                }
+                last.insert(identifier.clone(), n);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            (last, overridden)
+        })
+    };
+    let core_task = {
+        let core = edge_tests::core::Core::new(db.pool.clone());
+        let identities = identities.clone();
+        tokio::spawn(async move {
+            let mut last: HashMap<String, i64> = HashMap::new();
+            let mut rng = Lcg(11);
+            let until = Instant::now() + run_for;
+            while Instant::now() < until {
+                let (id, identifier) = &identities[rng.pick(identities.len())];
+                let n = last.get(identifier).copied().unwrap_or(0) + 1;
+                core.set_trait(*id, "core_n", TraitVal::Int(n as i32)).await;
+                last.insert(identifier.clone(), n);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            last
+        })
+    };
+    let (edge_last, overridden) = edge_task.await.unwrap();
+    let core_last = core_task.await.unwrap();
+    assert!(
+        edge_last.len() > 50 && core_last.len() > 50,
+        "both sides wrote"
+    );
+
+    // Core ends with every side's last write of every identity.
+    let converge = Duration::from_secs(
+        std::env::var("EDGE_TEST_CONVERGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+    let mut mismatches = Vec::new();
+    let until = Instant::now() + converge;
+    while Instant::now() < until {
+        let rows: Vec<(String, String, i32)> = sqlx::query_as(
+            r#"SELECT i.identifier, t.trait_key, t.integer_value FROM environments_trait t
+               JOIN environments_identity i ON i.id = t.identity_id
+               WHERE i.environment_id = $1 AND t.trait_key IN ('edge_n', 'core_n')"#,
+        )
+        .bind(env)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let got: HashMap<(String, String), i64> = rows
+            .into_iter()
+            .map(|(i, k, v)| ((i, k), i64::from(v)))
+            .collect();
+        mismatches = edge_last
+            .iter()
+            .map(|(i, n)| (i, "edge_n", n))
+            .chain(core_last.iter().map(|(i, n)| (i, "core_n", n)))
+            .filter_map(|(i, k, n)| {
+                let have = got.get(&(i.clone(), k.to_string())).copied();
+                (have != Some(*n)).then(|| format!("{i} {k}: core has {have:?}, last written {n}"))
+            })
+            .collect();
+        if mismatches.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        mismatches.is_empty(),
+        "core lost writes after {converge:?}: {mismatches:?}"
+    );
+    // The edge's overrides reached core too, beside core's trait changes.
+    let overrides: i64 = db
+        .scalar_i64(&format!(
+            "SELECT count(DISTINCT identity_id) FROM features_featurestate WHERE feature_id = {flag} AND identity_id IS NOT NULL"
+        ))
+        .await;
+    assert_eq!(overrides as usize, overridden.len());
+
+    // Every region holds core's projection of every identity: verify is clean, with nothing
+    // pending ingestion.
+    let out = wait::until("both regions to verify clean", converge, || async {
+        let (code, out) = verify_both(&db, &regions).await;
+        (code == 0 && out.contains(" 0 pending ingestion")).then_some(out)
+    })
+    .await;
+    assert!(out.contains("expected"), "{out}");
+    let failures: Vec<_> = regions
+        .failures()
+        .into_iter()
+        .filter(|(_, e)| !e.contains("ingest"))
+        .collect();
+    assert!(failures.is_empty(), "verification failures: {failures:?}");
     writer.stop().await;
 }
