@@ -7,6 +7,8 @@
 #       the identity migration job (rate, peak RSS) and backfills
 #   infra/local/bench.sh consumer [--records 20000] [--cold-starts 10]
 #       the stream consumer: records verified per second, cold start of the Lambda binary
+#   infra/local/bench.sh ingest [--writes 4000] [--concurrency 4]
+#       edge -> core ingestion: edge identity writes applied to core per second
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -22,6 +24,11 @@ if [[ "${1:-}" == "consumer" ]]; then
   shift
   cargo build --release -p edge-tests -p stream-consumer --bins --quiet
   exec target/release/bench_consumer "$@"
+fi
+if [[ "${1:-}" == "ingest" ]]; then
+  shift
+  cargo build --release -p edge-tests --bin bench_ingest --quiet
+  exec target/release/bench_ingest "$@"
 fi
 cargo build --release -p edge-tests --bin bench --quiet
 exec target/release/bench "$@"

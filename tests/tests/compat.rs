@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use edge_tests::core::{basic_project, Core, TraitVal, Val};
 use edge_tests::dynamo::{document_of, TestTables};
+use edge_tests::edge;
 use edge_tests::pg::TestDb;
 use edge_tests::wait;
 use edge_tests::writer::InProcessWriter;
 use serde_json::json;
+use stream_consumer::ingest::Role;
 
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("EDGE_COMPAT_PYTHON") {
@@ -186,6 +188,50 @@ async fn flagsmith_schema_and_sdk_accept_the_written_documents() {
             .await
     })
     .await;
+    // Identities written at the edge, merged: dora edited on the dashboard (a trait and an
+    // override added beside core's overrides), erin created by the Edge API with an override.
+    // The project's identity migration is complete, so ingestion is on by default.
+    edge::edit_identity(&tables, "compatEnv_dora", |doc| {
+        edge::set_trait(doc, "edge_seen", Some(json!(true)));
+        edge::set_override(doc, banner.into(), "banner", true, json!("edge banner"));
+    })
+    .await;
+    let mut erin = edge::new_identity("compatEnv", "erin", &[("plan", json!("free"))]);
+    edge::set_override(&mut erin, limit.into(), "limit", true, json!(7));
+    edge::put_identity(&tables, &erin).await;
+    let consumer = edge::spawn_consumer(
+        &tables,
+        &tables,
+        "a",
+        Some((db.pool.clone(), Role::Home)),
+        |_, _| {},
+    );
+    for key in ["compatEnv_dora", "compatEnv_erin"] {
+        wait::until(&format!("{key} merged"), edge::MERGE_DEADLINE, || async {
+            let item = tables
+                .get(
+                    edge_documents::tables::TableKind::Identities,
+                    &[("composite_key", key)],
+                )
+                .await?;
+            let doc = document_of(&item);
+            (item.contains_key(edge_documents::item::ATTR_VERSION)
+                && doc["identity_features"].as_array().is_some_and(|f| {
+                    f.iter().any(|f| {
+                        f["enabled"] == true
+                            && f["feature_state_value"]
+                                == if key.ends_with("erin") {
+                                    json!(7)
+                                } else {
+                                    json!("edge banner")
+                                }
+                    })
+                }))
+            .then_some(())
+        })
+        .await;
+    }
+    consumer.abort();
     writer.stop().await;
     assert!(tables
         .environment("compatBig")
@@ -216,6 +262,9 @@ async fn flagsmith_schema_and_sdk_accept_the_written_documents() {
         {"server_key": "ser.compatEnv", "identifier": "dora", "traits": {"plan": "free"}, "flags": {
             "limit": {"enabled": true, "value": 99},
             "colour": {"enabled": true, "value": "purple"},
+            "banner": {"enabled": true, "value": "edge banner"}}},
+        {"server_key": "ser.compatEnv", "identifier": "erin", "traits": {"plan": "free"}, "flags": {
+            "limit": {"enabled": true, "value": 7},
             "banner": {"enabled": true, "value": "hello"}}},
         {"server_key": "ser.compatBig", "identifier": "someone", "traits": {}, "flags": {
             "big_00": {"enabled": true, "value": big_00},
