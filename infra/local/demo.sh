@@ -63,9 +63,12 @@ say "Starting the writer and the stream consumer"
 "$WRITER" run --workers 4 --http-addr 127.0.0.1:0 --log-format text 2> .local/demo-writer.log &
 WRITER_PID=$!
 REDIS_URL="$(infra/local/redis.sh url)"
-echo "stream consumer: region 'local', invalidating $REDIS_URL (keys and channels 'demo:...')"
+echo "stream consumer: region 'local', invalidating $REDIS_URL (keys and channels 'demo:...'),"
+echo "  ingesting identities written at the edge into core (home role)"
 "$CONSUMER" poll --region-name local --table-prefix demo_ --endpoint-url "$AWS_ENDPOINT_URL" \
-  --redis-url "$REDIS_URL" --redis-prefix demo: > .local/demo-consumer.log 2>&1 &
+  --redis-url "$REDIS_URL" --redis-prefix demo: \
+  --ingest-database-url "$DATABASE_URL" --ingest-role home --stream-time-precision-ms 60000 \
+  > .local/demo-consumer.log 2>&1 &
 CONSUMER_PID=$!
 
 wait_for_version() { # $1: version to exceed (0: any)

@@ -178,12 +178,12 @@ async fn apply(
 ) -> Result<Ingested, Step> {
     let at = w.time();
     let echo_window = crate::merge::ECHO_WINDOW + w.precision;
-    sqlx::query("SET LOCAL edge.origin = 'edge'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SET LOCAL lock_timeout = '10s'")
-        .execute(&mut *tx)
-        .await?;
+    // Transaction-local: the capture triggers mark these rows as edge changes.
+    sqlx::query(
+        "SELECT set_config('edge.origin', 'edge', true), set_config('lock_timeout', '10s', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
     let (api_key, identifier) = match (new, old) {
         (Some(i), _) | (None, Some(i)) => (i.environment_api_key.clone(), i.identifier.clone()),
         (None, None) => match w.composite_key.split_once('_') {
@@ -208,18 +208,17 @@ async fn apply(
     }
     let digest = new.map_or(DELETED_DIGEST, |n| n.digest.as_str());
 
-    // One ingestion of this item at a time; an image already ingested is a no-op.
+    // One ingestion of this item at a time (the upsert locks its row until commit); then, in
+    // a statement that sees what a concurrent ingestion committed, an image already ingested
+    // at this time is a no-op.
     sqlx::query(
-        r#"INSERT INTO edge.ingested (composite_key, digest, edge_time)
-           VALUES ($1, '', '-infinity') ON CONFLICT DO NOTHING"#,
+        r#"INSERT INTO edge.ingested AS i (composite_key, digest, edge_time)
+           VALUES ($1, '', '-infinity')
+           ON CONFLICT (composite_key) DO UPDATE SET digest = i.digest"#,
     )
     .bind(w.composite_key)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT 1 FROM edge.ingested WHERE composite_key = $1 FOR UPDATE")
-        .bind(w.composite_key)
-        .execute(&mut *tx)
-        .await?;
     let seen: bool = sqlx::query_scalar(
         r#"SELECT EXISTS (SELECT 1 FROM edge.ingested_image
                           WHERE composite_key = $1 AND digest = $2 AND edge_time = $3)"#,
@@ -294,9 +293,6 @@ async fn apply(
         }
     }
     record(tx, w.composite_key, digest, at).await?;
-    sqlx::query("SELECT pg_notify('edge_change_log', '')")
-        .execute(&mut *tx)
-        .await?;
     Ok(Ingested::Applied(applied))
 }
 
@@ -306,19 +302,16 @@ async fn record(
     digest: &str,
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    // The image, the item's last ingestion, and a wake-up for the writer, in one statement.
     sqlx::query(
-        r#"UPDATE edge.ingested SET digest = $2, edge_time = GREATEST(edge_time, $3),
-               ingested_at = now()
-           WHERE composite_key = $1"#,
-    )
-    .bind(composite_key)
-    .bind(digest)
-    .bind(at)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        r#"INSERT INTO edge.ingested_image (composite_key, digest, edge_time) VALUES ($1, $2, $3)
-           ON CONFLICT DO NOTHING"#,
+        r#"WITH last AS (
+               UPDATE edge.ingested SET digest = $2, edge_time = GREATEST(edge_time, $3),
+                   ingested_at = now()
+               WHERE composite_key = $1),
+           image AS (
+               INSERT INTO edge.ingested_image (composite_key, digest, edge_time)
+               VALUES ($1, $2, $3) ON CONFLICT DO NOTHING)
+           SELECT pg_notify('edge_change_log', '')"#,
     )
     .bind(composite_key)
     .bind(digest)
@@ -363,12 +356,9 @@ async fn enqueue(
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let doc_key = format!("identity:{identity_id}");
-    sqlx::query("INSERT INTO edge.document (doc_key) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(&doc_key)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
-        r#"INSERT INTO edge.pending (doc_key, seq, not_before, first_change_at, last_change_at)
+        r#"WITH doc AS (INSERT INTO edge.document (doc_key) VALUES ($1) ON CONFLICT DO NOTHING)
+           INSERT INTO edge.pending (doc_key, seq, not_before, first_change_at, last_change_at)
            VALUES ($1, nextval('edge.pending_seq'), now(), $2, $2)
            ON CONFLICT (doc_key) DO UPDATE SET
                seq = excluded.seq,

@@ -107,6 +107,29 @@ pub async fn client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
         .await
 }
 
+/// A client for the harness's own reads and the tables' writers: attempts get as long as
+/// DynamoDB Local may take on a loaded machine (a Scan page of 100k items took over 5 s),
+/// not the product's 5 s. Tests of the product's timeouts use [`client_for`].
+pub async fn patient_client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    use aws_config::timeout::TimeoutConfig;
+    let config = stream_consumer::config::loader()
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .operation_timeout(Duration::from_secs(300))
+                .build(),
+        )
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("eu-west-2"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "local", "local", None, None, "static",
+        ))
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&config)
+}
+
 /// Tables of one test, in the shared instance.
 #[derive(Clone)]
 pub struct TestTables {
@@ -140,7 +163,7 @@ impl TestTables {
 
     /// Tables of the given names (e.g. the same names in a second region).
     pub async fn named(endpoint: &str, names: TableNames, streams: bool) -> TestTables {
-        let client = client_for(endpoint).await;
+        let client = patient_client_for(endpoint).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match edge_writer::store::tables::create_tables_with(&client, &names, streams).await {

@@ -147,8 +147,16 @@ async fn lower_outbox_id_committing_later_is_not_lost() {
         .await
         .unwrap();
 
-    core.set_flag(env, y, true, Val::str("y1")).await;
-    let fast_id = db.scalar_i64("SELECT max(id) FROM edge.change_log").await;
+    // The fast change's id is read inside its own transaction: once committed, the writer
+    // may consume its change row at once.
+    let fs_y = core.default_state(env, y).await;
+    let mut fast = db.pool.begin().await.unwrap();
+    edge_tests::core::update_state(&mut fast, fs_y, true, &Val::str("y1")).await;
+    let fast_id: i64 = sqlx::query_scalar("SELECT max(id) FROM edge.change_log")
+        .fetch_one(&mut *fast)
+        .await
+        .unwrap();
+    fast.commit().await.unwrap();
     assert!(fast_id > slow_id, "the later commit has the higher id");
     wait_value(&tables, "envOrder", "y", Value::from("y1")).await;
 
