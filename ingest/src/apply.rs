@@ -349,7 +349,10 @@ pub async fn was_ingested(
     .await
 }
 
-/// Queues the identity document, due now (the writer may be waiting for this ingestion).
+/// Queues the identity document, due now (the writer may be waiting for this ingestion), and
+/// forgets the content hash the writer last wrote: the stored item is the edge's now, so the
+/// next projection is written even if it equals the writer's last one (the merge may have
+/// kept every core value).
 async fn enqueue(
     tx: &mut PgConnection,
     identity_id: i32,
@@ -357,7 +360,9 @@ async fn enqueue(
 ) -> Result<(), sqlx::Error> {
     let doc_key = format!("identity:{identity_id}");
     sqlx::query(
-        r#"WITH doc AS (INSERT INTO edge.document (doc_key) VALUES ($1) ON CONFLICT DO NOTHING)
+        r#"WITH doc AS (
+               INSERT INTO edge.document (doc_key) VALUES ($1)
+               ON CONFLICT (doc_key) DO UPDATE SET content_hash = NULL)
            INSERT INTO edge.pending (doc_key, seq, not_before, first_change_at, last_change_at)
            VALUES ($1, nextval('edge.pending_seq'), now(), $2, $2)
            ON CONFLICT (doc_key) DO UPDATE SET

@@ -207,6 +207,35 @@ async fn an_edge_edit_is_never_clobbered_by_core_or_repair_and_is_merged_after_i
         .await;
     assert_eq!(overrides, 1);
 
+    // An edge put built from a read older than core's last change (the README's worked
+    // example): core sets age=32; the edge then puts alice back with age=31, the value before
+    // core's change. That is an echo, not an edit: core keeps 32, and the edge's item is still
+    // replaced although the merged document equals what the writer last wrote.
+    core.set_trait(alice, "age", TraitVal::Int(32)).await;
+    wait::until("age=32 at the edge", MERGE_DEADLINE, || async {
+        let doc = document_of(&identity_item(&tables, "edgeEnv_alice").await?);
+        (edge::trait_of(&doc, "age") == Some(&json!(32))).then_some(())
+    })
+    .await;
+    edge::edit_identity(&tables, "edgeEnv_alice", |doc| {
+        edge::set_trait(doc, "age", Some(json!(31)));
+    })
+    .await;
+    let merged = wait::until(
+        "the echo replaced by the merged document",
+        MERGE_DEADLINE,
+        || async {
+            let item = identity_item(&tables, "edgeEnv_alice").await?;
+            item.contains_key(ATTR_VERSION).then(|| document_of(&item))
+        },
+    )
+    .await;
+    assert_eq!(edge::trait_of(&merged, "age"), Some(&json!(32)));
+    assert_eq!(
+        core_trait(&db, alice, "age").await,
+        Some(("int".into(), json!(32)))
+    );
+
     // The edge's writes were re-projected, not counted as core changes, and nothing loops:
     // the queue drains and verify is clean.
     wait::writer_idle(&db.pool, MERGE_DEADLINE).await;
