@@ -659,3 +659,85 @@ async fn edge_and_core_writing_the_same_identities_at_once_lose_nothing_in_any_r
     assert!(failures.is_empty(), "verification failures: {failures:?}");
     writer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_consumer_the_writer_ingests_the_edge_item_itself_and_leaves_it_when_ingestion_is_off(
+) {
+    let (db, tables, core) = edge_tests::setup().await;
+    let (_, project, env) = basic_project(&core, "soloEnv").await;
+    let (_, off_project, off_env) = basic_project(&core, "offSolo").await;
+    edge_ingest::switch::set(&db.pool, project, Some(true))
+        .await
+        .unwrap();
+    edge_ingest::switch::set(&db.pool, off_project, Some(false))
+        .await
+        .unwrap();
+    let gina = core.create_identity(env, "gina").await;
+    core.set_trait(gina, "age", TraitVal::Int(20)).await;
+    let hal = core.create_identity(off_env, "hal").await;
+    core.set_trait(hal, "age", TraitVal::Int(40)).await;
+    // No consumer runs; the writer waits one second before ingesting an edge item itself.
+    let settings = Settings {
+        ingest_grace: Duration::from_secs(1),
+        ..test_settings()
+    };
+    let writer = InProcessWriter::start(
+        Replicator::new(db.pool.clone(), tables.store(), settings),
+        2,
+    );
+    for key in ["soloEnv_gina", "offSolo_hal"] {
+        wait::until(&format!("{key} written"), MERGE_DEADLINE, || async {
+            identity_item(&tables, key).await
+        })
+        .await;
+    }
+    edge::edit_identity(&tables, "soloEnv_gina", |doc| {
+        edge::set_trait(doc, "plan", Some(json!("pro")));
+    })
+    .await;
+    let hal_put = edge::edit_identity(&tables, "offSolo_hal", |doc| {
+        edge::set_trait(doc, "plan", Some(json!("edge")));
+    })
+    .await;
+    core.set_trait(gina, "age", TraitVal::Int(21)).await;
+    core.set_trait(hal, "age", TraitVal::Int(41)).await;
+
+    // gina: the writer ingested the edge's item itself after the grace, then merged.
+    let merged = wait::until("gina merged by the writer", MERGE_DEADLINE, || async {
+        let item = identity_item(&tables, "soloEnv_gina").await?;
+        item.contains_key(ATTR_VERSION).then(|| document_of(&item))
+    })
+    .await;
+    assert_eq!(edge::trait_of(&merged, "plan"), Some(&json!("pro")));
+    assert_eq!(edge::trait_of(&merged, "age"), Some(&json!(21)));
+    assert_eq!(
+        core_trait(&db, gina, "plan").await,
+        Some(("unicode".into(), json!("pro")))
+    );
+    // hal: ingestion is off for his project, so the edge owns the item; it is left alone.
+    wait::until("hal left to the edge", MERGE_DEADLINE, || async {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT foreign_state FROM edge.document WHERE doc_key = $1")
+                .bind(format!("identity:{hal}"))
+                .fetch_one(&db.pool)
+                .await
+                .ok()?;
+        (state.as_deref() == Some("edge_owned")).then_some(())
+    })
+    .await;
+    wait::writer_idle(&db.pool, MERGE_DEADLINE).await;
+    let item = identity_item(&tables, "offSolo_hal").await.unwrap();
+    assert_eq!(
+        document_of(&item),
+        hal_put,
+        "the edge-owned item was changed"
+    );
+    assert_eq!(core_trait(&db, hal, "plan").await, None, "nothing ingested");
+    let (code, out) = verify(&db, &tables, &[]).await;
+    assert!(
+        !out.contains("offSolo_hal"),
+        "an edge-owned item is foreign, not drift or pending:\n{out}"
+    );
+    assert_eq!(code, 0, "{out}");
+    writer.stop().await;
+}
