@@ -33,6 +33,31 @@ struct Condition {
     values: Vec<(String, AttributeValue)>,
 }
 
+impl Condition {
+    /// The names the expression uses (DynamoDB refuses unused ones).
+    fn used_names(&self) -> HashMap<String, String> {
+        self.names
+            .iter()
+            .filter(|(k, _)| self.uses(k))
+            .cloned()
+            .collect()
+    }
+
+    fn used_values(&self) -> HashMap<String, AttributeValue> {
+        self.values
+            .iter()
+            .filter(|(k, _)| self.uses(k))
+            .cloned()
+            .collect()
+    }
+
+    fn uses(&self, placeholder: &str) -> bool {
+        self.expression
+            .split(|c: char| !(c.is_alphanumeric() || c == '#' || c == ':' || c == '_'))
+            .any(|token| token == placeholder)
+    }
+}
+
 fn condition(
     guard: &Guard,
     key_attr: &str,
@@ -183,25 +208,17 @@ impl ItemStore for DynamoStore {
         };
         let key_attr = table.key_attributes()[0];
         let c = condition(guard, key_attr, &doc_key, version, PUT_CONDITION);
-        // Only the names and values the expression uses (DynamoDB refuses unused ones).
-        let mut request = self
+        let result = self
             .client
             .put_item()
             .table_name(name)
             .set_item(Some(item))
             .condition_expression(&c.expression)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        for (k, v) in c.names {
-            if c.expression.contains(k.as_str()) {
-                request = request.expression_attribute_names(k, v);
-            }
-        }
-        for (k, v) in c.values {
-            if c.expression.contains(k.as_str()) {
-                request = request.expression_attribute_values(k, v);
-            }
-        }
-        let result = request.send().await;
+            .set_expression_attribute_names(Some(c.used_names()))
+            .set_expression_attribute_values(Some(c.used_values()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
         match result {
             Ok(_) => Ok(WriteOutcome::Applied),
             Err(SdkError::ServiceError(e))
@@ -229,24 +246,17 @@ impl ItemStore for DynamoStore {
             .await?;
         let key_attr = table.key_attributes()[0];
         let c = condition(guard, key_attr, doc_key, version, DELETE_CONDITION);
-        let mut request = self
+        let result = self
             .client
             .delete_item()
             .table_name(name)
             .set_key(Some(key))
             .condition_expression(&c.expression)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        for (k, v) in c.names {
-            if c.expression.contains(k.as_str()) {
-                request = request.expression_attribute_names(k, v);
-            }
-        }
-        for (k, v) in c.values {
-            if c.expression.contains(k.as_str()) {
-                request = request.expression_attribute_values(k, v);
-            }
-        }
-        let result = request.send().await;
+            .set_expression_attribute_names(Some(c.used_names()))
+            .set_expression_attribute_values(Some(c.used_values()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
         match result {
             Ok(_) => Ok(WriteOutcome::Applied),
             Err(SdkError::ServiceError(e))
@@ -363,5 +373,54 @@ where
         table: table.to_string(),
         message,
         retryable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_guard_names_only_what_its_condition_uses() {
+        let v = condition(
+            &Guard::Version,
+            "composite_key",
+            "identity:1",
+            7,
+            PUT_CONDITION,
+        );
+        assert_eq!(v.expression, PUT_CONDITION);
+        assert_eq!(v.used_names().len(), 1);
+        assert_eq!(v.used_values().len(), 1);
+        let o = condition(
+            &Guard::Owned,
+            "composite_key",
+            "identity:1",
+            7,
+            PUT_CONDITION,
+        );
+        assert_eq!(o.used_names()["#k"], "composite_key");
+        assert_eq!(
+            o.used_values()[":d"],
+            AttributeValue::S("identity:1".into())
+        );
+        // Adopt: the foreign item exactly, attribute by attribute, and still not the writer's.
+        let foreign: Item = (0..12)
+            .map(|i| (format!("a{i}"), AttributeValue::N(i.to_string())))
+            .collect();
+        let a = condition(
+            &Guard::Adopt(Box::new(foreign)),
+            "composite_key",
+            "identity:1",
+            7,
+            PUT_CONDITION,
+        );
+        assert!(a.expression.starts_with("attribute_not_exists(#v) AND "));
+        assert_eq!(
+            a.used_names().len(),
+            13,
+            "#v and #a0..#a11: #a1 is not mistaken for #a10"
+        );
+        assert_eq!(a.used_values().len(), 12, ":v and :d are unused");
     }
 }
