@@ -318,6 +318,37 @@ pub async fn tombstone(
     .await
 }
 
+/// How long the merge rule's state is kept: longer than a stream keeps its records (24 h),
+/// plus the writer's grace. An edge write that old can no longer arrive.
+pub const RETENTION: &str = "2 days";
+
+/// Deletes merge state older than [`RETENTION`] (at most `batch` rows of each table per
+/// call): ingested images, trait clocks and identity tombstones. Returns the rows deleted.
+pub async fn prune(pool: &sqlx::PgPool, batch: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        r#"WITH images AS (
+               DELETE FROM edge.ingested_image WHERE ctid IN (
+                   SELECT ctid FROM edge.ingested_image
+                   WHERE ingested_at < now() - interval '{RETENTION}' LIMIT $1)
+               RETURNING 1),
+           clocks AS (
+               DELETE FROM edge.trait_clock WHERE ctid IN (
+                   SELECT ctid FROM edge.trait_clock
+                   WHERE changed_at < now() - interval '{RETENTION}' LIMIT $1)
+               RETURNING 1),
+           tombstones AS (
+               DELETE FROM edge.identity_tombstone WHERE ctid IN (
+                   SELECT ctid FROM edge.identity_tombstone
+                   WHERE deleted_at < now() - interval '{RETENTION}' LIMIT $1)
+               RETURNING 1)
+           SELECT (SELECT count(*) FROM images) + (SELECT count(*) FROM clocks)
+                  + (SELECT count(*) FROM tombstones)"#
+    ))
+    .bind(batch)
+    .fetch_one(pool)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -741,3 +741,27 @@ async fn without_a_consumer_the_writer_ingests_the_edge_item_itself_and_leaves_i
     assert_eq!(code, 0, "{out}");
     writer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_state_older_than_the_streams_retention_is_pruned() {
+    let (db, _tables, _core) = edge_tests::setup().await;
+    for sql in [
+        "INSERT INTO edge.ingested_image (composite_key, digest, edge_time, ingested_at) VALUES ('k_old', 'd', now(), now() - interval '3 days'), ('k_new', 'd', now(), now())",
+        "INSERT INTO edge.trait_clock (identity_id, trait_key, changed_at, origin) VALUES (1, 'old', now() - interval '3 days', 'core'), (1, 'new', now(), 'core')",
+        "INSERT INTO edge.identity_tombstone (environment_id, identifier, deleted_at) VALUES (1, 'old', now() - interval '3 days'), (1, 'new', now())",
+    ] {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    assert_eq!(edge_ingest::clock::prune(&db.pool, 100).await.unwrap(), 3);
+    let left = db
+        .scalar_i64(
+            "SELECT (SELECT count(*) FROM edge.ingested_image WHERE composite_key = 'k_new')
+                  + (SELECT count(*) FROM edge.trait_clock WHERE trait_key = 'new')
+                  + (SELECT count(*) FROM edge.identity_tombstone WHERE identifier = 'new')
+                  - (SELECT count(*) FROM edge.ingested_image) - (SELECT count(*) FROM edge.trait_clock)
+                  - (SELECT count(*) FROM edge.identity_tombstone)",
+        )
+        .await;
+    assert_eq!(left, 0, "only the recent rows are left");
+    assert_eq!(edge_ingest::clock::prune(&db.pool, 100).await.unwrap(), 0);
+}

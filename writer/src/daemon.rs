@@ -155,8 +155,8 @@ async fn worker_loop<S: ItemStore>(
     }
 }
 
-/// The queue gauges, every 5 s; and every minute a log line `writer queue` with the same
-/// figures, from which the deployment's log metric filter publishes
+/// The queue gauges, every 5 s; and every minute old edge merge state pruned and a log line
+/// `writer queue` with the same figures, from which the deployment's log metric filter publishes
 /// `FlagsmithEdge/DeadLetters` (ECS log drivers do not carry embedded metrics).
 async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
     let mut last_log: Option<std::time::Instant> = None;
@@ -169,6 +169,12 @@ async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
             m::record_queue(depth, due, dead);
             if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 last_log = Some(std::time::Instant::now());
+                // The merge rule's state of edge writes that can no longer arrive.
+                match edge_ingest::clock::prune(&pool, 10_000).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "pruned old edge merge state"),
+                    Err(e) => tracing::warn!(error = %e, "pruning old edge merge state failed"),
+                }
                 tracing::info!(
                     queue_depth = depth,
                     queue_due = due,
