@@ -161,6 +161,9 @@ async fn worker_loop<S: ItemStore>(
 async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
     let mut last_log: Option<std::time::Instant> = None;
     loop {
+        // Histogram samples wait in the recorder until a scrape or an upkeep drains them; where
+        // nothing scrapes /metrics (the ECS service), only this keeps memory flat.
+        m::upkeep();
         if let Ok((depth, due)) = pending::depth(&pool).await {
             let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM edge.dead_letter")
                 .fetch_one(&pool)

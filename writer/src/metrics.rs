@@ -40,6 +40,11 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Drains recorded histogram samples into their buckets (a scrape does the same).
+pub fn upkeep() {
+    install().run_upkeep();
+}
+
 pub fn record_outcome(outcome: &Outcome, took: Duration) {
     let result = if outcome.unchanged {
         "unchanged"

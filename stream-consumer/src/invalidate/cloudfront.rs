@@ -46,10 +46,25 @@ fn fill(template: &str, change: &Change) -> Option<String> {
         ("{server_key}", &change.server_key),
     ] {
         if path.contains(name) {
-            path = path.replace(name, value.as_deref()?);
+            path = path.replace(name, &escape(value.as_deref()?));
         }
     }
     Some(path)
+}
+
+/// A value percent-encoded for one path segment: everything but RFC 3986's unreserved
+/// characters, so an identifier `*` or `a/*` invalidates that identity's path only, never a
+/// wildcard or another segment.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The template with everything from its first placeholder on replaced by `*`.
@@ -167,6 +182,14 @@ mod tests {
         assert_eq!(
             paths(&templates, &[change("a", None), change("a", Some("x"))]),
             vec!["/env/a/*", "/id/a/x"]
+        );
+        // Identifiers are values, never wildcards or more segments.
+        assert_eq!(
+            paths(
+                &templates[1..],
+                &[change("a", Some("*")), change("a", Some("x/*é"))]
+            ),
+            vec!["/id/a/%2A", "/id/a/x%2F%2A%C3%A9"]
         );
         let many: Vec<Change> = (0..20).map(|i| change(&format!("e{i}"), None)).collect();
         assert_eq!(paths(&templates, &many), vec!["/env/*", "/id/*"]);

@@ -338,6 +338,35 @@ impl ItemStore for DynamoStore {
     }
 }
 
+/// Error codes worth retrying: throttling, server errors, a table an operator may still
+/// create, and every credential or permission refusal. An IAM incident (a policy removed,
+/// credentials expired or not yet rotated in) is an outage of the whole writer, not bad data:
+/// its documents are retried until it is over, never parked (the queue and lag alarms fire).
+pub(crate) fn retryable_code(code: &str) -> bool {
+    matches!(
+        code,
+        "ProvisionedThroughputExceededException"
+            | "RequestLimitExceeded"
+            | "ThrottlingException"
+            | "InternalServerError"
+            | "ServiceUnavailable"
+            | "ResourceNotFoundException"
+            | "TransactionConflictException"
+            | "LimitExceededException"
+            | "UnrecognizedClientException"
+            | "AccessDeniedException"
+            | "ExpiredTokenException"
+            | "ExpiredToken"
+            | "InvalidSignatureException"
+            | "IncompleteSignatureException"
+            | "MissingAuthenticationTokenException"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "KMSAccessDeniedException"
+            | "KMSDisabledException"
+    )
+}
+
 /// Turns an SDK error into a [`StoreError`] with the retry decision.
 pub(crate) fn classify<E, R>(op: &'static str, table: &str, err: SdkError<E, R>) -> StoreError
 where
@@ -347,18 +376,7 @@ where
     let (retryable, message) = match &err {
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("Unknown");
-            let retryable = matches!(
-                code,
-                "ProvisionedThroughputExceededException"
-                    | "RequestLimitExceeded"
-                    | "ThrottlingException"
-                    | "InternalServerError"
-                    | "ServiceUnavailable"
-                    | "ResourceNotFoundException"
-                    | "TransactionConflictException"
-                    | "LimitExceededException"
-                    | "UnrecognizedClientException"
-            );
+            let retryable = retryable_code(code);
             (
                 retryable,
                 format!("{code}: {}", se.err().message().unwrap_or("(no message)")),
@@ -379,6 +397,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permission_and_credential_refusals_are_outages_not_bad_data() {
+        for code in [
+            "AccessDeniedException",
+            "ExpiredTokenException",
+            "UnrecognizedClientException",
+            "ThrottlingException",
+            "KMSAccessDeniedException",
+        ] {
+            assert!(retryable_code(code), "{code}");
+        }
+        for code in [
+            "ValidationException",
+            "ItemCollectionSizeLimitExceededException",
+        ] {
+            assert!(!retryable_code(code), "{code}");
+        }
+    }
 
     #[test]
     fn each_guard_names_only_what_its_condition_uses() {
