@@ -78,13 +78,16 @@ async fn identities_traits_and_overrides_replicate_and_rewrite_only_their_identi
     // The v2 override item (the project's v2 status is COMPLETE).
     let override_key = format!("identity_override:{flag}:{uuid}");
     let env_id = env.to_string();
-    let item = tables
-        .get(
-            TableKind::EnvironmentsV2,
-            &[("environment_id", &env_id), ("document_key", &override_key)],
-        )
-        .await
-        .expect("the identity-override item");
+    // Written once the identity item is the writer's (it goes first: the edge writes it too).
+    let item = wait::until("the identity-override item", wait::DEFAULT, || async {
+        tables
+            .get(
+                TableKind::EnvironmentsV2,
+                &[("environment_id", &env_id), ("document_key", &override_key)],
+            )
+            .await
+    })
+    .await;
     let item = document_of(&item);
     assert_eq!(item["identifier"], "alice");
     assert_eq!(item["feature_state"]["feature_state_value"], "alice's");
