@@ -71,8 +71,8 @@ pub enum DriftKind {
     Corrupted,
     Extra,
     Unconfirmed,
-    /// A core-owned item (environment, `_META`, API key, override item) written by someone
-    /// else: most likely Flagsmith core itself, with its DynamoDB table settings set.
+    /// A core-owned item (environment, `_META`, API key) written by someone else: most likely
+    /// Flagsmith core itself, with its DynamoDB table settings set.
     WrittenBySomeoneElse,
 }
 
@@ -323,6 +323,15 @@ fn compare_region(
                     });
                 }
             }
+            // An identity's override item written without the writer's attributes: Flagsmith's
+            // edge endpoints write it with the identity item, so it is pending like that one.
+            (Some(exp), None, _) if exp.doc_key.starts_with("identity:") => {
+                pending.push(PendingIngestion {
+                    region: region.to_string(),
+                    item_key: key.to_string(),
+                    doc_key: Some(exp.doc_key.to_string()),
+                });
+            }
             (None, None, _) => summary.foreign += 1,
             (None, Some(v), Some(owner)) if !in_flight.contains(&**owner) => {
                 drift(
@@ -405,8 +414,9 @@ fn compare_expected(
                     format!("v{}: {why}", o.version.unwrap_or_default()),
                 );
             } else if o.version.is_none() {
-                // Identity items written at the edge are pending ingestion, not drift.
-                if edge_identity_api_key(key).is_none() {
+                // Identity documents' items written at the edge are pending ingestion, not
+                // drift (listed by the caller).
+                if edge_identity_api_key(key).is_none() && !exp.doc_key.starts_with("identity:") {
                     drift(
                         DriftKind::WrittenBySomeoneElse,
                         key,
@@ -581,6 +591,10 @@ mod tests {
                 ("moving".into(), expected("environment:7", "h7")),
                 ("overwritten".into(), expected("environment:9", "h9")),
                 ("identities|envA_alice".into(), expected("identity:1", "i1")),
+                (
+                    "environments_v2|7|identity_override:1:u".into(),
+                    expected("identity:1", "o1"),
+                ),
             ]),
             observed: vec![(
                 "r".into(),
@@ -608,6 +622,10 @@ mod tests {
                     // Written at the edge: an identity core knows, one it does not yet, and
                     // one of a project whose ingestion is off.
                     ("identities|envA_alice".into(), observed(None, None, "")),
+                    (
+                        "environments_v2|7|identity_override:1:u".into(),
+                        observed(None, None, ""),
+                    ),
                     ("identities|envA_new".into(), observed(None, None, "")),
                     ("identities|envOff_bob".into(), observed(None, None, "")),
                 ]),
@@ -645,7 +663,11 @@ mod tests {
         pending.sort();
         assert_eq!(
             pending,
-            vec!["identities|envA_alice", "identities|envA_new"]
+            vec![
+                "environments_v2|7|identity_override:1:u",
+                "identities|envA_alice",
+                "identities|envA_new"
+            ]
         );
         assert_eq!(c.regions[0].foreign, 2);
         assert_eq!(c.extras.len(), 1);
