@@ -262,30 +262,29 @@ impl<L: Ledger> Consumer<L> {
                 let Some(old) = &record.old else {
                     return Ok(Checked::Skipped);
                 };
-                let home = self
-                    .ingestion
-                    .as_ref()
-                    .filter(|i| i.role() == ingest::Role::Home);
-                if let (Some(ingestion), TableKind::Identities) = (home, record.table) {
-                    let intent = self
-                        .ledger
-                        .delete_intent(&item_key)
-                        .await
-                        .map_err(|e| VerifyError::Unreadable(e.to_string()))?;
-                    let at_ms = record.created_at.unwrap_or(now).timestamp_millis();
-                    let intent = intent.map(|i| (i.version, i.recorded_at_ms));
-                    if ingest::is_edge_delete(old, intent, at_ms) {
-                        return self.ingest(ingestion, record).await;
-                    }
-                }
-                let Ok(old_meta) = stored_meta(old) else {
+                let home = self.ingestion.as_ref().filter(|i| {
+                    i.role() == ingest::Role::Home && record.table == TableKind::Identities
+                });
+                let ours = stored_meta(old).ok();
+                if ours.is_none() && home.is_none() {
                     return Ok(Checked::Skipped);
-                };
+                }
+                // One read of the writer's delete intent, for both questions below.
                 let intent = self
                     .ledger
                     .delete_intent(&item_key)
                     .await
                     .map_err(|e| VerifyError::Unreadable(e.to_string()))?;
+                if let Some(ingestion) = home {
+                    let at_ms = record.created_at.unwrap_or(now).timestamp_millis();
+                    let seen = intent.as_ref().map(|i| (i.version, i.recorded_at_ms));
+                    if ingest::is_edge_delete(old, seen, at_ms) {
+                        return self.ingest(ingestion, record).await;
+                    }
+                }
+                let Some(old_meta) = ours else {
+                    return Ok(Checked::Skipped);
+                };
                 let newest = intent.as_ref().map(|i| i.version);
                 let Some(intent) = intent.filter(|i| i.version > old_meta.version) else {
                     return Err(VerifyError::UnexpectedRemoval {

@@ -12,12 +12,10 @@ use sqlx::PgPool;
 use stream_consumer::ingest::{Ingestion, Role};
 use stream_consumer::invalidate::Invalidation;
 use stream_consumer::ledger::DynamoLedger;
-use stream_consumer::poller::{self, PollOptions, StartAt};
 use stream_consumer::{BatchReport, Consumer};
 use tokio::task::JoinHandle;
 
 use crate::dynamo::{document_of, TestTables};
-use crate::relay::{self, STREAMED};
 
 /// The fields of Flagsmith's identity document (`IdentityModel` as `EdgeIdentity` dumps it);
 /// anything else on the item is lost by an edge put.
@@ -144,27 +142,7 @@ pub fn spawn_consumer(
             Ingestion::from_pool(pool, role).with_time_precision(LOCAL_TIME_PRECISION),
         );
     }
-    let tables = tables.clone();
-    tokio::spawn(async move {
-        let streams = relay::streams_client(&tables.endpoint).await;
-        let options = PollOptions {
-            start: StartAt::TrimHorizon,
-            max_attempts: 0,
-        };
-        if let Err(e) = poller::run(
-            &consumer,
-            &tables.client,
-            &streams,
-            &tables.names,
-            &STREAMED,
-            options,
-            &on_batch,
-        )
-        .await
-        {
-            panic!("stream consumer stopped: {e}");
-        }
-    })
+    crate::regions::spawn_poller(consumer, tables, 0, on_batch)
 }
 
 /// DynamoDB Local rounds stream records' creation times down to the minute.

@@ -78,39 +78,19 @@ impl TwoRegions {
                         .with_time_precision(crate::edge::LOCAL_TIME_PRECISION),
                 );
             }
-            let ingesting = ingest.is_some();
-            let tables = tables.clone();
-            let streams = relay::streams_client(&tables.endpoint).await;
             let handled = handled.clone();
             let region = name.to_string();
-            consumers.push(tokio::spawn(async move {
-                let on_batch = move |table: TableKind, report: &BatchReport| {
-                    handled.lock().unwrap().push(Handled {
-                        region: region.clone(),
-                        table,
-                        report: report.clone(),
-                    });
-                };
-                let options = PollOptions {
-                    start: StartAt::TrimHorizon,
-                    // Ingestion failures are retried until they succeed (as Lambda does within
-                    // its retry budget); verification failures are given up after 3.
-                    max_attempts: if ingesting { 0 } else { 3 },
-                };
-                let result = poller::run(
-                    &consumer,
-                    &tables.client,
-                    &streams,
-                    &tables.names,
-                    &STREAMED,
-                    options,
-                    &on_batch,
-                )
-                .await;
-                if let Err(e) = result {
-                    panic!("stream consumer stopped: {e}");
-                }
-            }));
+            let on_batch = move |table: TableKind, report: &BatchReport| {
+                handled.lock().unwrap().push(Handled {
+                    region: region.clone(),
+                    table,
+                    report: report.clone(),
+                });
+            };
+            // Ingestion failures are retried until they succeed (as Lambda does within its
+            // retry budget); verification failures are given up after 3.
+            let max_attempts = if ingest.is_some() { 0 } else { 3 };
+            consumers.push(spawn_poller(consumer, tables, max_attempts, on_batch));
         }
         TwoRegions {
             a,
@@ -161,6 +141,37 @@ impl TwoRegions {
             .flat_map(|h| h.report.lags_ms.clone())
             .collect()
     }
+}
+
+/// Runs `consumer` (the local poller) on one region's streams from their start; panics if it
+/// stops. `max_attempts`: attempts at a failing record before it is given up (0: forever).
+pub fn spawn_poller(
+    consumer: Consumer<DynamoLedger>,
+    tables: &TestTables,
+    max_attempts: u32,
+    on_batch: impl Fn(TableKind, &BatchReport) + Send + Sync + 'static,
+) -> JoinHandle<()> {
+    let tables = tables.clone();
+    tokio::spawn(async move {
+        let streams = relay::streams_client(&tables.endpoint).await;
+        let options = PollOptions {
+            start: StartAt::TrimHorizon,
+            max_attempts,
+        };
+        if let Err(e) = poller::run(
+            &consumer,
+            &tables.client,
+            &streams,
+            &tables.names,
+            &STREAMED,
+            options,
+            &on_batch,
+        )
+        .await
+        {
+            panic!("stream consumer stopped: {e}");
+        }
+    })
 }
 
 /// A short retry policy for invalidation targets in tests.

@@ -23,6 +23,28 @@ where
     }
 }
 
+/// As [`until`], `check` saying what is still wrong (`Err`) until it holds; the panic after
+/// `timeout` names the last thing wrong.
+pub async fn until_ok<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let wrong = match check().await {
+            Ok(v) => return v,
+            Err(wrong) => wrong,
+        };
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}: {wrong}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
 pub const DEFAULT: Duration = Duration::from_secs(30);
 
 /// Waits until the writer has nothing left to do now: no unresolved change and no due
