@@ -45,19 +45,12 @@ pub async fn run<S: ItemStore>(
     shutdown: watch::Receiver<bool>,
 ) {
     let pool = replicator.pool().clone();
-    let wake_capture = Arc::new(Notify::new());
     let wake_workers = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
 
-    tasks.spawn(capture::listen::forward_notifications(
-        pool.clone(),
-        wake_capture.clone(),
-        shutdown.clone(),
-    ));
     tasks.spawn(capture_loop(
         pool.clone(),
         config.clone(),
-        wake_capture,
         wake_workers.clone(),
         shutdown.clone(),
     ));
@@ -78,19 +71,26 @@ pub async fn run<S: ItemStore>(
     tracing::info!("writer stopped");
 }
 
+/// Drains the change log into the queue; when it is empty, sleeps until a capture trigger
+/// notifies (see [`capture::listen`] for the wake-lock handshake) or the poll interval.
 async fn capture_loop(
     pool: sqlx::PgPool,
     config: DaemonConfig,
-    wake: Arc<Notify>,
     wake_workers: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    const LOCK_BACKOFF_START: Duration = Duration::from_millis(50);
+    const LOCK_BACKOFF_CAP: Duration = Duration::from_secs(2);
+    let mut listener = capture::listen::ChangeListener::new(pool.clone());
+    let mut lock_backoff = LOCK_BACKOFF_START;
     loop {
         if *shutdown.borrow() {
+            listener.release().await;
             return;
         }
         match capture::drain_all(&pool, config.capture_batch).await {
             Ok(drained) if drained.changes > 0 => {
+                listener.release().await;
                 m::record_captured(drained.changes - drained.edge_changes, drained.edge_changes);
                 tracing::debug!(
                     changes = drained.changes,
@@ -101,14 +101,25 @@ async fn capture_loop(
                 wake_workers.notify_waiters();
                 continue;
             }
-            Ok(_) => {}
+            Ok(_) => {
+                // Empty: take the wake lock, then drain once more before sleeping (the
+                // transactions that did not notify have ended by then).
+                if !listener.holds_wake_lock() {
+                    if listener.go_idle().await {
+                        lock_backoff = LOCK_BACKOFF_START;
+                        continue;
+                    }
+                    // A core transaction that did not notify is still open: look again soon
+                    // rather than after the poll interval (its changes are not visible yet).
+                    let wait = lock_backoff.min(config.poll_interval);
+                    lock_backoff = (lock_backoff * 2).min(LOCK_BACKOFF_CAP);
+                    listener.sleep(wait, &mut shutdown).await;
+                    continue;
+                }
+            }
             Err(e) => tracing::warn!(error = %error_chain(&e), "capture failed; retrying"),
         }
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(config.poll_interval) => {}
-        }
+        listener.sleep(config.poll_interval, &mut shutdown).await;
     }
 }
 
@@ -172,6 +183,7 @@ async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
             m::record_queue(depth, due, dead);
             if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 last_log = Some(std::time::Instant::now());
+                capture::control::report(&pool).await;
                 // The merge rule's state of edge writes that can no longer arrive.
                 match edge_ingest::clock::prune(&pool, 10_000).await {
                     Ok(0) => {}

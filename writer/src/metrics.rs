@@ -90,3 +90,9 @@ pub fn record_queue(depth: i64, due: i64, dead_letters: i64) {
     metrics::gauge!(QUEUE_DUE).set(due as f64);
     metrics::gauge!(DEAD_LETTERS).set(dead_letters as f64);
 }
+
+/// 1 while capture is paused; capture gaps not yet backfilled.
+pub fn record_capture(enabled: bool, open_gaps: usize) {
+    metrics::gauge!("writer_capture_paused").set(if enabled { 0.0 } else { 1.0 });
+    metrics::gauge!("writer_capture_gaps_open").set(open_gaps as f64);
+}
