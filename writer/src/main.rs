@@ -269,7 +269,7 @@ enum DeadLettersCommand {
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("scope").required(true)
-    .args(["environment", "project", "all", "since"])))]
+    .args(["environment", "project", "all", "since", "gap"])))]
 struct BackfillArgs {
     /// One environment: id or client-side api_key.
     #[arg(long)]
