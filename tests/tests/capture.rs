@@ -357,7 +357,7 @@ async fn an_idle_writer_is_woken_by_commits_without_waiting_for_its_poll() {
     // not notify when it commits.
     let mut open = db.pool.begin().await.unwrap();
     edge_tests::core::update_state(
-        &mut *open,
+        &mut open,
         core.default_state(env, feature).await,
         true,
         &Val::str("open"),
