@@ -237,3 +237,21 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Identity fan-out in pages. A change that touches every identity of an environment, project
+-- or organisation (an api_key change, the edge switched on or off), or every identity
+-- overriding a feature or using an option, is recorded here in the capture transaction
+-- instead of being expanded there: the writer then enqueues the identities page by page
+-- (`cursor` is the last identity id enqueued), each page in a short transaction, so a change
+-- over a million identities never loads them into one statement or one transaction.
+CREATE TABLE IF NOT EXISTS edge.fanout (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- 'environment', 'project', 'organisation', 'feature' or 'option'
+    scope           text        NOT NULL,
+    scope_id        integer     NOT NULL,
+    -- capture times of the oldest and newest change it stands for
+    first_change_at timestamptz NOT NULL,
+    last_change_at  timestamptz NOT NULL,
+    cursor          integer     NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);

@@ -52,7 +52,7 @@ pub const DEFAULT: Duration = Duration::from_secs(30);
 pub async fn writer_idle(pool: &sqlx::PgPool, timeout: Duration) {
     until("the writer to be idle", timeout, || async {
         let (log, due): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM edge.change_log),
+            "SELECT (SELECT count(*) FROM edge.change_log) + (SELECT count(*) FROM edge.fanout),
                     (SELECT count(*) FROM edge.pending WHERE not_before <= now())",
         )
         .fetch_one(pool)

@@ -243,3 +243,136 @@ async fn every_fan_out_row_reaches_every_document_it_touches() {
     writer.stop().await;
     db.drop_db().await;
 }
+
+/// An api_key change of an environment with more identities than a fan-out page: the
+/// capture transaction records one fan-out row instead of expanding it, and the pages then
+/// enqueue every identity, each page in a transaction of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_wide_change_fans_out_to_its_identities_in_pages() {
+    use edge_writer::capture::{drain_once, fanout};
+    let db = TestDb::new().await;
+    let core = Core::new(db.pool.clone());
+    let org = core.create_organisation("paged").await;
+    let project = core.create_project(org, "paged", true, "COMPLETE").await;
+    let env = core.create_environment(project, "paged", "envPaged").await;
+    let feature = core
+        .create_feature(project, "f", "STANDARD", true, Val::str("v"))
+        .await;
+    let total = (fanout::PAGE * 2 + 7) as i32;
+    // Inserted without capture: only the fan-out below brings them to the queue.
+    core.generate_identities(env, "paged", total, feature, total * 10, false)
+        .await;
+    edge_writer::capture::drain_all(&db.pool, 1000)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM edge.pending")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    core.exec(&format!(
+        "UPDATE environments_environment SET api_key = 'envPaged2' WHERE id = {env}"
+    ))
+    .await;
+    let drained = drain_once(&db.pool, 1000).await.unwrap();
+    assert_eq!(drained.changes, 1);
+    let queued_identities = || async {
+        db.scalar_i64("SELECT count(*) FROM edge.pending WHERE doc_key LIKE 'identity:%'")
+            .await
+    };
+    assert_eq!(
+        queued_identities().await,
+        0,
+        "nothing expanded in the capture transaction"
+    );
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM edge.fanout").await, 1);
+
+    let mut pages = Vec::new();
+    while let Some(n) = fanout::step(&db.pool, fanout::PAGE).await.unwrap() {
+        pages.push(n);
+        assert_eq!(
+            queued_identities().await as usize,
+            pages.iter().sum::<usize>()
+        );
+    }
+    assert_eq!(pages, vec![fanout::PAGE as usize, fanout::PAGE as usize, 7]);
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM edge.fanout").await, 0);
+    assert_eq!(queued_identities().await, i64::from(total));
+    db.drop_db().await;
+}
+
+/// Corrupt segment rules that form a cycle neither hang the capture (walking up from a
+/// rule) nor the projection (walking down from a segment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_of_segment_rules_hangs_neither_capture_nor_projection() {
+    let db = TestDb::new().await;
+    let tables = TestTables::new().await;
+    let core = Core::new(db.pool.clone());
+    let org = core.create_organisation("cycle").await;
+    let project = core.create_project(org, "cycle", true, "COMPLETE").await;
+    core.create_environment(project, "cycle", "envCycle").await;
+    let segment = core
+        .create_segment(
+            project,
+            "loop",
+            "ANY",
+            &[("EQUAL", Some("plan"), Some("a"))],
+        )
+        .await;
+    let writer = InProcessWriter::start_on(&db.pool, &tables, 2);
+    wait::until("the segment to reach the edge", wait::DEFAULT, || async {
+        let d = doc(&tables, "envCycle").await?;
+        (d["project"]["segments"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+
+    // The segment's top rule made a child of its own sub-rule, and two free rules pointing
+    // at each other; then a condition change to walk up from.
+    core.exec(&format!(
+        "UPDATE segments_segmentrule top SET rule_id = sub.id
+           FROM segments_segmentrule sub
+          WHERE top.segment_id = {segment} AND sub.rule_id = top.id"
+    ))
+    .await;
+    core.exec(&format!(
+        "UPDATE segments_condition SET value = 'b'
+          WHERE rule_id IN (SELECT id FROM segments_segmentrule WHERE rule_id IN
+                            (SELECT id FROM segments_segmentrule WHERE segment_id = {segment}))"
+    ))
+    .await;
+    // Two free rules that are each other's parent, and a condition on one of them: the
+    // capture walks up from it (and finds no segment).
+    let x: i32 = sqlx::query_scalar(
+        "INSERT INTO segments_segmentrule (type, uuid, created_at, updated_at)
+         VALUES ('ALL', gen_random_uuid(), now(), now()) RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    core.exec(&format!(
+        "INSERT INTO segments_segmentrule (type, rule_id, uuid, created_at, updated_at)
+         VALUES ('ALL', {x}, gen_random_uuid(), now(), now())"
+    ))
+    .await;
+    core.exec(&format!(
+        "UPDATE segments_segmentrule SET rule_id = (SELECT max(id) FROM segments_segmentrule) WHERE id = {x}"
+    ))
+    .await;
+    core.exec(
+        "INSERT INTO segments_condition (operator, property, value, rule_id, uuid, created_with_segment)
+         SELECT 'EQUAL', 'p', 'q', max(id), gen_random_uuid(), false FROM segments_segmentrule",
+    )
+    .await;
+    wait::until(
+        "the condition change to reach the edge",
+        wait::DEFAULT,
+        || async {
+            let d = doc(&tables, "envCycle").await?;
+            d.to_string().contains(r#""value":"b""#).then_some(())
+        },
+    )
+    .await;
+    wait::writer_idle(&db.pool, wait::DEFAULT).await;
+    writer.stop().await;
+    db.drop_db().await;
+}

@@ -89,13 +89,14 @@ async fn capture_loop(
             return;
         }
         match capture::drain_all(&pool, config.capture_batch).await {
-            Ok(drained) if drained.changes > 0 => {
+            Ok(drained) if drained.changes > 0 || drained.fanned_out > 0 => {
                 listener.release().await;
                 m::record_captured(drained.changes - drained.edge_changes, drained.edge_changes);
                 tracing::debug!(
                     changes = drained.changes,
                     edge_changes = drained.edge_changes,
                     documents = drained.documents,
+                    fanned_out = drained.fanned_out,
                     "captured"
                 );
                 wake_workers.notify_waiters();

@@ -9,12 +9,63 @@ use sqlx::PgPool;
 /// The project's migrations (`migrations/` at the workspace root), embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// Limits on every session of the writer, so that it can never hold Flagsmith's database
+/// hostage: a statement that runs away is cancelled, and a session left idle inside a
+/// transaction (its locks held) is ended by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// `statement_timeout` (zero: none). Cancelled statements are retried as transient.
+    pub statement_timeout: Duration,
+    /// `idle_in_transaction_session_timeout` (zero: none). Longer than the longest
+    /// DynamoDB write a document lock is held across; a writer whose session is ended
+    /// there loses its lock, which the versions and the delete re-check make safe.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            statement_timeout: Duration::from_secs(60),
+            idle_in_transaction_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl SessionLimits {
+    /// For one-off administration (`writer migrate`): lock timeouts govern it instead.
+    pub fn none() -> Self {
+        SessionLimits {
+            statement_timeout: Duration::ZERO,
+            idle_in_transaction_timeout: Duration::ZERO,
+        }
+    }
+}
+
 /// A pool to the core database. `max_connections` must allow two connections per worker
 /// (lock and snapshot), plus the listener and the capture task.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    connect_with_limits(url, max_connections, SessionLimits::default()).await
+}
+
+/// As [`connect`], with the given session limits.
+pub async fn connect_with_limits(
+    url: &str,
+    max_connections: u32,
+    limits: SessionLimits,
+) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url
         .parse::<PgConnectOptions>()?
-        .application_name("edge-writer");
+        .application_name("edge-writer")
+        .options([
+            (
+                "statement_timeout",
+                limits.statement_timeout.as_millis().to_string(),
+            ),
+            (
+                "idle_in_transaction_session_timeout",
+                limits.idle_in_transaction_timeout.as_millis().to_string(),
+            ),
+        ]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

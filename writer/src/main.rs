@@ -31,6 +31,19 @@ struct Cli {
     #[command(flatten)]
     tables: TableArgs,
 
+    /// statement_timeout of the writer's Postgres sessions, in seconds (0: none). A
+    /// cancelled statement is retried as a transient failure. `migrate` and `capture` run
+    /// without it (their lock timeouts govern them).
+    #[arg(long, env = "EDGE_PG_STATEMENT_TIMEOUT_SECS", default_value_t = 60, global = true,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pg_statement_timeout_secs: u64,
+
+    /// idle_in_transaction_session_timeout of the writer's Postgres sessions, in seconds
+    /// (0: none): a writer stuck inside a transaction never holds Flagsmith's rows longer.
+    #[arg(long, env = "EDGE_PG_IDLE_IN_TRANSACTION_TIMEOUT_SECS", default_value_t = 120, global = true,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pg_idle_in_transaction_timeout_secs: u64,
+
     /// Log format: text on a terminal, JSON otherwise (auto).
     #[arg(long, value_enum, default_value = "auto", global = true)]
     log_format: LogFormat,
@@ -472,10 +485,29 @@ fn main() -> Result<()> {
 }
 
 async fn pool(cli: &Cli, max_connections: u32) -> Result<sqlx::PgPool> {
+    let limits = db::SessionLimits {
+        statement_timeout: std::time::Duration::from_secs(cli.pg_statement_timeout_secs),
+        idle_in_transaction_timeout: std::time::Duration::from_secs(
+            cli.pg_idle_in_transaction_timeout_secs,
+        ),
+    };
+    pool_with_limits(cli, max_connections, limits).await
+}
+
+/// A pool for one-off administration (`migrate`, `capture`): no statement timeout.
+async fn admin_pool(cli: &Cli) -> Result<sqlx::PgPool> {
+    pool_with_limits(cli, 2, db::SessionLimits::none()).await
+}
+
+async fn pool_with_limits(
+    cli: &Cli,
+    max_connections: u32,
+    limits: db::SessionLimits,
+) -> Result<sqlx::PgPool> {
     let Some(url) = cli.database_url.as_deref() else {
         bail!("no database: pass --database-url or set DATABASE_URL (the core Flagsmith database)");
     };
-    db::connect(url, max_connections)
+    db::connect_with_limits(url, max_connections, limits)
         .await
         .with_context(|| format!("connecting to Postgres at {}", redact(url)))
 }
@@ -503,7 +535,7 @@ async fn dispatch(
 ) -> Result<()> {
     match &cli.command {
         Command::Migrate(args) => {
-            let pool = pool(&cli, 2).await?;
+            let pool = admin_pool(&cli).await?;
             let options = db::MigrateOptions {
                 locks: args.locks.policy(),
                 core_role: args.core_role.clone(),
@@ -755,7 +787,7 @@ async fn backfill(cli: &Cli, args: &BackfillArgs) -> Result<()> {
 
 async fn capture_command(cli: &Cli, command: &CaptureCommand) -> Result<()> {
     use edge_writer::capture::control;
-    let pool = pool(cli, 2).await?;
+    let pool = admin_pool(cli).await?;
     match command {
         CaptureCommand::Status { json } => {
             let status = control::status(&pool)

@@ -7,6 +7,7 @@
 //! pending documents or they stay in the change log. [`listen`] wakes the writer on NOTIFY.
 
 pub mod control;
+pub mod fanout;
 pub mod listen;
 pub mod resolve;
 
@@ -53,6 +54,8 @@ pub struct Drained {
     pub documents: usize,
     /// Of `changes`, those made by edge -> core ingestion.
     pub edge_changes: usize,
+    /// Identity documents enqueued by fan-out pages.
+    pub fanned_out: usize,
 }
 
 const CLAIM: &str = r#"
@@ -73,8 +76,10 @@ pub async fn drain_once(pool: &PgPool, batch: i64) -> Result<Drained, sqlx::Erro
     if changes.is_empty() {
         return Ok(Drained::default());
     }
-    let docs: BTreeMap<DocKey, ChangeSpan> = resolve::resolve(&mut tx, &changes).await?;
+    let resolved = resolve::resolve(&mut tx, &changes).await?;
+    let docs: BTreeMap<DocKey, ChangeSpan> = resolved.docs;
     pending::enqueue(&mut tx, &docs).await?;
+    fanout::record(&mut tx, &resolved.fan_outs).await?;
     record_merge_clocks(&mut tx, &changes).await?;
     let ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
     sqlx::query("DELETE FROM edge.change_log WHERE id = ANY($1)")
@@ -86,6 +91,7 @@ pub async fn drain_once(pool: &PgPool, batch: i64) -> Result<Drained, sqlx::Erro
         changes: changes.len(),
         documents: docs.len(),
         edge_changes: changes.iter().filter(|c| c.origin.is_some()).count(),
+        fanned_out: 0,
     })
 }
 
@@ -120,7 +126,8 @@ async fn record_merge_clocks(
     clock::record_identity_deletes(conn, &deletes).await
 }
 
-/// Drains until the change log has nothing visible left.
+/// Drains until the change log has nothing visible left, then pages every recorded identity
+/// fan-out into the queue.
 pub async fn drain_all(pool: &PgPool, batch: i64) -> Result<Drained, sqlx::Error> {
     let mut total = Drained::default();
     loop {
@@ -129,7 +136,12 @@ pub async fn drain_all(pool: &PgPool, batch: i64) -> Result<Drained, sqlx::Error
         total.documents += step.documents;
         total.edge_changes += step.edge_changes;
         if step.changes < batch as usize {
-            return Ok(total);
+            break;
         }
     }
+    while let Some(enqueued) = fanout::step(pool, fanout::PAGE).await? {
+        total.documents += enqueued;
+        total.fanned_out += enqueued;
+    }
+    Ok(total)
 }

@@ -158,34 +158,65 @@ fn identity_fan_out(table: &str, new: &Value, old: &Value, out: &mut Vec<Anchor>
 
 type Pairs = Vec<(i32, i32)>;
 
+/// What a batch of changes touches: documents, and identity fan-outs to page through.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub docs: BTreeMap<DocKey, ChangeSpan>,
+    /// Anchors that stand for many identities (see [`Anchor::is_identity_fan_out`]): not
+    /// expanded here but paged by [`super::fanout`].
+    pub fan_outs: BTreeMap<Anchor, ChangeSpan>,
+}
+
+impl Anchor {
+    /// Whether the anchor stands for a set of identities of unbounded size.
+    pub fn is_identity_fan_out(&self) -> bool {
+        matches!(
+            self,
+            Anchor::EnvironmentIdentities(_)
+                | Anchor::ProjectIdentities(_)
+                | Anchor::OrganisationIdentities(_)
+                | Anchor::FeatureIdentities(_)
+                | Anchor::OptionIdentities(_)
+        )
+    }
+}
+
+fn add_span<K: Ord>(map: &mut BTreeMap<K, ChangeSpan>, key: K, at: chrono::DateTime<chrono::Utc>) {
+    map.entry(key)
+        .and_modify(|s| s.add(at))
+        .or_insert(ChangeSpan {
+            first: at,
+            last: at,
+        });
+}
+
 /// Resolves a batch of changes to documents, with the capture span of each document.
 pub async fn resolve(
     conn: &mut PgConnection,
     changes: &[ChangeRow],
-) -> Result<BTreeMap<DocKey, ChangeSpan>, sqlx::Error> {
+) -> Result<Resolved, sqlx::Error> {
     let per_change: Vec<(Vec<Anchor>, &ChangeRow)> =
         changes.iter().map(|c| (anchors(c), c)).collect();
     let all: BTreeSet<Anchor> = per_change
         .iter()
         .flat_map(|(a, _)| a.iter().copied())
+        .filter(|a| !a.is_identity_fan_out())
         .collect();
     let docs_of = resolve_anchors(conn, &all).await?;
 
-    let mut spans: BTreeMap<DocKey, ChangeSpan> = BTreeMap::new();
+    let mut out = Resolved::default();
     for (anchors, change) in per_change {
         for anchor in anchors {
+            if anchor.is_identity_fan_out() {
+                add_span(&mut out.fan_outs, anchor, change.captured_at);
+                continue;
+            }
             for doc in docs_of.get(&anchor).into_iter().flatten() {
-                spans
-                    .entry(*doc)
-                    .and_modify(|s| s.add(change.captured_at))
-                    .or_insert(ChangeSpan {
-                        first: change.captured_at,
-                        last: change.captured_at,
-                    });
+                add_span(&mut out.docs, *doc, change.captured_at);
             }
         }
     }
-    Ok(spans)
+    Ok(out)
 }
 
 /// Bulk resolution of anchors to the documents they touch.
@@ -210,7 +241,7 @@ pub async fn resolve_anchors(
         sqlx::query_as(
             r#"WITH RECURSIVE up AS (
                    SELECT id AS start, rule_id, segment_id FROM segments_segmentrule WHERE id = ANY($1)
-                 UNION ALL
+                 UNION  -- not ALL: a cycle of rules (corrupt data) ends when no row is new
                    SELECT up.start, r.rule_id, r.segment_id
                    FROM up JOIN segments_segmentrule r ON r.id = up.rule_id
                    WHERE up.segment_id IS NULL
@@ -267,66 +298,6 @@ pub async fn resolve_anchors(
         "SELECT id, identity_id FROM features_featurestate
          WHERE id = ANY($1) AND identity_id IS NOT NULL",
         &states,
-    )
-    .await?;
-
-    // Identities reached through an environment, project or organisation, a feature or an
-    // option.
-    let mut identity_envs: Vec<i32> = pick(|a| match a {
-        Anchor::EnvironmentIdentities(e) => Some(*e),
-        _ => None,
-    });
-    let identity_projects = pick(|a| match a {
-        Anchor::ProjectIdentities(p) => Some(*p),
-        _ => None,
-    });
-    let identity_orgs = pick(|a| match a {
-        Anchor::OrganisationIdentities(o) => Some(*o),
-        _ => None,
-    });
-    let project_identity_envs: Pairs = query_pairs(
-        conn,
-        "SELECT project_id, id FROM environments_environment WHERE project_id = ANY($1)",
-        &identity_projects,
-    )
-    .await?;
-    let org_identity_envs: Pairs = query_pairs(
-        conn,
-        "SELECT p.organisation_id, e.id FROM environments_environment e
-         JOIN projects_project p ON p.id = e.project_id WHERE p.organisation_id = ANY($1)",
-        &identity_orgs,
-    )
-    .await?;
-    identity_envs.extend(project_identity_envs.iter().map(|(_, e)| *e));
-    identity_envs.extend(org_identity_envs.iter().map(|(_, e)| *e));
-    identity_envs.sort_unstable();
-    identity_envs.dedup();
-    let environment_identities: Pairs = query_pairs(
-        conn,
-        "SELECT environment_id, id FROM environments_identity WHERE environment_id = ANY($1)",
-        &identity_envs,
-    )
-    .await?;
-    let feature_identities: Pairs = query_pairs(
-        conn,
-        "SELECT DISTINCT feature_id, identity_id FROM features_featurestate
-         WHERE feature_id = ANY($1) AND identity_id IS NOT NULL",
-        &pick(|a| match a {
-            Anchor::FeatureIdentities(f) => Some(*f),
-            _ => None,
-        }),
-    )
-    .await?;
-    let option_identities: Pairs = query_pairs(
-        conn,
-        "SELECT DISTINCT mv.multivariate_feature_option_id, fs.identity_id
-         FROM multivariate_multivariatefeaturestatevalue mv
-         JOIN features_featurestate fs ON fs.id = mv.feature_state_id
-         WHERE mv.multivariate_feature_option_id = ANY($1) AND fs.identity_id IS NOT NULL",
-        &pick(|a| match a {
-            Anchor::OptionIdentities(o) => Some(*o),
-            _ => None,
-        }),
     )
     .await?;
 
@@ -409,17 +380,6 @@ pub async fn resolve_anchors(
     let org_environments = group(&org_environments);
     let environment_keys = group(&environment_keys);
     let state_identity = group(&state_identity);
-    let project_identity_envs = group(&project_identity_envs);
-    let org_identity_envs = group(&org_identity_envs);
-    let environment_identities = group(&environment_identities);
-    let feature_identities = group(&feature_identities);
-    let option_identities = group(&option_identities);
-    let identities_of_envs = |envs: &[i32]| -> Vec<DocKey> {
-        envs.iter()
-            .flat_map(|e| environment_identities.get(e).unwrap_or(&empty).iter())
-            .map(|i| DocKey::Identity(*i))
-            .collect()
-    };
     let identities = |ids: Option<&Vec<i32>>| -> Vec<DocKey> {
         ids.unwrap_or(&empty)
             .iter()
@@ -483,15 +443,12 @@ pub async fn resolve_anchors(
             }
             Anchor::ApiKey(k) => vec![DocKey::ApiKey(k)],
             Anchor::Identity(i) => vec![DocKey::Identity(i)],
-            Anchor::EnvironmentIdentities(e) => identities_of_envs(&[e]),
-            Anchor::ProjectIdentities(p) => {
-                identities_of_envs(project_identity_envs.get(&p).unwrap_or(&empty))
-            }
-            Anchor::OrganisationIdentities(o) => {
-                identities_of_envs(org_identity_envs.get(&o).unwrap_or(&empty))
-            }
-            Anchor::FeatureIdentities(f) => identities(feature_identities.get(&f)),
-            Anchor::OptionIdentities(o) => identities(option_identities.get(&o)),
+            // Paged by capture::fanout, never expanded in one statement.
+            Anchor::EnvironmentIdentities(_)
+            | Anchor::ProjectIdentities(_)
+            | Anchor::OrganisationIdentities(_)
+            | Anchor::FeatureIdentities(_)
+            | Anchor::OptionIdentities(_) => Vec::new(),
         };
         out.insert(*anchor, docs);
     }

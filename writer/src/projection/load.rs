@@ -77,7 +77,7 @@ WITH RECURSIVE tree AS (
     SELECT r.id, r.type, r.segment_id, r.rule_id
     FROM segments_segmentrule r
     WHERE r.segment_id = ANY($1) AND r.deleted_at IS NULL
-  UNION ALL
+  UNION  -- not ALL: a cycle of rules (corrupt data) ends when no row is new
     SELECT c.id, c.type, c.segment_id, c.rule_id
     FROM segments_segmentrule c
     JOIN tree ON c.rule_id = tree.id
