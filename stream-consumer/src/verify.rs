@@ -22,7 +22,7 @@ pub enum VerifyError {
     Unreadable(String),
     #[error("ingesting the edge's write into core failed (retried): {0}")]
     Ingestion(String),
-    #[error("item {item_key} of {doc_key} v{version} was removed without a delete of the writer (newest delete intent: {intent:?})")]
+    #[error("item {} of {doc_key} v{version} was removed without a delete of the writer (newest delete intent: {intent:?})", edge_documents::redact::item_key(.item_key))]
     UnexpectedRemoval {
         item_key: String,
         doc_key: String,
