@@ -114,7 +114,17 @@ impl RedisTarget {
     async fn send_bounded(&self, region: &str, changes: &[Change]) -> Result<(), String> {
         let bound = self.connect_timeout + self.response_timeout;
         match tokio::time::timeout(bound, self.send(region, changes)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
+            Ok(result) => result.map_err(|e| {
+                if e.is_timeout() {
+                    format!(
+                        "timed out (bounds: {} ms to connect, {} ms per answer)",
+                        self.connect_timeout.as_millis(),
+                        self.response_timeout.as_millis()
+                    )
+                } else {
+                    e.to_string()
+                }
+            }),
             Err(_) => {
                 *self.conn.lock().await = None;
                 Err(format!("no answer within {} ms", bound.as_millis()))
@@ -217,6 +227,58 @@ mod tests {
             accepted.load(Ordering::SeqCst),
             attempts,
             "every attempt connects afresh"
+        );
+        listener.abort();
+    }
+
+    /// A Redis that completes the client's connection set-up (`CLIENT SETINFO`, answered
+    /// `+OK`) and then never answers again.
+    async fn redis_that_stops_answering() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                open.push(tokio::spawn(async move {
+                    let (mut seen, mut answered) = (Vec::new(), 0);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        seen.extend_from_slice(&buf[..n]);
+                        let setinfo = seen.windows(7).filter(|w| w == b"SETINFO").count();
+                        for _ in answered..setinfo {
+                            socket.write_all(b"+OK\r\n").await.unwrap();
+                        }
+                        answered = setinfo;
+                    }
+                }));
+            }
+        });
+        (address, task)
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_stops_answering_after_connecting_fails_the_attempt_in_time() {
+        let (address, listener) = redis_that_stops_answering().await;
+        let (connect, response) = (Duration::from_secs(5), Duration::from_millis(200));
+        let target = RedisTarget::new(&format!("redis://{address}"), "p:")
+            .unwrap()
+            .with_timeouts(connect, response);
+        let started = Instant::now();
+        let err =
+            tokio::time::timeout(Duration::from_secs(60), target.invalidate("r", &[change()]))
+                .await
+                .expect("the attempt finishes")
+                .unwrap_err();
+        let took = started.elapsed();
+        println!("after {took:?}: {}", err.message);
+        assert!(err.retryable, "{}", err.message);
+        assert!(took >= response, "took {took:?}: {}", err.message);
+        assert!(err.message.starts_with("timed out"), "{}", err.message);
+        // The connection was made (the connect bound is far away): the response bound ended it.
+        assert!(took < connect, "took {took:?}: {}", err.message);
+        assert!(
+            target.conn.lock().await.is_none(),
+            "the connection is dropped after the timeout"
         );
         listener.abort();
     }
