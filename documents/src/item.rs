@@ -53,11 +53,13 @@ pub const DEFAULT_COMPRESS_ABOVE_BYTES: usize = 350 * 1024;
 /// Most bytes the compressed fields of one item may decompress to, together.
 ///
 /// The compressed fields sit in an item of at most [`MAX_ITEM_BYTES`] (400 KiB). Compact JSON
-/// of environment documents gzips about 10:1 to 20:1 (repeated keys), so the largest document
-/// DynamoDB can hold in the compressed form is about 8 MiB; 16 MiB leaves twice that (a ratio
-/// of 40:1 over a full item). Deflate reaches about 1000:1, so a crafted 400 KiB item could
-/// claim some 400 MiB, and its parsed JSON several times that: more than the consumer's
-/// Lambda has (256 MB). 16 MiB of JSON text parses within it.
+/// of environment documents gzips about 10:1 to 20:1 (repeated keys; 16 MiB of typical
+/// feature states gzip to about 1 MiB), so the largest document DynamoDB can hold in the
+/// compressed form is about 8 MiB; 16 MiB leaves twice that (a ratio of 40:1 over a full
+/// item). Deflate reaches about 1000:1, so a crafted 400 KiB item could claim some 400 MiB,
+/// and its parsed JSON several times that: more than the consumer's Lambda has (256 MB).
+/// Reading and hashing an item at the limit peaks well under it (measured: a process doing
+/// it stayed below 170 MB).
 pub const MAX_DECOMPRESSED_BYTES: usize = 16 * 1024 * 1024;
 
 pub type Item = HashMap<String, AttributeValue>;
