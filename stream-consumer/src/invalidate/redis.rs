@@ -78,19 +78,25 @@ impl RedisTarget {
         (keys, channel)
     }
 
-    async fn send(&self, region: &str, changes: &[Change]) -> Result<(), redis::RedisError> {
-        let mut guard = self.conn.lock().await;
-        if guard.is_none() {
+    /// One attempt on the connection in `slot` (made first when there is none); an error
+    /// drops it.
+    async fn send(
+        &self,
+        slot: &mut Option<MultiplexedConnection>,
+        region: &str,
+        changes: &[Change],
+    ) -> Result<(), redis::RedisError> {
+        if slot.is_none() {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(self.connect_timeout)
                 .set_response_timeout(self.response_timeout);
-            *guard = Some(
+            *slot = Some(
                 self.client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?,
             );
         }
-        let conn = guard.as_mut().expect("connected above");
+        let conn = slot.as_mut().expect("connected above");
         let mut pipe = redis::pipe();
         for change in changes {
             let (keys, channel) = self.plan(change);
@@ -104,16 +110,19 @@ impl RedisTarget {
         }
         let result: Result<(), _> = pipe.query_async(conn).await;
         if result.is_err() {
-            *guard = None;
+            *slot = None;
         }
         result
     }
 
     /// [`Self::send`] within `connect + response`, whatever the client library does: an
-    /// attempt cut short drops the connection, so the next one starts afresh.
+    /// attempt cut short drops the connection, so the next one starts afresh. Attempts of
+    /// concurrent batches (the poller) take turns on the one connection; the bound runs from
+    /// an attempt's turn.
     async fn send_bounded(&self, region: &str, changes: &[Change]) -> Result<(), String> {
         let bound = self.connect_timeout + self.response_timeout;
-        match tokio::time::timeout(bound, self.send(region, changes)).await {
+        let mut slot = self.conn.lock().await;
+        match tokio::time::timeout(bound, self.send(&mut slot, region, changes)).await {
             Ok(result) => result.map_err(|e| {
                 if e.is_timeout() {
                     format!(
@@ -126,7 +135,7 @@ impl RedisTarget {
                 }
             }),
             Err(_) => {
-                *self.conn.lock().await = None;
+                *slot = None;
                 Err(format!("no answer within {} ms", bound.as_millis()))
             }
         }
