@@ -232,9 +232,10 @@ struct FakeSecretsManager {
     secret_ids: Mutex<Vec<String>>,
 }
 
-/// Secrets Manager's `GetSecretValue` (JSON 1.1 protocol) answering `secret` for any id.
+/// Secrets Manager's `GetSecretValue` (JSON 1.1 protocol) answering `secret` for any id, or
+/// `ResourceNotFoundException` without one.
 async fn fake_secrets_manager(
-    secret: &'static str,
+    secret: Option<&'static str>,
 ) -> (String, Arc<FakeSecretsManager>, tokio::task::JoinHandle<()>) {
     use axum::http::{HeaderMap, StatusCode};
     use axum::routing::post;
@@ -263,6 +264,13 @@ async fn fake_secrets_manager(
                     "content-type",
                     "application/x-amz-json-1.1".parse().unwrap(),
                 );
+                let Some(secret) = secret else {
+                    let answer = serde_json::json!({
+                        "__type": "ResourceNotFoundException",
+                        "message": "Secrets Manager can't find the specified secret."
+                    });
+                    return (StatusCode::BAD_REQUEST, headers, answer.to_string());
+                };
                 let answer = serde_json::json!({
                     "ARN": id, "Name": "edge-webhook", "SecretString": secret,
                     "VersionId": "00000000-0000-0000-0000-000000000001",
@@ -288,7 +296,7 @@ async fn the_webhook_secret_comes_from_secrets_manager_once() {
     let tables = TestTables::new().await;
     let api = RuntimeApi::start().await;
     let receiver = Receiver::start(0).await;
-    let (endpoint, secrets, server) = fake_secrets_manager(SECRET).await;
+    let (endpoint, secrets, server) = fake_secrets_manager(Some(SECRET)).await;
     let child = consumer(&tables, &api)
         .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &endpoint)
         .env("EDGE_INVALIDATE_WEBHOOK_URL", &receiver.url)
@@ -327,4 +335,33 @@ async fn the_webhook_secret_comes_from_secrets_manager_once() {
     let output = output_of(child).await;
     server.abort();
     assert!(!output.contains(SECRET), "the secret leaked:\n{output}");
+}
+
+/// A webhook secret that cannot be read: the start-up fails, naming the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_secret_that_cannot_be_read_fails_the_start_up_naming_it() {
+    const ARN: &str = "arn:aws:secretsmanager:eu-west-2:000000000000:secret:missing-AbCdEf";
+    init_logging();
+    let tables = TestTables::new().await;
+    let api = RuntimeApi::start().await;
+    let (endpoint, secrets, server) = fake_secrets_manager(None).await;
+    let child = consumer(&tables, &api)
+        .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &endpoint)
+        .env("EDGE_INVALIDATE_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+        .env("EDGE_INVALIDATE_WEBHOOK_SECRET_ARN", ARN)
+        .spawn()
+        .expect("start the consumer binary");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the consumer exits at start-up")
+        .unwrap();
+    server.abort();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("reading secret {ARN} from Secrets Manager"))
+            && stderr.contains("ResourceNotFoundException"),
+        "{stderr}"
+    );
+    assert_eq!(secrets.calls.load(Ordering::SeqCst), 1);
 }
