@@ -18,6 +18,11 @@
 //! Environment documents (and `_META` items) whose item would exceed the compression
 //! threshold are written in Flagsmith's compressed form: `compressed: true`, and `project`
 //! and `feature_states` as Binary gzip of compact, key-sorted JSON (gzip mtime 0).
+//!
+//! Reading a compressed item back is bounded: its fields may decompress to
+//! [`MAX_DECOMPRESSED_BYTES`] together, no more (a decompression bomb in a stream record or
+//! a scanned item is a typed error naming the item, not an out-of-memory crash), and the
+//! writer refuses to write a document that its readers would refuse.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -45,6 +50,18 @@ pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 /// room for the replication attributes and for the estimate's error.
 pub const DEFAULT_COMPRESS_ABOVE_BYTES: usize = 350 * 1024;
 
+/// Most bytes the compressed fields of one item may decompress to, together.
+///
+/// The compressed fields sit in an item of at most [`MAX_ITEM_BYTES`] (400 KiB). Compact JSON
+/// of environment documents gzips about 10:1 to 20:1 (repeated keys; 16 MiB of typical
+/// feature states gzip to about 1 MiB), so the largest document DynamoDB can hold in the
+/// compressed form is about 8 MiB; 16 MiB leaves twice that (a ratio of 40:1 over a full
+/// item). Deflate reaches about 1000:1, so a crafted 400 KiB item could claim some 400 MiB,
+/// and its parsed JSON several times that: more than the consumer's Lambda has (256 MB).
+/// Reading and hashing an item at the limit peaks well under it (measured: a process doing
+/// it stayed below 170 MB).
+pub const MAX_DECOMPRESSED_BYTES: usize = 16 * 1024 * 1024;
+
 pub type Item = HashMap<String, AttributeValue>;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +74,20 @@ pub enum ItemError {
     NotAnObject,
     #[error("cannot convert to DynamoDB attributes: {0}")]
     Convert(#[from] serde_dynamo::Error),
-    #[error("compressed field `{field}` is not valid gzip JSON: {reason}")]
-    BadCompressedField { field: String, reason: String },
+    #[error("document for {doc_key} has {size} bytes of compressed fields uncompressed, over the {MAX_DECOMPRESSED_BYTES}-byte limit of its readers")]
+    TooLargeToDecompress { doc_key: String, size: usize },
+    #[error("item {item}: compressed field `{field}` is not valid gzip JSON: {reason}")]
+    BadCompressedField {
+        item: String,
+        field: String,
+        reason: String,
+    },
+    #[error("item {item}: compressed field `{field}` takes the item over {limit} bytes decompressed (a decompression bomb or a corrupt item); not read")]
+    DecompressionLimit {
+        item: String,
+        field: String,
+        limit: usize,
+    },
     #[error("replication attribute `{0}` is missing or has the wrong type")]
     MissingReplicationAttr(&'static str),
 }
@@ -128,11 +157,19 @@ pub fn encode(
         });
     }
 
+    let mut uncompressed = 0;
     for field in COMPRESSED_FIELDS {
         if let Some(value) = object.get(field) {
-            let bytes = gzip_json(value);
-            item.insert(field.to_string(), AttributeValue::B(Blob::new(bytes)));
+            let text = canonical_json(value);
+            uncompressed += text.len();
+            item.insert(field.to_string(), AttributeValue::B(Blob::new(gzip(&text))));
         }
+    }
+    if uncompressed > MAX_DECOMPRESSED_BYTES {
+        return Err(ItemError::TooLargeToDecompress {
+            doc_key: meta.doc_key.clone(),
+            size: uncompressed,
+        });
     }
     item.insert(COMPRESSED_FLAG.to_string(), AttributeValue::Bool(true));
     let size = item_size(&item);
@@ -165,7 +202,10 @@ fn add_meta(item: &mut Item, meta: &ReplicationMeta, hash: &str) {
 
 /// Gzip (mtime 0) of compact, key-sorted JSON: Flagsmith's `json_gzip`.
 pub fn gzip_json(value: &Value) -> Vec<u8> {
-    let text = canonical_json(value);
+    gzip(&canonical_json(value))
+}
+
+fn gzip(text: &str) -> Vec<u8> {
     let mut encoder = flate2::GzBuilder::new()
         .mtime(0)
         .write(Vec::new(), flate2::Compression::default());
@@ -175,18 +215,61 @@ pub fn gzip_json(value: &Value) -> Vec<u8> {
     encoder.finish().expect("writing to a Vec cannot fail")
 }
 
-fn gunzip_json(field: &str, bytes: &[u8]) -> Result<Value, ItemError> {
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_string(&mut text)
-        .map_err(|e| ItemError::BadCompressedField {
-            field: field.to_string(),
-            reason: e.to_string(),
-        })?;
-    serde_json::from_str(&text).map_err(|e| ItemError::BadCompressedField {
+/// Gunzips one compressed field, reading at most `budget` bytes of it (the rest of the
+/// item's [`MAX_DECOMPRESSED_BYTES`]); returns the JSON and the bytes it took.
+fn gunzip_json(
+    item: &Item,
+    field: &str,
+    bytes: &[u8],
+    budget: usize,
+) -> Result<(Value, usize), ItemError> {
+    let bad = |reason: String| ItemError::BadCompressedField {
+        item: describe(item),
         field: field.to_string(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let mut text = Vec::new();
+    // One byte past the budget tells a field at the limit from one over it.
+    flate2::read::GzDecoder::new(bytes)
+        .take(budget as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| bad(e.to_string()))?;
+    if text.len() > budget {
+        return Err(ItemError::DecompressionLimit {
+            item: describe(item),
+            field: field.to_string(),
+            limit: MAX_DECOMPRESSED_BYTES,
+        });
+    }
+    let value = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    Ok((value, text.len()))
+}
+
+/// Names an item in an error: its key attributes (a server-side key by its prefix only, see
+/// [`crate::redact`]) and the writer's document, when it has them.
+pub fn describe(item: &Item) -> String {
+    let s = |k: &str| match item.get(k) {
+        Some(AttributeValue::S(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let mut parts = Vec::new();
+    for attr in ["api_key", "environment_id", "document_key", "composite_key"] {
+        if let Some(v) = s(attr) {
+            parts.push(format!("{attr}={v}"));
+        }
+    }
+    if let Some(key) = s("key") {
+        parts.push(format!("key={}", crate::redact::prefix(key)));
+    }
+    let mut out = if parts.is_empty() {
+        "without key attributes".to_string()
+    } else {
+        parts.join(",")
+    };
+    if let Some(doc) = s(ATTR_DOC) {
+        out.push_str(&format!(" of {doc}"));
+    }
+    out
 }
 
 /// The logical item (what the content hash covers) of a stored item.
@@ -201,9 +284,12 @@ pub fn logical_item(item: &Item) -> Result<Value, ItemError> {
     );
     let mut decompressed = serde_json::Map::new();
     if compressed {
+        let mut budget = MAX_DECOMPRESSED_BYTES;
         for field in COMPRESSED_FIELDS {
             if let Some(AttributeValue::B(blob)) = plain.remove(field) {
-                decompressed.insert(field.to_string(), gunzip_json(field, blob.as_ref())?);
+                let (value, took) = gunzip_json(item, field, blob.as_ref(), budget)?;
+                budget -= took;
+                decompressed.insert(field.to_string(), value);
             }
         }
     }
@@ -317,5 +403,85 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("environment:1"));
+    }
+
+    /// A compressed environment item whose fields are the given gzip blobs.
+    fn compressed_item(fields: &[(&str, Vec<u8>)]) -> Item {
+        let body = json!({"api_key": "envBomb", "id": 1, "name": "n"});
+        let mut item = encode(&body, &meta(), None).unwrap().item;
+        for (field, blob) in fields {
+            item.insert(
+                field.to_string(),
+                AttributeValue::B(Blob::new(blob.clone())),
+            );
+        }
+        item.insert(COMPRESSED_FLAG.into(), AttributeValue::Bool(true));
+        item
+    }
+
+    /// Gzip of `len` bytes of JSON (a string of spaces), at the fastest level.
+    fn gzipped_json_of_len(len: usize) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut text = String::with_capacity(len);
+        text.push('"');
+        text.push_str(&" ".repeat(len - 2));
+        text.push('"');
+        encoder.write_all(text.as_bytes()).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_a_typed_error_naming_the_item() {
+        let bomb = gzipped_json_of_len(MAX_DECOMPRESSED_BYTES + 1);
+        assert!(bomb.len() < MAX_ITEM_BYTES, "the bomb fits in an item");
+        let err = logical_item(&compressed_item(&[("feature_states", bomb)])).unwrap_err();
+        match &err {
+            ItemError::DecompressionLimit { item, field, limit } => {
+                assert_eq!(item, "api_key=envBomb of environment:1");
+                assert_eq!(field, "feature_states");
+                assert_eq!(*limit, MAX_DECOMPRESSED_BYTES);
+            }
+            other => panic!("expected DecompressionLimit, got {other:?}"),
+        }
+        assert!(err.to_string().contains("envBomb"), "{err}");
+    }
+
+    #[test]
+    fn the_limit_covers_the_fields_of_an_item_together() {
+        let half = MAX_DECOMPRESSED_BYTES / 2;
+        // Exactly at the limit: read.
+        let at = compressed_item(&[
+            ("project", gzipped_json_of_len(half)),
+            (
+                "feature_states",
+                gzipped_json_of_len(MAX_DECOMPRESSED_BYTES - half),
+            ),
+        ]);
+        logical_item(&at).expect("fields at the limit together are read");
+        // One byte over it, with each field under it: refused.
+        let over = compressed_item(&[
+            ("project", gzipped_json_of_len(half)),
+            (
+                "feature_states",
+                gzipped_json_of_len(MAX_DECOMPRESSED_BYTES - half + 1),
+            ),
+        ]);
+        let err = logical_item(&over).unwrap_err();
+        assert!(
+            matches!(err, ItemError::DecompressionLimit { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_writer_refuses_a_document_its_readers_would_refuse() {
+        // Compresses far below DynamoDB's limit, but decompresses over the readers' limit.
+        let body = json!({"api_key": "k", "id": 1, "name": "n",
+            "feature_states": [" ".repeat(MAX_DECOMPRESSED_BYTES)], "project": {"id": 2}});
+        let err = encode(&body, &meta(), Some(DEFAULT_COMPRESS_ABOVE_BYTES)).unwrap_err();
+        assert!(
+            matches!(err, ItemError::TooLargeToDecompress { ref doc_key, .. } if doc_key == "environment:1"),
+            "{err:?}"
+        );
     }
 }

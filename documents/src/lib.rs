@@ -9,9 +9,11 @@
 //! - [`hash`]: the content hash recorded by the writer and recomputed by the consumer.
 //! - [`acks`]: the replication ledger (acknowledgements of the consumers, delete intents of
 //!   the writer).
+//! - [`redact`]: URLs and keys as logs, errors and reports may show them (no secrets).
 
 pub mod acks;
 pub mod hash;
 pub mod item;
 pub mod model;
+pub mod redact;
 pub mod tables;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use edge_documents::redact;
 use edge_documents::tables::TableNames;
 
 use crate::handler::Consumer;
@@ -11,6 +12,7 @@ use crate::invalidate::redis::RedisTarget;
 use crate::invalidate::webhook::WebhookTarget;
 use crate::invalidate::{Invalidation, Target};
 use crate::ledger::DynamoLedger;
+use crate::secrets;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
@@ -31,9 +33,24 @@ pub struct Settings {
     #[arg(long, env = "EDGE_ACK_AWS_REGION")]
     pub ack_aws_region: Option<String>,
 
-    /// Redis to invalidate (e.g. redis://127.0.0.1:6379).
-    #[arg(long, env = "EDGE_INVALIDATE_REDIS_URL")]
+    /// Redis to invalidate (e.g. redis://127.0.0.1:6379, or rediss:// for TLS; a password
+    /// may be given as redis://user:password@host). Never logged with its password.
+    #[arg(long, env = "EDGE_INVALIDATE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Bound on connecting to Redis (TCP, TLS, authentication), in milliseconds.
+    #[arg(
+        long,
+        env = "EDGE_INVALIDATE_REDIS_CONNECT_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub redis_connect_timeout_ms: u64,
+    /// Bound on Redis's answer to a batch's invalidations, in milliseconds.
+    #[arg(
+        long,
+        env = "EDGE_INVALIDATE_REDIS_RESPONSE_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub redis_response_timeout_ms: u64,
     /// Prefix of the Redis keys and channels.
     #[arg(
         long,
@@ -41,12 +58,17 @@ pub struct Settings {
         default_value = "flagsmith-edge:"
     )]
     pub redis_prefix: String,
-    /// Webhook to notify (a signed JSON POST per batch).
-    #[arg(long, env = "EDGE_INVALIDATE_WEBHOOK_URL")]
+    /// Webhook to notify (a signed JSON POST per batch). Logged by its origin only.
+    #[arg(long, env = "EDGE_INVALIDATE_WEBHOOK_URL", hide_env_values = true)]
     pub webhook_url: Option<String>,
-    /// Secret of the webhook's HMAC-SHA256 signature.
+    /// Secret of the webhook's HMAC-SHA256 signature (or give
+    /// EDGE_INVALIDATE_WEBHOOK_SECRET_ARN).
     #[arg(long, env = "EDGE_INVALIDATE_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// A Secrets Manager secret (ARN or name) whose SecretString is the webhook's signing
+    /// secret, read once at start-up; instead of EDGE_INVALIDATE_WEBHOOK_SECRET.
+    #[arg(long, env = "EDGE_INVALIDATE_WEBHOOK_SECRET_ARN")]
+    pub webhook_secret_arn: Option<String>,
     /// Timeout of one webhook attempt, in milliseconds.
     #[arg(
         long,
@@ -107,23 +129,27 @@ impl Settings {
         names
     }
 
-    /// The invalidation targets the settings name.
-    pub fn invalidation(&self, sdk: &aws_config::SdkConfig) -> Result<Invalidation, ConfigError> {
+    /// The invalidation targets the settings name (the webhook's secret read from Secrets
+    /// Manager when it is given by ARN).
+    pub async fn invalidation(
+        &self,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Invalidation, ConfigError> {
         let mut targets: Vec<Box<dyn Target>> = Vec::new();
         if let Some(url) = &self.redis_url {
             targets.push(Box::new(
-                RedisTarget::new(url, &self.redis_prefix).map_err(ConfigError)?,
+                RedisTarget::new(url, &self.redis_prefix)
+                    .map_err(ConfigError)?
+                    .with_timeouts(
+                        Duration::from_millis(self.redis_connect_timeout_ms),
+                        Duration::from_millis(self.redis_response_timeout_ms),
+                    ),
             ));
         }
         if let Some(url) = &self.webhook_url {
-            let secret = self.webhook_secret.as_deref().ok_or_else(|| {
-                ConfigError(
-                    "EDGE_INVALIDATE_WEBHOOK_URL is set but EDGE_INVALIDATE_WEBHOOK_SECRET is not"
-                        .into(),
-                )
-            })?;
+            let secret = self.webhook_secret(sdk).await?;
             targets.push(Box::new(
-                WebhookTarget::new(url, secret, Duration::from_millis(self.webhook_timeout_ms))
+                WebhookTarget::new(url, &secret, Duration::from_millis(self.webhook_timeout_ms))
                     .map_err(ConfigError)?,
             ));
         }
@@ -141,8 +167,29 @@ impl Settings {
         ))
     }
 
+    /// The webhook's signing secret: given, or read from Secrets Manager (exactly one).
+    async fn webhook_secret(&self, sdk: &aws_config::SdkConfig) -> Result<String, ConfigError> {
+        match (&self.webhook_secret, &self.webhook_secret_arn) {
+            (Some(secret), None) => Ok(secret.clone()),
+            (None, Some(arn)) => {
+                let client = aws_sdk_secretsmanager::Client::new(sdk);
+                secrets::secret_string(&client, arn)
+                    .await
+                    .map_err(|e| ConfigError(e.to_string()))
+            }
+            (Some(_), Some(_)) => Err(ConfigError(
+                "give one of EDGE_INVALIDATE_WEBHOOK_SECRET and EDGE_INVALIDATE_WEBHOOK_SECRET_ARN, not both"
+                    .into(),
+            )),
+            (None, None) => Err(ConfigError(
+                "EDGE_INVALIDATE_WEBHOOK_URL is set but neither EDGE_INVALIDATE_WEBHOOK_SECRET nor EDGE_INVALIDATE_WEBHOOK_SECRET_ARN is"
+                    .into(),
+            )),
+        }
+    }
+
     /// The consumer: its ledger client and invalidation targets.
-    pub fn consumer(
+    pub async fn consumer(
         &self,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Consumer<DynamoLedger>, ConfigError> {
@@ -157,11 +204,16 @@ impl Settings {
             aws_sdk_dynamodb::Client::from_conf(ledger_config.build()),
             self.tables().acks,
         );
-        let consumer = Consumer::new(self.region.clone(), ledger, self.invalidation(sdk)?);
+        let consumer = Consumer::new(self.region.clone(), ledger, self.invalidation(sdk).await?);
         Ok(match &self.ingest_database_url {
             Some(url) => consumer.with_ingestion(
                 crate::ingest::Ingestion::connect_lazy(url, self.ingest_role)
-                    .map_err(|e| ConfigError(format!("EDGE_INGEST_DATABASE_URL: {e}")))?
+                    .map_err(|e| {
+                        ConfigError(format!(
+                            "EDGE_INGEST_DATABASE_URL {}: {e}",
+                            redact::url(url)
+                        ))
+                    })?
                     .with_time_precision(Duration::from_millis(self.stream_time_precision_ms)),
             ),
             None => consumer,
@@ -196,4 +248,44 @@ pub fn loader() -> aws_config::ConfigLoader {
                 .operation_timeout(Duration::from_secs(20))
                 .build(),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Settings {
+        use clap::Parser;
+        let mut argv = vec!["stream-consumer", "--region-name", "r"];
+        argv.extend_from_slice(args);
+        FromEnv::try_parse_from(argv).unwrap().settings
+    }
+
+    async fn refused(args: &[&str]) -> String {
+        let sdk = aws_config::SdkConfig::builder().build();
+        let settings = settings(args);
+        settings.invalidation(&sdk).await.err().expect("refused").0
+    }
+
+    #[tokio::test]
+    async fn a_webhook_takes_exactly_one_kind_of_secret() {
+        let url = "http://127.0.0.1:1/hook";
+        let err = refused;
+        let neither = err(&["--webhook-url", url]).await;
+        assert!(
+            neither.contains("EDGE_INVALIDATE_WEBHOOK_SECRET_ARN"),
+            "{neither}"
+        );
+        let both = err(&[
+            "--webhook-url",
+            url,
+            "--webhook-secret",
+            "s3cret",
+            "--webhook-secret-arn",
+            "arn:aws:secretsmanager:eu-west-2:000000000000:secret:x",
+        ])
+        .await;
+        assert!(both.contains("not both"), "{both}");
+        assert!(!both.contains("s3cret"), "{both}");
+    }
 }

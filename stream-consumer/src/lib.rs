@@ -9,7 +9,8 @@
 //! - [`ingest`]: identity items written at the edge, applied to core (`edge_ingest`);
 //! - [`lambda`] and [`poller`]: the two ways records arrive;
 //! - [`metrics`]: CloudWatch Embedded Metric Format;
-//! - [`config`]: settings from flags or environment variables.
+//! - [`config`]: settings from flags or environment variables;
+//! - [`secrets`]: secrets read from AWS Secrets Manager at start-up.
 
 pub mod config;
 pub mod handler;
@@ -20,6 +21,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod poller;
 pub mod record;
+pub mod secrets;
 pub mod verify;
 
 pub use handler::{BatchReport, Consumer};

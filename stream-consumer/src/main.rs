@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             init_logging(false);
             let sdk = sdk_config(endpoint_url.as_deref()).await;
-            let consumer = settings.consumer(&sdk)?;
+            let consumer = settings.consumer(&sdk).await?;
             let tables = settings.tables();
             tracing::info!(region = %settings.region, targets = ?consumer.invalidation().target_names(),
                 "polling the edge tables' streams");
@@ -113,7 +113,7 @@ async fn run_lambda() -> anyhow::Result<()> {
     init_logging(true);
     let settings = Settings::from_env().context("reading the consumer's environment")?;
     let sdk = sdk_config(None).await;
-    let consumer = Arc::new(settings.consumer(&sdk)?);
+    let consumer = Arc::new(settings.consumer(&sdk).await?);
     let tables = Arc::new(settings.tables());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let consumer = consumer.clone();

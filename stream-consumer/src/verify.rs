@@ -22,7 +22,7 @@ pub enum VerifyError {
     Unreadable(String),
     #[error("ingesting the edge's write into core failed (retried): {0}")]
     Ingestion(String),
-    #[error("item {item_key} of {doc_key} v{version} was removed without a delete of the writer (newest delete intent: {intent:?})")]
+    #[error("item {} of {doc_key} v{version} was removed without a delete of the writer (newest delete intent: {intent:?})", edge_documents::redact::item_key(.item_key))]
     UnexpectedRemoval {
         item_key: String,
         doc_key: String,
@@ -113,5 +113,40 @@ mod tests {
                 new: 1
             }
         );
+    }
+
+    #[test]
+    fn a_decompression_bomb_in_a_record_fails_it_naming_the_item() {
+        use edge_documents::item::MAX_DECOMPRESSED_BYTES;
+        use std::io::Write;
+        // 16 MiB + 1 of zeros: about 16 KiB of gzip, a plausible item.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&vec![b'0'; MAX_DECOMPRESSED_BYTES + 1])
+            .unwrap();
+        let mut bomb = item(2, "a");
+        bomb.insert(
+            "feature_states".into(),
+            AttributeValue::B(aws_smithy_types::Blob::new(gz.finish().unwrap())),
+        );
+        bomb.insert("compressed".into(), AttributeValue::Bool(true));
+        let err = verify(&bomb, None).unwrap_err().to_string();
+        assert!(err.contains("api_key=k of environment:1"), "{err}");
+        assert!(err.contains("decompressed"), "{err}");
+    }
+
+    #[test]
+    fn an_unexpected_removal_names_a_server_key_by_its_prefix() {
+        let err = VerifyError::UnexpectedRemoval {
+            item_key: "environment_api_keys|ser.abcdefghijklmnopqrstuvwx".into(),
+            doc_key: "api_key:3".into(),
+            version: 2,
+            intent: None,
+        }
+        .to_string();
+        assert!(
+            err.contains("item environment_api_keys|ser.abcd… of api_key:3"),
+            "{err}"
+        );
+        assert!(!err.contains("efgh"), "{err}");
     }
 }

@@ -626,3 +626,65 @@ fn every_edge_alarm_watches_a_metric_something_publishes() {
     }
     assert!(watched >= 3, "the edge alarms are found ({watched})");
 }
+
+/// The webhook secret by ARN: the consumer gets the variable and may read that one secret,
+/// both only when the parameter is given; it may read no other secret.
+#[test]
+fn the_consumer_may_read_the_webhook_secret_it_is_given_and_no_other() {
+    let function = resources()
+        .values()
+        .find(|r| r["Type"] == "AWS::Serverless::Function")
+        .expect("the stream consumer");
+    let role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+        .as_str()
+        .expect("Role is !GetAtt <role>.Arn");
+    let variables = &function["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        variables["EDGE_INVALIDATE_WEBHOOK_SECRET_ARN"],
+        serde_json::json!({"Fn::If": ["HasWebhookSecretArn",
+            {"Ref": "InvalidationWebhookSecretArn"}, {"Ref": "AWS::NoValue"}]}),
+        "the consumer's EDGE_INVALIDATE_WEBHOOK_SECRET_ARN"
+    );
+    let mut grants = Vec::new();
+    for policy in resources()[role]["Properties"]["Policies"]
+        .as_array()
+        .unwrap()
+    {
+        let (condition, branch) = match policy.get("Fn::If").and_then(Value::as_array) {
+            Some(b) => (b[0].as_str(), &b[1]),
+            None => (None, policy),
+        };
+        for statement in branch["PolicyDocument"]["Statement"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if actions(role, statement)
+                .iter()
+                .any(|a| a.starts_with("secretsmanager:"))
+            {
+                grants.push((condition, statement.clone()));
+            }
+        }
+    }
+    assert_eq!(
+        grants.len(),
+        1,
+        "{role}: one Secrets Manager grant: {grants:?}"
+    );
+    let (condition, statement) = &grants[0];
+    assert_eq!(
+        *condition,
+        Some("HasWebhookSecretArn"),
+        "only with the parameter"
+    );
+    assert_eq!(
+        actions(role, statement),
+        vec!["secretsmanager:GetSecretValue"]
+    );
+    assert_eq!(
+        statement["Resource"],
+        serde_json::json!({"Ref": "InvalidationWebhookSecretArn"}),
+        "that secret only"
+    );
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_documents::item::{logical_item, stored_meta};
+use edge_documents::redact;
 use edge_documents::tables::{TableKind, TableNames};
 use edge_writer::daemon::{self, DaemonConfig};
 use edge_writer::replicate::{error_chain, Replicator, Settings};
@@ -509,19 +510,7 @@ async fn pool_with_limits(
     };
     db::connect_with_limits(url, max_connections, limits)
         .await
-        .with_context(|| format!("connecting to Postgres at {}", redact(url)))
-}
-
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
+        .with_context(|| format!("connecting to Postgres at {}", redact::url(url)))
 }
 
 async fn dynamo(cli: &Cli) -> DynamoStore {
@@ -925,7 +914,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
                 "{}\t{:?}\t{}\t{}\t{}",
                 d.region,
                 d.kind,
-                d.item_key,
+                redact::item_key(&d.item_key),
                 d.doc_key.as_deref().unwrap_or("-"),
                 d.detail
             );
@@ -934,7 +923,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
             println!(
                 "{}\tpending ingestion\t{}\t{}\twritten at the edge, not merged into core yet (never repaired)",
                 p.region,
-                p.item_key,
+                redact::item_key(&p.item_key),
                 p.doc_key.as_deref().unwrap_or("-")
             );
         }
@@ -1138,10 +1127,14 @@ mod tests {
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u@h:5432/db"
+            redact::url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
         );
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            redact::url("postgres://u@h:5432/db?password=secret"),
+            "postgres://u@h:5432/db?password=***"
+        );
+        assert_eq!(redact::url("postgres://h/db"), "postgres://h/db");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use edge_documents::redact;
 use futures::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -18,6 +19,8 @@ pub const SIGNATURE_HEADER: &str = "X-Flagsmith-Edge-Signature";
 pub struct WebhookTarget {
     client: reqwest::Client,
     url: String,
+    /// The URL as messages show it: its origin only (the path may be a token).
+    shown: String,
     secret: Vec<u8>,
 }
 
@@ -33,7 +36,8 @@ impl WebhookTarget {
         if secret.is_empty() {
             return Err("a webhook needs a signing secret".into());
         }
-        reqwest::Url::parse(url).map_err(|e| format!("webhook URL {url}: {e}"))?;
+        let shown = redact::origin(url);
+        reqwest::Url::parse(url).map_err(|e| format!("webhook URL {shown}: {e}"))?;
         // reqwest is built without a default crypto provider; ring is the one the AWS
         // clients use too. Installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -46,6 +50,7 @@ impl WebhookTarget {
         Ok(WebhookTarget {
             client,
             url: url.to_string(),
+            shown,
             secret: secret.as_bytes().to_vec(),
         })
     }
@@ -70,14 +75,15 @@ impl WebhookTarget {
             .body(body)
             .send()
             .await
-            .map_err(|e| fail(format!("POST {}: {e}", self.url), true))?;
+            // reqwest's errors carry the whole URL: left out.
+            .map_err(|e| fail(format!("POST {}: {}", self.shown, e.without_url()), true))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
         let retryable = status.is_server_error() || status.as_u16() == 429;
         Err(fail(
-            format!("POST {} answered {status}", self.url),
+            format!("POST {} answered {status}", self.shown),
             retryable,
         ))
     }
@@ -113,13 +119,43 @@ mod tests {
     #[test]
     fn configuration_errors_are_clear() {
         let t = Duration::from_secs(1);
-        assert!(WebhookTarget::new("not a url", "s", t)
+        let err = WebhookTarget::new("https://hooks.example.com:99999/T0/s3cret", "s", t)
             .err()
-            .unwrap()
-            .contains("webhook URL not a url"));
+            .unwrap();
+        assert!(
+            err.contains("webhook URL https://hooks.example.com:99999/…"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
         assert!(WebhookTarget::new("http://x", "", t)
             .err()
             .unwrap()
             .contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn failures_show_the_origin_only() {
+        // A port that was free a moment ago: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/hooks/s3cret-path?token=s3cret-query");
+        let target = WebhookTarget::new(&url, "s", Duration::from_secs(2)).unwrap();
+        let change = Change {
+            table: "environments",
+            doc_key: "environment:1".into(),
+            version: 1,
+            environment_api_key: Some("env".into()),
+            identifier: None,
+            server_key: None,
+            removed: false,
+        };
+        let err = target.invalidate("r", &[change]).await.unwrap_err();
+        assert!(err.retryable);
+        let shown = format!("POST http://127.0.0.1:{port}/…: ");
+        assert!(err.message.starts_with(&shown), "{}", err.message);
+        assert!(!err.message.contains("s3cret"), "{}", err.message);
     }
 }

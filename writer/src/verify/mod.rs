@@ -84,6 +84,8 @@ pub const SOMEONE_ELSE_ADVICE: &str = "written without the writer's attributes, 
 #[derive(Debug, Clone, Serialize)]
 pub struct PendingIngestion {
     pub region: String,
+    /// In reports, a server-side key by its prefix only ([`edge_documents::redact::item_key`]).
+    #[serde(serialize_with = "redacted_item_key")]
     pub item_key: String,
     pub doc_key: Option<String>,
 }
@@ -92,6 +94,8 @@ pub struct PendingIngestion {
 pub struct Drift {
     pub region: String,
     pub kind: DriftKind,
+    /// In reports, a server-side key by its prefix only ([`edge_documents::redact::item_key`]).
+    #[serde(serialize_with = "redacted_item_key")]
     pub item_key: String,
     pub doc_key: Option<String>,
     pub detail: String,
@@ -473,6 +477,10 @@ async fn written_documents(
     Ok(rows.into_iter().collect())
 }
 
+fn redacted_item_key<S: serde::Serializer>(key: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&edge_documents::redact::item_key(key))
+}
+
 /// Re-writes every drifting document; returns how many were re-written.
 async fn repair<S: ItemStore>(
     replicator: &Replicator<S>,
@@ -483,7 +491,10 @@ async fn repair<S: ItemStore>(
     let mut conn = replicator.pool().acquire().await?;
     for (owner, item_key) in extras {
         let Some((table, key)) = acks::key_of(item_key) else {
-            failures.push(format!("{item_key}: not a ledger key"));
+            failures.push(format!(
+                "{}: not a ledger key",
+                edge_documents::redact::item_key(item_key)
+            ));
             continue;
         };
         let key: Value = serde_dynamo::aws_sdk_dynamodb_1::from_item(key).map_err(|e| {
