@@ -469,3 +469,61 @@ async fn admin_pool() -> PgPool {
         .await
         .unwrap()
 }
+
+/// Item 4: the writer's sessions cannot hold Flagsmith's database hostage: a runaway
+/// statement is cancelled (and classified as transient, so retried), and a session left
+/// idle inside a transaction is ended by the server, releasing its locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writers_sessions_have_statement_and_idle_transaction_timeouts() {
+    use edge_writer::db::{connect, connect_with_limits, SessionLimits};
+    use edge_writer::replicate::{classify_sqlx, FailureKind};
+    let db = TestDb::new().await;
+    let defaults = connect(&db.url, 1).await.unwrap();
+    let (statement, idle): (String, String) = sqlx::query_as(
+        "SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')",
+    )
+    .fetch_one(&defaults)
+    .await
+    .unwrap();
+    assert_eq!((statement.as_str(), idle.as_str()), ("1min", "2min"));
+    defaults.close().await;
+
+    let limits = SessionLimits {
+        statement_timeout: Duration::from_millis(300),
+        idle_in_transaction_timeout: Duration::from_millis(500),
+    };
+    let pool = connect_with_limits(&db.url, 1, limits).await.unwrap();
+    let e = sqlx::query("SELECT pg_sleep(30)")
+        .execute(&pool)
+        .await
+        .expect_err("cancelled by statement_timeout");
+    assert_eq!(classify_sqlx(&e), FailureKind::Transient, "{e}");
+
+    let mut tx = pool.begin().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM features_feature FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    wait::until(
+        "the idle transaction's session to be ended",
+        wait::DEFAULT,
+        || async {
+            let alive: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                    .bind(pid)
+                    .fetch_one(&db.pool)
+                    .await
+                    .ok()?;
+            (alive == 0).then_some(())
+        },
+    )
+    .await;
+    assert!(sqlx::query("SELECT 1").execute(&mut *tx).await.is_err());
+    drop(tx);
+    pool.close().await;
+    db.drop_db().await;
+}

@@ -185,6 +185,15 @@ async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
             if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 last_log = Some(std::time::Instant::now());
                 capture::control::report(&pool).await;
+                match crate::state::prune::gone_identities(&pool, 10_000).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(rows = n, "pruned the document rows of deleted identities")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning the document rows of deleted identities failed")
+                    }
+                }
                 // The merge rule's state of edge writes that can no longer arrive.
                 match edge_ingest::clock::prune(&pool, 10_000).await {
                     Ok(0) => {}

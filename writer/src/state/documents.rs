@@ -29,30 +29,33 @@ pub struct RecordedItem {
 /// Takes a document's lock in the caller's transaction, waiting for it (bounded by the
 /// transaction's `lock_timeout`), and returns its state.
 pub async fn lock(conn: &mut PgConnection, doc_key: &str) -> Result<DocState, sqlx::Error> {
-    sqlx::query("INSERT INTO edge.document (doc_key) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(doc_key)
-        .execute(&mut *conn)
-        .await?;
-    let (version, content_hash, deleted, leased_until): (
-        Option<i64>,
-        Option<String>,
-        bool,
-        Option<DateTime<Utc>>,
-    ) = sqlx::query_as(
-        r#"SELECT d.version, d.content_hash, d.deleted,
-                  (SELECT l.until FROM edge.write_lease l
-                   WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until
-           FROM edge.document d WHERE d.doc_key = $1 FOR NO KEY UPDATE OF d"#,
-    )
-    .bind(doc_key)
-    .fetch_one(conn)
-    .await?;
-    Ok(DocState {
-        version,
-        content_hash,
-        deleted,
-        leased_until,
-    })
+    // The row can be removed between the insert and the lock by pruning (a deleted
+    // identity's row, `state::prune`); it is then simply created again.
+    for _ in 0..3 {
+        sqlx::query("INSERT INTO edge.document (doc_key) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(doc_key)
+            .execute(&mut *conn)
+            .await?;
+        let row: Option<(Option<i64>, Option<String>, bool, Option<DateTime<Utc>>)> =
+            sqlx::query_as(
+                r#"SELECT d.version, d.content_hash, d.deleted,
+                          (SELECT l.until FROM edge.write_lease l
+                           WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until
+                   FROM edge.document d WHERE d.doc_key = $1 FOR NO KEY UPDATE OF d"#,
+            )
+            .bind(doc_key)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some((version, content_hash, deleted, leased_until)) = row {
+            return Ok(DocState {
+                version,
+                content_hash,
+                deleted,
+                leased_until,
+            });
+        }
+    }
+    Err(sqlx::Error::RowNotFound)
 }
 
 /// A new version from the global sequence. Called after the snapshot, under the lock.

@@ -6,3 +6,4 @@ pub mod documents;
 pub mod foreign;
 pub mod leases;
 pub mod pending;
+pub mod prune;

@@ -46,6 +46,7 @@ pub async fn enqueue(
         return Ok(());
     }
     let keys: Vec<String> = docs.keys().map(ToString::to_string).collect();
+    crate::state::prune::hold_off(&mut *conn).await?;
     let firsts: Vec<DateTime<Utc>> = docs.values().map(|s| s.first).collect();
     let lasts: Vec<DateTime<Utc>> = docs.values().map(|s| s.last).collect();
     sqlx::query(
