@@ -26,6 +26,9 @@ pub struct RecordedItem {
     pub removed_at: Option<DateTime<Utc>>,
 }
 
+/// version, content_hash, deleted, leased_until.
+type StateRow = (Option<i64>, Option<String>, bool, Option<DateTime<Utc>>);
+
 /// Takes a document's lock in the caller's transaction, waiting for it (bounded by the
 /// transaction's `lock_timeout`), and returns its state.
 pub async fn lock(conn: &mut PgConnection, doc_key: &str) -> Result<DocState, sqlx::Error> {
@@ -36,16 +39,15 @@ pub async fn lock(conn: &mut PgConnection, doc_key: &str) -> Result<DocState, sq
             .bind(doc_key)
             .execute(&mut *conn)
             .await?;
-        let row: Option<(Option<i64>, Option<String>, bool, Option<DateTime<Utc>>)> =
-            sqlx::query_as(
-                r#"SELECT d.version, d.content_hash, d.deleted,
+        let row: Option<StateRow> = sqlx::query_as(
+            r#"SELECT d.version, d.content_hash, d.deleted,
                           (SELECT l.until FROM edge.write_lease l
                            WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until
                    FROM edge.document d WHERE d.doc_key = $1 FOR NO KEY UPDATE OF d"#,
-            )
-            .bind(doc_key)
-            .fetch_optional(&mut *conn)
-            .await?;
+        )
+        .bind(doc_key)
+        .fetch_optional(&mut *conn)
+        .await?;
         if let Some((version, content_hash, deleted, leased_until)) = row {
             return Ok(DocState {
                 version,
