@@ -9,6 +9,8 @@
 #       the stream consumer: records verified per second, cold start of the Lambda binary
 #   infra/local/bench.sh ingest [--writes 4000] [--concurrency 4]
 #       edge -> core ingestion: edge identity writes applied to core per second
+#   infra/local/bench.sh capture [--rounds 4] [--seconds 10] [--clients 4]
+#       what the capture triggers cost Flagsmith's transactions (pgbench, with and without)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -29,6 +31,12 @@ if [[ "${1:-}" == "ingest" ]]; then
   shift
   cargo build --release -p edge-tests --bin bench_ingest --quiet
   exec target/release/bench_ingest "$@"
+fi
+if [[ "${1:-}" == "capture" ]]; then
+  shift
+  command -v pgbench >/dev/null 2>&1 || { echo "bench.sh: pgbench not found; install the PostgreSQL client tools (Debian: postgresql-client)" >&2; exit 1; }
+  cargo build --release -p edge-tests --bin bench_capture --quiet
+  exec target/release/bench_capture "$@"
 fi
 cargo build --release -p edge-tests --bin bench --quiet
 exec target/release/bench "$@"
