@@ -56,17 +56,18 @@ CREATE TABLE IF NOT EXISTS edge.capture_state (
 INSERT INTO edge.capture_state DEFAULT VALUES ON CONFLICT DO NOTHING;
 
 -- Periods during which capture was paused: the core changes made then are not in the change
--- log. A gap is closed by a backfill of every document that began after `settled_xid`: every
--- transaction that was running when capture resumed (and so may hold uncaptured changes) had
--- ended by then.
+-- log. A gap is closed by a backfill of every document that began once every transaction
+-- that held a lock on a captured table when capture resumed (and so may hold uncaptured
+-- changes) had ended.
 CREATE TABLE IF NOT EXISTS edge.capture_gap (
-    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    paused_at     timestamptz NOT NULL,
-    reason        text,
-    resumed_at    timestamptz,
-    -- pg_snapshot_xmax of the resume transaction's snapshot
-    settled_xid   xid8,
-    backfilled_at timestamptz
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    paused_at      timestamptz NOT NULL,
+    reason         text,
+    resumed_at     timestamptz,
+    -- pg_locks.virtualtransaction of the transactions holding a lock on a captured table of
+    -- this database when capture resumed (pg_locks is readable by every role)
+    open_at_resume text[],
+    backfilled_at  timestamptz
 );
 
 -- The name of a table's capture function.
@@ -216,7 +217,14 @@ BEGIN
     UPDATE edge.capture_state SET enabled = live, reason = why, changed_at = now();
     IF live THEN
         UPDATE edge.capture_gap
-           SET resumed_at = now(), settled_xid = pg_snapshot_xmax(pg_current_snapshot())
+           SET resumed_at = now(),
+               open_at_resume = (
+                   SELECT coalesce(array_agg(DISTINCT l.virtualtransaction), '{}')
+                     FROM pg_locks l
+                     JOIN edge.capture_table c
+                       ON l.relation = to_regclass(format('public.%I', c.table_name))
+                    WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                      AND l.pid IS DISTINCT FROM pg_backend_pid())
          WHERE resumed_at IS NULL;
     ELSE
         INSERT INTO edge.capture_gap (paused_at, reason) VALUES (now(), why);

@@ -160,7 +160,7 @@ async fn paused_capture_lets_flagsmith_write_and_the_gap_backfill_restores_every
         }
         sessions
             .iter()
-            .any(|(_, q)| q.as_deref().is_some_and(|q| q.contains("pg_snapshot_xmin")))
+            .any(|(_, q)| q.as_deref().is_some_and(|q| q.contains("open_at_resume")))
             .then_some(())
             .ok_or_else(|| format!("{sessions:?}"))
     })
@@ -387,7 +387,8 @@ async fn an_idle_writer_is_woken_by_commits_without_waiting_for_its_poll() {
         || async {
             let held: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
-               AND mode = 'ExclusiveLock' AND classid = 1701078885 AND objid = 1667330164",
+               AND mode = 'ExclusiveLock' AND classid = 1701078885 AND objid = 1667330164
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .fetch_one(&db.pool)
             .await

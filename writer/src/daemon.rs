@@ -6,7 +6,7 @@
 //! bookkeeping, and `run` returns once all of them have stopped.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{watch, Notify};
@@ -81,8 +81,12 @@ async fn capture_loop(
 ) {
     const LOCK_BACKOFF_START: Duration = Duration::from_millis(50);
     const LOCK_BACKOFF_CAP: Duration = Duration::from_secs(2);
+    /// How long after its last work the capture task keeps probing instead of sleeping.
+    const LINGER: Duration = Duration::from_secs(1);
+    const LINGER_POLL: Duration = Duration::from_millis(5);
     let mut listener = capture::listen::ChangeListener::new(pool.clone());
     let mut lock_backoff = LOCK_BACKOFF_START;
+    let mut busy_at = Instant::now();
     loop {
         if *shutdown.borrow() {
             listener.release().await;
@@ -90,6 +94,7 @@ async fn capture_loop(
         }
         match capture::drain_all(&pool, config.capture_batch).await {
             Ok(drained) if drained.changes > 0 || drained.fanned_out > 0 => {
+                busy_at = Instant::now();
                 listener.release().await;
                 m::record_captured(drained.changes - drained.edge_changes, drained.edge_changes);
                 tracing::debug!(
@@ -103,7 +108,26 @@ async fn capture_loop(
                 continue;
             }
             Ok(_) => {
-                // Empty: take the wake lock, then drain once more before sleeping (the
+                // Empty. Right after work, linger: look again every few milliseconds with a
+                // one-row probe. Under steady load the writer so never sleeps, and no core
+                // transaction pays for a NOTIFY (which serialises commits).
+                if !listener.holds_wake_lock() && busy_at.elapsed() < LINGER {
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(LINGER_POLL) => {}
+                    }
+                    while busy_at.elapsed() < LINGER && !*shutdown.borrow() {
+                        match capture::has_work(&pool).await {
+                            Ok(true) => break,
+                            Ok(false) => tokio::time::sleep(LINGER_POLL).await,
+                            Err(_) => break,
+                        }
+                    }
+                    if busy_at.elapsed() < LINGER {
+                        continue;
+                    }
+                }
+                // Then take the wake lock, and drain once more before sleeping (the
                 // transactions that did not notify have ended by then).
                 if !listener.holds_wake_lock() {
                     if listener.go_idle().await {

@@ -157,6 +157,16 @@ async fn main() {
         .await
         .unwrap();
     assert_eq!(first, 1, "a fresh database numbers identities from 1");
+    // A libpq URL (sqlx's carries parameters pgbench does not know).
+    let admin: sqlx::postgres::PgConnectOptions =
+        edge_tests::pg::admin_url().parse().expect("a database URL");
+    let libpq_url = format!(
+        "postgres://{}@{}:{}/{}",
+        admin.get_username(),
+        admin.get_host(),
+        admin.get_port(),
+        db.name
+    );
     let dir = std::env::temp_dir().join(format!("bench_capture_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let scripts = [("identify", IDENTIFY), ("toggle", TOGGLE)];
@@ -176,7 +186,7 @@ async fn main() {
         // Warm-up of both sides, not counted.
         for mode in [Mode::Off, Mode::On] {
             let short = Options { seconds: 3, ..o };
-            pgbench(&db.url, &script, &short, mode);
+            pgbench(&libpq_url, &script, &short, mode);
         }
         let mut tps: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         for round in 0..o.rounds {
@@ -203,7 +213,7 @@ async fn main() {
                 } else {
                     None
                 };
-                let t = pgbench(&db.url, &script, &o, modes[m]);
+                let t = pgbench(&libpq_url, &script, &o, modes[m]);
                 if let Some(mut conn) = holder {
                     sqlx::query("SELECT pg_advisory_unlock_all()")
                         .execute(&mut *conn)

@@ -345,11 +345,16 @@ pub async fn set_capture(
 pub async fn settle_gaps(pool: &PgPool, patience: Duration) -> Result<Vec<i64>, GapError> {
     let started = Instant::now();
     loop {
+        // A transaction of `open_at_resume` that still exists still holds the lock on its own
+        // virtual transaction id.
         let (paused, unsettled, settled): (bool, i64, Vec<i64>) = sqlx::query_as(
-            "SELECT NOT (SELECT enabled FROM edge.capture_state),
-                    count(*) FILTER (WHERE settled_xid > pg_snapshot_xmin(pg_current_snapshot())),
-                    coalesce(array_agg(id) FILTER (WHERE settled_xid <= pg_snapshot_xmin(pg_current_snapshot())), '{}')
-               FROM edge.capture_gap WHERE backfilled_at IS NULL",
+            "WITH g AS (
+                 SELECT id, EXISTS (SELECT 1 FROM pg_locks l
+                                     WHERE l.virtualtransaction = ANY(open_at_resume)) AS open
+                   FROM edge.capture_gap WHERE backfilled_at IS NULL AND resumed_at IS NOT NULL)
+             SELECT NOT (SELECT enabled FROM edge.capture_state),
+                    (SELECT count(*) FROM g WHERE open),
+                    (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM g WHERE NOT open)",
         )
         .fetch_one(pool)
         .await?;

@@ -126,6 +126,16 @@ async fn record_merge_clocks(
     clock::record_identity_deletes(conn, &deletes).await
 }
 
+/// Whether there is anything to capture: a visible change row or a fan-out to page. One
+/// cheap statement, for probing often.
+pub async fn has_work(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM edge.change_log) OR EXISTS (SELECT 1 FROM edge.fanout)",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Drains until the change log has nothing visible left, then pages every recorded identity
 /// fan-out into the queue.
 pub async fn drain_all(pool: &PgPool, batch: i64) -> Result<Drained, sqlx::Error> {
