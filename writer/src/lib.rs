@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod db;
 pub mod doc_key;
 pub mod failpoint;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod migrate_identities;
