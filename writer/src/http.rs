@@ -280,6 +280,10 @@ async fn healthz<S: ItemStore>(State(state): State<AppState<S>>) -> Response {
         }
     };
     let verdict = state.health.verdict(due);
+    if !verdict.healthy {
+        // ECS keeps no health check output: the log is where an operator finds why.
+        tracing::warn!(problems = ?verdict.problems, "healthz: unhealthy");
+    }
     let status = if verdict.healthy {
         StatusCode::OK
     } else {
