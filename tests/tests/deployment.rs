@@ -805,7 +805,12 @@ fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
 /// Method calls without arguments (`.get_item()`: the SDK's fluent builders) outside the
 /// unit tests of a file.
 fn argless_calls(source: &str) -> BTreeSet<String> {
-    let code = source.split("#[cfg(test)]").next().unwrap_or("");
+    // The unit test module (`#[cfg(test)] mod ...`), which is the end of a file here; a
+    // test-only item elsewhere does not hide the code after it.
+    let code = source
+        .match_indices("#[cfg(test)]")
+        .find(|(at, attr)| source[at + attr.len()..].trim_start().starts_with("mod "))
+        .map_or(source, |(at, _)| &source[..at]);
     let bytes = code.as_bytes();
     let mut calls = BTreeSet::new();
     for (i, _) in code.match_indices('.') {
