@@ -318,7 +318,8 @@ async fn sync_without_a_configured_token_is_refused_unless_explicitly_open() {
 }
 
 /// More concurrent syncs than the budget: the extra one gets 429 at once, while replication
-/// goes on; failures say nothing internal and name a request id that the log has.
+/// goes on; a caller gets 504 at the time limit while its sync goes on; failures say nothing
+/// internal and name a request id that the log has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_keeps_to_its_budget_and_hides_internal_errors() {
     edge_tests::init_logging();
@@ -340,7 +341,7 @@ async fn sync_keeps_to_its_budget_and_hides_internal_errors() {
     let served = serve(
         &db,
         &tables,
-        &["--sync-concurrency=1"],
+        &["--sync-concurrency=1", "--sync-timeout-secs=1"],
         &[
             ("WRITER_SYNC_TOKEN", TOKEN),
             ("EDGE_WRITER_HANG_AT", &point),
@@ -392,11 +393,22 @@ async fn sync_keeps_to_its_budget_and_hides_internal_errors() {
     )
     .await;
 
-    std::fs::remove_file(&hold).unwrap();
+    // The held sync's caller got 504 at the time limit; the sync goes on and keeps its place.
     let (status, reply) = first.await.unwrap();
-    assert_eq!(status, 200, "{reply}");
+    assert_eq!(status, 504, "{reply}");
+    let (error, _) = refusal(&reply);
+    assert!(error.contains("did not finish in time"), "{error}");
     let (status, reply) = sync_request(&addr, &body).await;
-    assert_eq!(status, 200, "the budget is free again: {reply}");
+    assert_eq!(status, 429, "the timed-out sync still runs: {reply}");
+
+    std::fs::remove_file(&hold).unwrap();
+    wait::until_ok("the budget to be free again", wait::DEFAULT, || async {
+        let (status, reply) = sync_request(&addr, &body).await;
+        (status == 200)
+            .then_some(())
+            .ok_or(format!("{status} {reply}"))
+    })
+    .await;
     drop(served);
 
     // DynamoDB unreachable: the caller learns that the sync failed and may be retried, and
