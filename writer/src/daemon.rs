@@ -91,11 +91,12 @@ pub async fn run_with_health<S: ItemStore>(
     }));
     tasks.spawn(supervisor.clone().run("capture".into(), {
         let (pool, config, shutdown) = (pool.clone(), config.clone(), shutdown.clone());
-        let (wake, wake_workers) = (wake_capture, wake_workers.clone());
+        let (wake, wake_workers, health) = (wake_capture, wake_workers.clone(), health.clone());
         move || {
             capture_loop(
                 pool.clone(),
                 config.clone(),
+                health.clone(),
                 wake.clone(),
                 wake_workers.clone(),
                 shutdown.clone(),
@@ -199,6 +200,7 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 async fn capture_loop(
     pool: sqlx::PgPool,
     config: DaemonConfig,
+    health: Arc<Health>,
     wake: Arc<Notify>,
     wake_workers: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
@@ -207,7 +209,9 @@ async fn capture_loop(
         if *shutdown.borrow() {
             return;
         }
-        match capture::drain_all(&pool, config.capture_batch).await {
+        let drained = capture::drain_all(&pool, config.capture_batch).await;
+        health.capture_progressed();
+        match drained {
             Ok(drained) if drained.changes > 0 => {
                 m::record_captured(drained.changes - drained.edge_changes, drained.edge_changes);
                 tracing::debug!(

@@ -8,7 +8,9 @@
 //! - a task is down (waiting for its restart), or restarted [`FLAPPING_RESTARTS`] times within
 //!   [`FLAPPING_WINDOW`];
 //! - due work waited longer than `stuck_after` while a worker has been busy on one unit of work
-//!   longer than that (a hung call), or while no worker finished one for that long.
+//!   longer than that (a hung call), or while no worker finished one for that long;
+//! - a change waited in `edge.change_log` longer than `stuck_after` while the capture task
+//!   finished no pass for that long.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +65,15 @@ pub struct Health {
     workers: Vec<WorkerSlot>,
     /// When a worker last finished a unit of work (milliseconds after the epoch).
     last_progress: AtomicU64,
+    /// When the capture task last finished a pass over the change log.
+    capture_progress: AtomicU64,
+}
+
+/// How long the oldest work has waited: [`oldest_due_age`] and [`oldest_change_age`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ages {
+    pub oldest_due: Duration,
+    pub oldest_change: Duration,
 }
 
 /// What `/healthz` answers.
@@ -74,6 +85,7 @@ pub struct Verdict {
     /// Restarts since start, per task that was restarted.
     pub restarts: BTreeMap<String, u64>,
     pub oldest_due_age_seconds: f64,
+    pub oldest_change_age_seconds: f64,
 }
 
 impl Health {
@@ -84,6 +96,7 @@ impl Health {
             tasks: Mutex::new(BTreeMap::new()),
             workers: (0..workers).map(|_| WorkerSlot::default()).collect(),
             last_progress: AtomicU64::new(0),
+            capture_progress: AtomicU64::new(0),
         }
     }
 
@@ -106,6 +119,11 @@ impl Health {
     pub fn idle(&self, index: usize) {
         self.workers[index].busy_since.store(0, Ordering::SeqCst);
         self.progressed();
+    }
+
+    /// The capture task finished a pass (whatever its result).
+    pub fn capture_progressed(&self) {
+        self.capture_progress.store(self.now_ms(), Ordering::SeqCst);
     }
 
     pub fn workers(&self) -> usize {
@@ -131,8 +149,9 @@ impl Health {
         });
     }
 
-    /// The judgement, given the age of the oldest due queue row (zero when none is due).
-    pub fn verdict(&self, oldest_due_age: Duration) -> Verdict {
+    /// The judgement, given how long the oldest work has waited.
+    pub fn verdict(&self, ages: Ages) -> Verdict {
+        let oldest_due_age = ages.oldest_due;
         let mut problems = Vec::new();
         let mut restarts = BTreeMap::new();
         {
@@ -182,11 +201,23 @@ impl Health {
                 ));
             }
         }
+        let stuck_ms = self.stuck_after.as_millis() as u64;
+        let capture_quiet = self
+            .now_ms()
+            .saturating_sub(self.capture_progress.load(Ordering::SeqCst));
+        if ages.oldest_change > self.stuck_after && capture_quiet > stuck_ms {
+            problems.push(format!(
+                "capture finished no pass for {} s while a change waits {} s",
+                capture_quiet / 1000,
+                ages.oldest_change.as_secs()
+            ));
+        }
         Verdict {
             healthy: problems.is_empty(),
             problems,
             restarts,
             oldest_due_age_seconds: oldest_due_age.as_secs_f64(),
+            oldest_change_age_seconds: ages.oldest_change.as_secs_f64(),
         }
     }
 }
@@ -208,6 +239,14 @@ pub async fn oldest_due_age(pool: &PgPool) -> Result<Duration, sqlx::Error> {
     Ok(age(seconds))
 }
 
+/// Both ages.
+pub async fn ages(pool: &PgPool) -> Result<Ages, sqlx::Error> {
+    Ok(Ages {
+        oldest_due: oldest_due_age(pool).await?,
+        oldest_change: oldest_change_age(pool).await?,
+    })
+}
+
 /// How long the oldest row of `edge.change_log` has waited to be resolved into the queue (zero
 /// when the log is empty). Rows are looked at in id order, at most the first 1000: ids follow
 /// insertion, so the oldest capture time is among them, and a backlog costs no full scan.
@@ -225,6 +264,13 @@ pub async fn oldest_change_age(pool: &PgPool) -> Result<Duration, sqlx::Error> {
 mod tests {
     use super::*;
 
+    fn due(oldest_due: Duration) -> Ages {
+        Ages {
+            oldest_due,
+            ..Ages::default()
+        }
+    }
+
     #[test]
     fn a_busy_worker_is_stuck_only_while_due_work_waits_past_the_threshold() {
         let health = Health::new(2, Duration::from_millis(20));
@@ -232,15 +278,15 @@ mod tests {
         health.idle(0);
         let busy = health.busy(0);
         std::thread::sleep(Duration::from_millis(40));
-        assert!(health.verdict(Duration::ZERO).healthy, "nothing due waits");
-        assert!(health.verdict(Duration::from_millis(10)).healthy);
-        let v = health.verdict(Duration::from_secs(1));
+        assert!(health.verdict(Ages::default()).healthy, "nothing due waits");
+        assert!(health.verdict(due(Duration::from_millis(10))).healthy);
+        let v = health.verdict(due(Duration::from_secs(1)));
         assert!(!v.healthy);
         assert!(v.problems.iter().any(|p| p.contains("worker 0")), "{v:?}");
         busy.done();
-        assert!(health.verdict(Duration::from_secs(1)).healthy);
+        assert!(health.verdict(due(Duration::from_secs(1))).healthy);
         std::thread::sleep(Duration::from_millis(40));
-        let v = health.verdict(Duration::from_secs(1));
+        let v = health.verdict(due(Duration::from_secs(1)));
         assert!(
             v.problems.iter().any(|p| p.contains("no worker finished")),
             "{v:?}"
@@ -251,24 +297,46 @@ mod tests {
     fn a_down_or_flapping_task_is_unhealthy() {
         let health = Health::new(1, Duration::from_secs(60));
         health.task_started("capture");
-        assert!(health.verdict(Duration::ZERO).healthy);
+        assert!(health.verdict(Ages::default()).healthy);
         health.task_down("capture");
-        let v = health.verdict(Duration::ZERO);
+        let v = health.verdict(Ages::default());
         assert!(!v.healthy);
         assert_eq!(v.restarts["capture"], 1);
         health.task_started("capture");
         assert!(
-            health.verdict(Duration::ZERO).healthy,
+            health.verdict(Ages::default()).healthy,
             "one restart is fine"
         );
         for _ in 1..FLAPPING_RESTARTS {
             health.task_down("capture");
             health.task_started("capture");
         }
-        let v = health.verdict(Duration::ZERO);
+        let v = health.verdict(Ages::default());
         assert!(
             v.problems.iter().any(|p| p.contains("restarted 3 times")),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn capture_is_stuck_only_while_a_change_waits_past_the_threshold() {
+        let health = Health::new(1, Duration::from_millis(20));
+        health.capture_progressed();
+        let waiting = Ages {
+            oldest_change: Duration::from_secs(1),
+            ..Ages::default()
+        };
+        assert!(health.verdict(waiting).healthy, "capture just passed");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(health.verdict(Ages::default()).healthy, "no change waits");
+        let v = health.verdict(waiting);
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.contains("capture finished no pass")),
+            "{v:?}"
+        );
+        health.capture_progressed();
+        assert!(health.verdict(waiting).healthy);
     }
 }

@@ -268,8 +268,8 @@ async fn sync<S: ItemStore>(
 
 async fn healthz<S: ItemStore>(State(state): State<AppState<S>>) -> Response {
     let pool = state.replicator.pool();
-    let due = match health::oldest_due_age(pool).await {
-        Ok(due) => due,
+    let ages = match health::ages(pool).await {
+        Ok(ages) => ages,
         Err(e) => {
             tracing::warn!(error = %e, "healthz: cannot read the queue");
             return (
@@ -279,7 +279,7 @@ async fn healthz<S: ItemStore>(State(state): State<AppState<S>>) -> Response {
                 .into_response();
         }
     };
-    let verdict = state.health.verdict(due);
+    let verdict = state.health.verdict(ages);
     if !verdict.healthy {
         // ECS keeps no health check output: the log is where an operator finds why.
         tracing::warn!(problems = ?verdict.problems, "healthz: unhealthy");
@@ -294,6 +294,7 @@ async fn healthz<S: ItemStore>(State(state): State<AppState<S>>) -> Response {
         "problems": verdict.problems,
         "restarts": verdict.restarts,
         "oldest_due_age_seconds": verdict.oldest_due_age_seconds,
+        "oldest_change_age_seconds": verdict.oldest_change_age_seconds,
     });
     (status, Json(body)).into_response()
 }
