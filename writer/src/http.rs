@@ -199,11 +199,12 @@ async fn sync<S: ItemStore>(
     let req: SyncRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(_) => {
+            m::record_sync("bad_request");
             return refuse(
                 StatusCode::BAD_REQUEST,
                 &request_id,
                 r#"the body must be JSON {"environment": "<id or api_key>"}"#,
-            )
+            );
         }
     };
     let Ok(permit) = service.permits.clone().try_acquire_owned() else {

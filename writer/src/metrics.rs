@@ -107,8 +107,8 @@ pub fn record_task_restart(task: &str) {
     metrics::counter!(TASK_RESTARTS_TOTAL, "task" => task.to_string()).increment(1);
 }
 
-/// `POST /v1/sync` answers by result: `ok`, `unauthorized`, `busy`, `timeout`, `not_found`,
-/// `failed`, `disabled`.
+/// `POST /v1/sync` answers by result: `ok`, `unauthorized`, `disabled`, `bad_request`, `busy`,
+/// `timeout`, `not_found`, `failed`.
 pub fn record_sync(result: &'static str) {
     metrics::counter!(SYNC_REQUESTS_TOTAL, "result" => result).increment(1);
 }
