@@ -36,6 +36,11 @@ pub enum Scope {
     /// Every document (identities included) whose newest replicated change was captured at
     /// or after this time.
     Since(DateTime<Utc>),
+    /// Every document the edge has or should have: every environment and API key, every
+    /// identity of an edge project, and every document written before. What closes capture
+    /// gaps (the given `edge.capture_gap` ids): changes made while capture was paused are
+    /// not in the change log, so nothing narrower is known to hold them.
+    Gap(Vec<i64>),
 }
 
 impl Scope {
@@ -46,6 +51,13 @@ impl Scope {
             Scope::Project(p) => format!("project:{p}"),
             Scope::All => "all".into(),
             Scope::Since(t) => format!("since:{}", t.to_rfc3339()),
+            Scope::Gap(ids) => format!(
+                "gap:{}",
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         }
     }
 }
@@ -129,6 +141,7 @@ pub async fn documents(pool: &PgPool, scope: &Scope) -> Result<Vec<String>, Back
             keys.sort();
             return Ok(keys);
         }
+        Scope::Gap(_) => return gap_documents(pool).await,
     };
     let keys: Vec<i32> = sqlx::query_scalar(
         "SELECT id FROM environments_environmentapikey WHERE environment_id = ANY($1)",
@@ -143,6 +156,24 @@ pub async fn documents(pool: &PgPool, scope: &Scope) -> Result<Vec<String>, Back
         .collect();
     docs.sort();
     Ok(docs)
+}
+
+/// [`Scope::Gap`]'s documents, in key order.
+async fn gap_documents(pool: &PgPool) -> Result<Vec<String>, BackfillError> {
+    let mut keys: Vec<String> = sqlx::query_scalar(
+        "SELECT 'environment:' || id FROM environments_environment
+         UNION SELECT 'api_key:' || id FROM environments_environmentapikey
+         UNION SELECT 'identity:' || i.id
+                 FROM environments_identity i
+                 JOIN environments_environment e ON e.id = i.environment_id
+                 JOIN projects_project p ON p.id = e.project_id
+                WHERE p.enable_dynamo_db
+         UNION SELECT doc_key FROM edge.document",
+    )
+    .fetch_all(pool)
+    .await?;
+    keys.sort();
+    Ok(keys)
 }
 
 pub async fn run<S: ItemStore>(

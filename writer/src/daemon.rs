@@ -1,7 +1,7 @@
 //! `writer run`: the long-running replication loop.
 //!
-//! Tasks: a listener (LISTEN, wake-up hints), a capture task (change log -> queue), `workers`
-//! replication tasks (queue -> DynamoDB), and a gauge task. Each runs under a supervisor that
+//! Tasks: a capture task (change log -> queue; LISTEN wakes it), `workers` replication tasks
+//! (queue -> DynamoDB), and a gauge task. Each runs under a supervisor that
 //! restarts it, with backoff, when it panics or ends while no shutdown was asked for, logs it
 //! and counts it (`writer_task_restarts_total`); [`Health`] keeps what `/healthz` reports.
 //! Shutdown is a watch channel; tasks look at it only between units of work, never between a
@@ -75,7 +75,6 @@ pub async fn run_with_health<S: ItemStore>(
     shutdown: watch::Receiver<bool>,
 ) {
     let pool = replicator.pool().clone();
-    let wake_capture = Arc::new(Notify::new());
     let wake_workers = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
     let supervisor = Supervisor {
@@ -85,19 +84,14 @@ pub async fn run_with_health<S: ItemStore>(
         backoff_cap: config.restart_backoff_cap,
     };
 
-    tasks.spawn(supervisor.clone().run("listener".into(), {
-        let (pool, wake, shutdown) = (pool.clone(), wake_capture.clone(), shutdown.clone());
-        move || capture::listen::forward_notifications(pool.clone(), wake.clone(), shutdown.clone())
-    }));
     tasks.spawn(supervisor.clone().run("capture".into(), {
         let (pool, config, shutdown) = (pool.clone(), config.clone(), shutdown.clone());
-        let (wake, wake_workers, health) = (wake_capture, wake_workers.clone(), health.clone());
+        let (wake_workers, health) = (wake_workers.clone(), health.clone());
         move || {
             capture_loop(
                 pool.clone(),
                 config.clone(),
                 health.clone(),
-                wake.clone(),
                 wake_workers.clone(),
                 shutdown.clone(),
             )
@@ -153,7 +147,8 @@ impl Supervisor {
             let started = Instant::now();
             self.health.task_started(&name);
             let ended = tokio::spawn(start()).await;
-            if *self.shutdown.borrow() {
+            // Shutdown asked for, or its sender gone (the owner of the daemon dropped it).
+            if *self.shutdown.borrow() || self.shutdown.has_changed().is_err() {
                 return;
             }
             if started.elapsed() >= STABLE_AFTER {
@@ -197,22 +192,29 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
+/// Drains the change log into the queue; when it is empty, sleeps until a capture trigger
+/// notifies (see [`capture::listen`] for the wake-lock handshake) or the poll interval.
 async fn capture_loop(
     pool: sqlx::PgPool,
     config: DaemonConfig,
     health: Arc<Health>,
-    wake: Arc<Notify>,
     wake_workers: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    const LOCK_BACKOFF_START: Duration = Duration::from_millis(50);
+    const LOCK_BACKOFF_CAP: Duration = Duration::from_secs(2);
+    let mut listener = capture::listen::ChangeListener::new(pool.clone());
+    let mut lock_backoff = LOCK_BACKOFF_START;
     loop {
         if *shutdown.borrow() {
+            listener.release().await;
             return;
         }
         let drained = capture::drain_all(&pool, config.capture_batch).await;
         health.capture_progressed();
         match drained {
             Ok(drained) if drained.changes > 0 => {
+                listener.release().await;
                 m::record_captured(drained.changes - drained.edge_changes, drained.edge_changes);
                 tracing::debug!(
                     changes = drained.changes,
@@ -223,14 +225,25 @@ async fn capture_loop(
                 wake_workers.notify_waiters();
                 continue;
             }
-            Ok(_) => {}
+            Ok(_) => {
+                // Empty: take the wake lock, then drain once more before sleeping (the
+                // transactions that did not notify have ended by then).
+                if !listener.holds_wake_lock() {
+                    if listener.go_idle().await {
+                        lock_backoff = LOCK_BACKOFF_START;
+                        continue;
+                    }
+                    // A core transaction that did not notify is still open: look again soon
+                    // rather than after the poll interval (its changes are not visible yet).
+                    let wait = lock_backoff.min(config.poll_interval);
+                    lock_backoff = (lock_backoff * 2).min(LOCK_BACKOFF_CAP);
+                    listener.sleep(wait, &mut shutdown).await;
+                    continue;
+                }
+            }
             Err(e) => tracing::warn!(error = %error_chain(&e), "capture failed; retrying"),
         }
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(config.poll_interval) => {}
-        }
+        listener.sleep(config.poll_interval, &mut shutdown).await;
     }
 }
 
@@ -302,6 +315,7 @@ async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
                 m::record_ages(q.oldest_due_age, q.oldest_change_age);
                 if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                     last_log = Some(std::time::Instant::now());
+                    capture::control::report(&pool).await;
                     // The merge rule's state of edge writes that can no longer arrive.
                     match edge_ingest::clock::prune(&pool, 10_000).await {
                         Ok(0) => {}

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod db;
 pub mod doc_key;
 pub mod failpoint;
+pub mod grants;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -93,8 +93,16 @@ impl TableArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Apply the writer's migrations (schema `edge` and the capture triggers).
-    Migrate,
+    /// Apply the writer's migrations (schema `edge` and the capture triggers, installed one
+    /// core table at a time under a short lock timeout), and grant the other roles theirs.
+    /// A one-off task, run as a role that owns the core tables (or may create triggers on
+    /// them); the daemon itself needs no such role.
+    Migrate(MigrateArgs),
+    /// Capture in the core database: its state, the kill switch, installing and removing it.
+    Capture {
+        #[command(subcommand)]
+        command: CaptureCommand,
+    },
     /// Run the replication daemon until SIGTERM / Ctrl-C.
     Run(RunArgs),
     /// Replicate one environment now and print the versions written.
@@ -139,6 +147,74 @@ enum Command {
         /// Environment client-side api_key.
         #[arg(long)]
         environment: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    /// Flagsmith's application role: granted what firing the capture triggers needs (USAGE
+    /// on schema edge, INSERT on edge.change_log), nothing more.
+    #[arg(long)]
+    core_role: Option<String>,
+    /// The role the writer daemon and the stream consumers' ingestion run as: schema edge,
+    /// SELECT on the captured core tables, the ingestion writes on the identity tables.
+    #[arg(long)]
+    writer_role: Option<String>,
+    #[command(flatten)]
+    locks: LockArgs,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+struct LockArgs {
+    /// Longest time Flagsmith's writes to one core table may queue behind a trigger swap
+    /// (each attempt's lock_timeout), in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    lock_timeout_ms: u64,
+    /// Keep retrying a table whose lock is not granted for this long, then fail naming the
+    /// sessions that hold it.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    lock_wait_secs: u64,
+}
+
+impl LockArgs {
+    fn policy(&self) -> edge_writer::capture::control::LockPolicy {
+        edge_writer::capture::control::LockPolicy {
+            lock_timeout: std::time::Duration::from_millis(self.lock_timeout_ms),
+            lock_wait: std::time::Duration::from_secs(self.lock_wait_secs),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum CaptureCommand {
+    /// On or paused, triggers installed, gaps waiting for a backfill, the change log's
+    /// backlog. Exit code 0 when nothing needs an operator, 2 otherwise.
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The kill switch: the capture triggers return at once (no lock on any core table;
+    /// effective for the next row written). What changes meanwhile is not captured: the
+    /// gap is recorded, and `writer backfill --gap` after `resume` replays every document.
+    Pause {
+        /// Why, recorded with the gap.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Capture again. Then run `writer backfill --gap`.
+    Resume,
+    /// (Re)install the capture triggers where they are missing or outdated.
+    Install {
+        #[command(flatten)]
+        locks: LockArgs,
+    },
+    /// Pause capture, then remove its triggers and functions from the core tables (schema
+    /// edge and its data stay; `writer capture install`, `resume` and `writer backfill --gap`
+    /// put everything back).
+    Uninstall {
+        #[command(flatten)]
+        locks: LockArgs,
     },
 }
 
@@ -195,7 +271,7 @@ enum DeadLettersCommand {
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("scope").required(true)
-    .args(["environment", "project", "all", "since"])))]
+    .args(["environment", "project", "all", "since", "gap"])))]
 struct BackfillArgs {
     /// One environment: id or client-side api_key.
     #[arg(long)]
@@ -222,6 +298,11 @@ struct BackfillArgs {
     /// Start from the first document even if a stopped run of this scope left a cursor.
     #[arg(long)]
     restart: bool,
+    /// Every document (environments, API keys, identities), to close the gaps capture was
+    /// paused for (`writer capture status`). Waits for the transactions that were open when
+    /// capture resumed to end first; records the gaps closed when no document failed.
+    #[arg(long)]
+    gap: bool,
     #[command(flatten)]
     replication: ReplicationArgs,
 }
@@ -455,11 +536,28 @@ async fn dispatch(
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<()> {
     match &cli.command {
-        Command::Migrate => {
+        Command::Migrate(args) => {
             let pool = pool(&cli, 2).await?;
-            db::migrate(&pool).await.context("migrating schema edge")?;
-            println!("migrations applied");
+            let options = db::MigrateOptions {
+                locks: args.locks.policy(),
+                core_role: args.core_role.clone(),
+                writer_role: args.writer_role.clone(),
+            };
+            let report = db::migrate_with(&pool, &options)
+                .await
+                .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+                .context("migrating schema edge")?;
+            println!(
+                "migrations applied; capture triggers installed on {} tables ({} already current, {} lock retries)",
+                report.installed.len(),
+                report.unchanged,
+                report.lock_retries
+            );
+            for role in [&args.core_role, &args.writer_role].into_iter().flatten() {
+                println!("granted role {role}");
+            }
         }
+        Command::Capture { command } => capture_command(&cli, command).await?,
         Command::Tables {
             command: TablesCommand::Create { no_streams },
         } => {
@@ -632,7 +730,19 @@ async fn backfill(cli: &Cli, args: &BackfillArgs) -> Result<()> {
     use edge_writer::backfill::{self, Options, Scope};
     let concurrency = u32::from(args.concurrency);
     let pool = pool(cli, concurrency * 2 + 4).await?;
-    let scope = if let Some(env) = &args.environment {
+    let mut gaps = Vec::new();
+    let scope = if args.gap {
+        use edge_writer::capture::control;
+        gaps = control::settle_gaps(&pool, std::time::Duration::from_secs(600))
+            .await
+            .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+            .context("backfill --gap")?;
+        if gaps.is_empty() {
+            println!("no capture gap to backfill");
+            return Ok(());
+        }
+        Scope::Gap(gaps.clone())
+    } else if let Some(env) = &args.environment {
         let id = sync::find_environment(&pool, env)
             .await
             .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
@@ -667,7 +777,119 @@ async fn backfill(cli: &Cli, args: &BackfillArgs) -> Result<()> {
             summary.failed
         );
     }
+    if !gaps.is_empty() && !args.dry_run {
+        let mut conn = replicator.pool().acquire().await?;
+        let closed = edge_writer::capture::control::close_gaps(&mut conn, &gaps)
+            .await
+            .context("recording the capture gaps closed")?;
+        println!("capture gaps closed: {closed}");
+    }
     Ok(())
+}
+
+async fn capture_command(cli: &Cli, command: &CaptureCommand) -> Result<()> {
+    use edge_writer::capture::control;
+    let pool = pool(cli, 2).await?;
+    match command {
+        CaptureCommand::Status { json } => {
+            let status = control::status(&pool)
+                .await
+                .context("reading capture state (has `writer migrate` run?)")?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_capture_status(&status);
+            }
+            if status.needs_operator() {
+                std::process::exit(2);
+            }
+        }
+        CaptureCommand::Pause { reason } => {
+            let changed = control::set_capture(&pool, false, reason.as_deref())
+                .await
+                .context("pausing capture")?;
+            if changed {
+                println!("capture paused: core changes are no longer recorded from now on.");
+                println!("when resumed, run `writer backfill --gap` to replay every document.");
+            } else {
+                println!("capture was already paused");
+            }
+        }
+        CaptureCommand::Resume => {
+            let changed = control::set_capture(&pool, true, None)
+                .await
+                .context("resuming capture")?;
+            if changed {
+                println!("capture resumed. Changes made while it was paused were not captured:");
+                println!("run `writer backfill --gap` now to replay every document.");
+            } else {
+                println!("capture was not paused");
+            }
+        }
+        CaptureCommand::Install { locks } => {
+            let report = control::install_all(&pool, locks.policy())
+                .await
+                .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            println!(
+                "capture triggers installed on {} tables ({} already current)",
+                report.installed.len(),
+                report.unchanged
+            );
+            let status = control::status(&pool).await?;
+            if !status.enabled {
+                println!(
+                    "capture is paused: run `writer capture resume`, then `writer backfill --gap`"
+                );
+            }
+        }
+        CaptureCommand::Uninstall { locks } => {
+            // Paused first: the gap from now on is recorded, for the backfill after a
+            // reinstall.
+            control::set_capture(&pool, false, Some("capture uninstalled"))
+                .await
+                .context("pausing capture before removing it")?;
+            let removed = control::uninstall_all(&pool, locks.policy())
+                .await
+                .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            println!("capture removed from {} core tables", removed.len());
+        }
+    }
+    Ok(())
+}
+
+fn print_capture_status(s: &edge_writer::capture::control::CaptureStatus) {
+    let state = if s.enabled { "on" } else { "PAUSED" };
+    println!("capture: {state} since {}", s.changed_at.to_rfc3339());
+    if let Some(reason) = &s.reason {
+        println!("  reason: {reason}");
+    }
+    if s.tables_not_installed.is_empty() {
+        println!("triggers: installed on every captured table");
+    } else {
+        println!(
+            "triggers: MISSING or outdated on {} (run `writer capture install`)",
+            s.tables_not_installed.join(", ")
+        );
+    }
+    for g in &s.open_gaps {
+        let until = g
+            .resumed_at
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "now (still paused)".into());
+        println!(
+            "gap {}: not captured from {} until {until}; run `writer backfill --gap` once resumed",
+            g.id,
+            g.paused_at.to_rfc3339()
+        );
+    }
+    match s.oldest_change_at {
+        Some(t) => println!(
+            "change log: {} rows waiting, oldest captured {}",
+            s.change_log_rows,
+            t.to_rfc3339()
+        ),
+        None => println!("change log: empty"),
+    }
 }
 
 async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {

@@ -101,7 +101,7 @@ pub fn record_ages(oldest_due: Duration, oldest_change: Duration) {
     metrics::gauge!(OLDEST_CHANGE_AGE_SECONDS).set(oldest_change.as_secs_f64());
 }
 
-/// A supervised daemon task (`listener`, `capture`, `worker-N`, `gauges`) panicked or ended
+/// A supervised daemon task (`capture`, `worker-N`, `gauges`) panicked or ended
 /// unexpectedly and is being restarted.
 pub fn record_task_restart(task: &str) {
     metrics::counter!(TASK_RESTARTS_TOTAL, "task" => task.to_string()).increment(1);
@@ -111,4 +111,10 @@ pub fn record_task_restart(task: &str) {
 /// `timeout`, `not_found`, `failed`.
 pub fn record_sync(result: &'static str) {
     metrics::counter!(SYNC_REQUESTS_TOTAL, "result" => result).increment(1);
+}
+
+/// 1 while capture is paused; capture gaps not yet backfilled.
+pub fn record_capture(enabled: bool, open_gaps: usize) {
+    metrics::gauge!("writer_capture_paused").set(if enabled { 0.0 } else { 1.0 });
+    metrics::gauge!("writer_capture_gaps_open").set(open_gaps as f64);
 }

@@ -6,6 +6,7 @@
 //! `edge.pending` and deletes the change rows, in one transaction: either the changes become
 //! pending documents or they stay in the change log. [`listen`] wakes the writer on NOTIFY.
 
+pub mod control;
 pub mod listen;
 pub mod resolve;
 
