@@ -30,6 +30,7 @@ pub fn test_daemon_config(workers: usize) -> DaemonConfig {
         workers,
         poll_interval: Duration::from_millis(200),
         capture_batch: 1000,
+        ..DaemonConfig::default()
     }
 }
 
@@ -166,4 +167,57 @@ impl WriterProcess {
             .expect("writer exits within 30 s of SIGTERM")
             .expect("writer status")
     }
+}
+
+/// The lines a child process writes to a pipe (its stderr), collected as they come, without
+/// terminal colour codes.
+#[derive(Clone, Default)]
+pub struct Lines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Lines {
+    /// Reads `pipe` line by line in a task until it closes.
+    pub fn collect<R: tokio::io::AsyncRead + Unpin + Send + 'static>(pipe: R) -> Lines {
+        use tokio::io::AsyncBufReadExt;
+        let lines = Lines::default();
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.0.lock().unwrap().push(strip_colours(&line));
+            }
+        });
+        lines
+    }
+
+    /// The first line containing every one of `parts`.
+    pub fn find(&self, parts: &[&str]) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+            .cloned()
+    }
+
+    pub fn all(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+/// `line` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -2,8 +2,9 @@
 //! `edge_documents::tables`, the one source of truth: same names, keys, attribute types,
 //! indexes, streams and billing mode, and no table the code does not know except the
 //! replication ledger. The writer's table variables and the consumer's streams point at the
-//! right tables, and the writer's and the consumer's roles allow what they call on the
-//! ledger and what `writer verify` scans.
+//! right tables. The roles grant exactly the DynamoDB, DynamoDB Streams and CloudFront calls
+//! found in each binary's sources, on the right resources (see [`CALLS`]). The writer's
+//! heartbeat alarms treat a silent writer as breaching, and the core API may reach /v1/sync.
 //!
 //! The YAML is read by cfn-lint's own decoder (it understands `!Sub`, `!GetAtt`, ...), run
 //! with the Python of the infra venv that `infra/aws/lint.sh` installs
@@ -306,7 +307,7 @@ fn kind_of_resource(id: &str) -> Option<TableKind> {
 }
 
 #[test]
-fn the_writer_gets_every_table_under_its_own_variable_and_may_write_each() {
+fn the_writer_gets_every_table_under_its_own_variable() {
     let task = resources()
         .values()
         .find(|r| r["Type"] == "AWS::ECS::TaskDefinition")
@@ -343,49 +344,6 @@ fn the_writer_gets_every_table_under_its_own_variable_and_may_write_each() {
         secrets.iter().any(|s| s["Name"] == "DATABASE_URL"),
         "DATABASE_URL comes from Secrets Manager"
     );
-
-    // The task role may write items of exactly the five tables, and delete intents into the
-    // ledger.
-    let task_role = writer_task_role(task);
-    let mut writable = BTreeSet::new();
-    let mut ledger_actions = BTreeSet::new();
-    for statement in role_statements(task_role) {
-        let actions = actions(task_role, &statement);
-        if statement_resource_ids(&statement) == [acks_id] {
-            ledger_actions.extend(actions.iter().map(|a| a.to_string()));
-            continue;
-        }
-        if !actions.contains(&"dynamodb:PutItem") {
-            continue;
-        }
-        // Every call the writer makes (the migration job's BatchWriteItem included).
-        for needed in [
-            "dynamodb:GetItem",
-            "dynamodb:PutItem",
-            "dynamodb:DeleteItem",
-            "dynamodb:BatchWriteItem",
-        ] {
-            assert!(actions.contains(&needed), "{task_role}: {needed} missing");
-        }
-        for resource in statement["Resource"].as_array().expect("Resource list") {
-            let id = resource["Fn::GetAtt"][0]
-                .as_str()
-                .expect("!GetAtt <table>.Arn");
-            writable
-                .insert(kind_of_resource(id).unwrap_or_else(|| panic!("{id} is no edge table")));
-        }
-    }
-    assert_eq!(
-        writable,
-        BTreeSet::from(TableKind::ALL),
-        "{task_role}: writable tables"
-    );
-    for needed in ["dynamodb:PutItem", "dynamodb:Scan"] {
-        assert!(
-            ledger_actions.contains(needed),
-            "{task_role}: {needed} on {acks_id} missing (delete intents, `writer verify`)"
-        );
-    }
 }
 
 /// The logical id of the replication ledger table.
@@ -437,22 +395,6 @@ fn statement_resources(statement: &Value) -> Vec<&Value> {
     }
 }
 
-/// The logical ids of a statement's `!GetAtt <id>.Arn` resources.
-fn statement_resource_ids(statement: &Value) -> Vec<&str> {
-    statement_resources(statement)
-        .into_iter()
-        .filter_map(|r| r["Fn::GetAtt"][0].as_str())
-        .collect()
-}
-
-/// The `!Sub` strings of a statement's resources.
-fn statement_resource_subs(statement: &Value) -> Vec<&str> {
-    statement_resources(statement)
-        .into_iter()
-        .filter_map(|r| r["Fn::Sub"].as_str())
-        .collect()
-}
-
 /// The tables the consumer verifies (those with an event source mapping), which
 /// `writer verify` scans in every region.
 const STREAMED: [TableKind; 4] = [
@@ -463,71 +405,11 @@ const STREAMED: [TableKind; 4] = [
 ];
 
 #[test]
-fn writer_verify_may_scan_the_streamed_tables_in_every_region_and_nothing_else() {
-    let task = resources()
-        .values()
-        .find(|r| r["Type"] == "AWS::ECS::TaskDefinition")
-        .expect("the writer's task definition");
-    let task_role = writer_task_role(task);
-    let defaults = TableNames::default();
-    let mut scanned = BTreeSet::new();
-    for statement in role_statements(task_role) {
-        if !actions(task_role, &statement).contains(&"dynamodb:Scan") {
-            continue;
-        }
-        if statement_resource_ids(&statement) == [acks_table_id()] {
-            continue; // the ledger, in the home region (checked above)
-        }
-        for sub in statement_resource_subs(&statement) {
-            let name = sub
-                .strip_prefix("arn:${AWS::Partition}:dynamodb:*:${AWS::AccountId}:table/${TablePrefix}")
-                .unwrap_or_else(|| {
-                    panic!("{task_role}: Scan on {sub}: expected a table of this account in any region")
-                });
-            scanned.insert(
-                defaults
-                    .kind_of(name)
-                    .unwrap_or_else(|| panic!("{task_role}: Scan on {name}, no edge table")),
-            );
-        }
-        assert!(
-            statement_resource_ids(&statement).is_empty(),
-            "{task_role}: a Scan statement mixes the replicas with other resources"
-        );
-    }
-    assert_eq!(
-        scanned,
-        BTreeSet::from(STREAMED),
-        "{task_role}: tables `writer verify` may scan in every region"
-    );
-}
-
-#[test]
-fn the_consumer_may_acknowledge_and_read_delete_intents_in_its_local_ledger() {
+fn the_consumer_acknowledges_into_the_ledger() {
     let function = resources()
         .values()
         .find(|r| r["Type"] == "AWS::Serverless::Function")
         .expect("the stream consumer");
-    let role = function["Properties"]["Role"]["Fn::GetAtt"][0]
-        .as_str()
-        .expect("Role is !GetAtt <role>.Arn");
-    let local_ledger = format!(
-        "arn:${{AWS::Partition}}:dynamodb:${{AWS::Region}}:${{AWS::AccountId}}:table/${{TablePrefix}}{ACKS_TABLE}"
-    );
-    let mut granted = BTreeSet::new();
-    for statement in role_statements(role) {
-        if statement_resource_subs(&statement).contains(&local_ledger.as_str()) {
-            granted.extend(actions(role, &statement).into_iter().map(str::to_string));
-        }
-    }
-    assert_eq!(
-        granted,
-        BTreeSet::from([
-            "dynamodb:GetItem".to_string(),
-            "dynamodb:PutItem".to_string()
-        ]),
-        "{role}: actions on the local ledger replica (acknowledgements, delete intents)"
-    );
     let variables = &function["Properties"]["Environment"]["Variables"];
     assert_eq!(
         variables["EDGE_ACK_TABLE"]["Fn::Sub"],
@@ -686,5 +568,675 @@ fn the_consumer_may_read_the_webhook_secret_it_is_given_and_no_other() {
         statement["Resource"],
         serde_json::json!({"Ref": "InvalidationWebhookSecretArn"}),
         "that secret only"
+    );
+}
+
+// ------------------------------------------------------------------ IAM, derived from the code
+
+/// What an AWS call of a binary is made on, as the template names it.
+#[derive(Debug, Clone, Copy)]
+enum On {
+    /// Every edge table of this stack (`!GetAtt <Table>.Arn`), in the home region.
+    HomeTables,
+    /// The replication ledger of this stack (`!GetAtt AcksTable.Arn`), in the home region.
+    HomeLedger,
+    /// The streamed tables in any region of this account (`writer verify --region`).
+    ReplicaTables,
+    /// The ledger replica of the consumer's own region.
+    LocalLedger,
+    /// The streams of the streamed tables in the consumer's own region.
+    LocalStreams,
+    /// The configured CloudFront distribution.
+    Distribution,
+}
+
+/// Every SDK call in the binaries' sources: (binary, file, operation) and what it is made on
+/// in AWS. An empty `on` is a call that never runs in AWS, with the reason. A call found in
+/// the code and missing here fails the test: add it, and grant it in the template.
+const CALLS: &[(&str, &str, &str, &[On], &str)] = &[
+    (
+        "writer",
+        "writer/src/store/dynamo.rs",
+        "get_item",
+        &[On::HomeTables],
+        "foreign items, inspect",
+    ),
+    (
+        "writer",
+        "writer/src/store/dynamo.rs",
+        "put_item",
+        &[On::HomeTables],
+        "conditional writes",
+    ),
+    (
+        "writer",
+        "writer/src/store/dynamo.rs",
+        "delete_item",
+        &[On::HomeTables],
+        "conditional deletes",
+    ),
+    (
+        "writer",
+        "writer/src/store/dynamo.rs",
+        "batch_write_item",
+        &[On::HomeTables],
+        "migrate-identities",
+    ),
+    (
+        "writer",
+        "documents/src/acks.rs",
+        "put_item",
+        &[On::HomeLedger],
+        "delete intents",
+    ),
+    (
+        "writer",
+        "writer/src/verify/scan.rs",
+        "scan",
+        &[On::ReplicaTables, On::HomeLedger],
+        "verify",
+    ),
+    (
+        "writer",
+        "writer/src/verify/recheck.rs",
+        "get_item",
+        &[On::ReplicaTables],
+        "verify's second look",
+    ),
+    (
+        "writer",
+        "writer/src/verify/recheck.rs",
+        "query",
+        &[On::HomeLedger],
+        "verify's second look",
+    ),
+    (
+        "writer",
+        "writer/src/store/tables.rs",
+        "create_table",
+        &[],
+        "`writer tables create`, local only: the stack creates the tables",
+    ),
+    (
+        "writer",
+        "writer/src/store/tables.rs",
+        "update_time_to_live",
+        &[],
+        "`writer tables create`, local only",
+    ),
+    (
+        "writer",
+        "writer/src/store/tables.rs",
+        "list_tables",
+        &[],
+        "`writer tables create`, local only",
+    ),
+    (
+        "stream-consumer",
+        "documents/src/acks.rs",
+        "put_item",
+        &[On::LocalLedger],
+        "acknowledgements",
+    ),
+    (
+        "stream-consumer",
+        "stream-consumer/src/ledger.rs",
+        "get_item",
+        &[On::LocalLedger],
+        "delete intents",
+    ),
+    (
+        "stream-consumer",
+        "stream-consumer/src/invalidate/cloudfront.rs",
+        "create_invalidation",
+        &[On::Distribution],
+        "cache invalidation",
+    ),
+    (
+        "stream-consumer",
+        "stream-consumer/src/poller.rs",
+        "describe_table",
+        &[],
+        "the local poller finds the stream; in AWS the event source mapping names it",
+    ),
+    // The local poller reads the streams itself; in AWS the event source mappings make the
+    // same calls with the function's role.
+    (
+        "stream-consumer",
+        "stream-consumer/src/poller.rs",
+        "describe_stream",
+        &[On::LocalStreams],
+        "event source mapping",
+    ),
+    (
+        "stream-consumer",
+        "stream-consumer/src/poller.rs",
+        "get_shard_iterator",
+        &[On::LocalStreams],
+        "event source mapping",
+    ),
+    (
+        "stream-consumer",
+        "stream-consumer/src/poller.rs",
+        "get_records",
+        &[On::LocalStreams],
+        "event source mapping",
+    ),
+];
+
+/// Grants a service needs of a binary's role beyond the binary's own calls.
+const SERVICE_GRANTS: &[(&str, &str, On, &str)] = &[(
+    "stream-consumer",
+    "dynamodb:ListStreams",
+    On::LocalStreams,
+    "Lambda's DynamoDB event source mappings",
+)];
+
+/// The SDK crates whose operations are looked for, with their IAM prefix.
+const SDKS: [(&str, &str); 3] = [
+    ("aws-sdk-dynamodb", "dynamodb"),
+    ("aws-sdk-dynamodbstreams", "dynamodb"),
+    ("aws-sdk-cloudfront", "cloudfront"),
+];
+
+fn cargo_metadata() -> &'static Value {
+    static METADATA: OnceLock<Value> = OnceLock::new();
+    METADATA.get_or_init(|| {
+        // For this machine's platform only: the others' dependencies need not be downloaded.
+        let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+            .arg("-vV")
+            .output()
+            .expect("running rustc -vV");
+        let host = String::from_utf8_lossy(&rustc.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+            .expect("rustc -vV names the host");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+        let out = Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--offline"])
+            .args(["--filter-platform", &host, "--manifest-path"])
+            .arg(edge_tests::repo_root().join("Cargo.toml"))
+            .output()
+            .expect("running cargo metadata");
+        assert!(
+            out.status.success(),
+            "cargo metadata: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON")
+    })
+}
+
+fn package_by_name(name: &str) -> &'static Value {
+    cargo_metadata()["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no package {name} in cargo metadata"))
+}
+
+fn package_dir(package: &Value) -> PathBuf {
+    PathBuf::from(package["manifest_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Operation name (snake case, as the fluent client method) -> the SDK crates that have it,
+/// each with its IAM action; from the operation modules of each SDK crate in the build.
+fn sdk_operations() -> BTreeMap<String, Vec<(&'static str, String)>> {
+    let mut ops: BTreeMap<String, Vec<(&'static str, String)>> = BTreeMap::new();
+    for (krate, prefix) in SDKS {
+        let dir = package_dir(package_by_name(krate)).join("src/operation");
+        let mut found = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let name = entry.unwrap().file_name().to_string_lossy().to_string();
+            let Some(op) = name.strip_suffix(".rs") else {
+                continue;
+            };
+            let action: String = op
+                .split('_')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            ops.entry(op.to_string())
+                .or_default()
+                .push((krate, format!("{prefix}:{action}")));
+            found += 1;
+        }
+        assert!(found > 0, "no operations under {}", dir.display());
+    }
+    ops
+}
+
+/// The workspace packages compiled into a package (itself included), by normal dependencies.
+fn workspace_closure(package: &str) -> Vec<&'static Value> {
+    let metadata = cargo_metadata();
+    let members: BTreeSet<&str> = metadata["workspace_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let nodes: BTreeMap<&str, &Value> = metadata["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect();
+    let root = package_by_name(package)["id"].as_str().unwrap();
+    let mut seen = BTreeSet::from([root]);
+    let mut todo = vec![root];
+    while let Some(id) = todo.pop() {
+        for dep in nodes[id]["deps"].as_array().unwrap() {
+            let dep_id = dep["pkg"].as_str().unwrap();
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null());
+            if normal && members.contains(dep_id) && seen.insert(dep_id) {
+                todo.push(dep_id);
+            }
+        }
+    }
+    metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| seen.contains(p["id"].as_str().unwrap()))
+        .collect()
+}
+
+fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Method calls without arguments (`.get_item()`: the SDK's fluent builders) outside the
+/// unit tests of a file.
+fn argless_calls(source: &str) -> BTreeSet<String> {
+    // The unit test module (`#[cfg(test)] mod ...`), which is the end of a file here; a
+    // test-only item elsewhere does not hide the code after it.
+    let code = source
+        .match_indices("#[cfg(test)]")
+        .find(|(at, attr)| source[at + attr.len()..].trim_start().starts_with("mod "))
+        .map_or(source, |(at, _)| &source[..at]);
+    // Without comments: a call named in a comment is no call.
+    let code: String = code
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(|l| l.split(" // ").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let code = code.as_str();
+    let bytes = code.as_bytes();
+    let mut calls = BTreeSet::new();
+    for (i, _) in code.match_indices('.') {
+        let start = i + 1;
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end] == b'_'
+                || bytes[end].is_ascii_digit())
+        {
+            end += 1;
+        }
+        if end > start && code[end..].starts_with("()") {
+            calls.insert(code[start..end].to_string());
+        }
+    }
+    calls
+}
+
+/// (binary, file relative to the repository, operation, IAM action) of every SDK call.
+fn sdk_calls() -> BTreeSet<(String, String, String, String)> {
+    let ops = sdk_operations();
+    let root = edge_tests::repo_root();
+    let mut calls = BTreeSet::new();
+    for (binary, package) in [
+        ("writer", "edge-writer"),
+        ("stream-consumer", "stream-consumer"),
+    ] {
+        for package in workspace_closure(package) {
+            let mut files = Vec::new();
+            rust_files(&package_dir(package).join("src"), &mut files);
+            for file in files {
+                let source = std::fs::read_to_string(&file).unwrap();
+                let relative = file
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                for call in argless_calls(&source) {
+                    let Some(actions) = ops.get(&call) else {
+                        continue;
+                    };
+                    // A name several SDKs share: the one the file uses.
+                    let actions: Vec<&String> = actions
+                        .iter()
+                        .filter(|(krate, _)| {
+                            actions.len() == 1
+                                || source.contains(&format!("{}::", krate.replace('-', "_")))
+                        })
+                        .map(|(_, action)| action)
+                        .collect();
+                    assert_eq!(
+                        actions.len(),
+                        1,
+                        "{relative}: .{call}() is an operation of several SDKs; cannot tell which"
+                    );
+                    calls.insert((
+                        binary.to_string(),
+                        relative.clone(),
+                        call.clone(),
+                        actions[0].clone(),
+                    ));
+                }
+            }
+        }
+    }
+    calls
+}
+
+/// A template resource as this test names it: `table:<name>@home|@local|@any`,
+/// `stream:<name>@local`, `distribution`, or the raw JSON of anything else.
+fn resource_name(resource: &Value) -> String {
+    if let Some(id) = resource["Fn::GetAtt"][0].as_str() {
+        if resource["Fn::GetAtt"][1] == "Arn" {
+            if let Some((suffix, _)) = tables().into_iter().find(|(_, (t, _))| *t == id) {
+                return format!("table:{suffix}@home");
+            }
+        }
+    }
+    if let Some(sub) = resource["Fn::Sub"].as_str() {
+        let dynamodb = |region: &str| {
+            format!("arn:${{AWS::Partition}}:dynamodb:{region}:${{AWS::AccountId}}:table/${{TablePrefix}}")
+        };
+        for (region, at) in [("${AWS::Region}", "local"), ("*", "any")] {
+            if let Some(rest) = sub.strip_prefix(&dynamodb(region)) {
+                return match rest.strip_suffix("/stream/*") {
+                    Some(table) => format!("stream:{table}@{at}"),
+                    None => format!("table:{rest}@{at}"),
+                };
+            }
+        }
+        if sub == "arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/${InvalidationCloudFrontDistributionId}" {
+            return "distribution".to_string();
+        }
+    }
+    resource.to_string()
+}
+
+fn expected_resources(on: On) -> Vec<String> {
+    let names = TableNames::default();
+    let verified = edge_writer::verify::VERIFIED_TABLES;
+    match on {
+        On::HomeTables => TableKind::ALL
+            .iter()
+            .map(|k| format!("table:{}@home", names.name(*k)))
+            .collect(),
+        On::HomeLedger => vec![format!("table:{ACKS_TABLE}@home")],
+        On::ReplicaTables => verified
+            .iter()
+            .map(|k| format!("table:{}@any", names.name(*k)))
+            .collect(),
+        On::LocalLedger => vec![format!("table:{ACKS_TABLE}@local")],
+        On::LocalStreams => STREAMED
+            .iter()
+            .map(|k| format!("stream:{}@local", names.name(*k)))
+            .collect(),
+        On::Distribution => vec!["distribution".to_string()],
+    }
+}
+
+/// Every (action, resource) a role grants for the services looked at.
+fn granted(role: &str) -> BTreeSet<(String, String)> {
+    let mut grants = BTreeSet::new();
+    for statement in role_statements(role) {
+        assert_eq!(statement["Effect"], "Allow", "{role}: {statement}");
+        for action in actions(role, &statement) {
+            if !(action.starts_with("dynamodb:") || action.starts_with("cloudfront:")) {
+                continue;
+            }
+            for resource in statement_resources(&statement) {
+                grants.insert((action.to_string(), resource_name(resource)));
+            }
+        }
+    }
+    grants
+}
+
+fn consumer_role() -> &'static str {
+    resources()
+        .values()
+        .find(|r| r["Type"] == "AWS::Serverless::Function")
+        .expect("the stream consumer")["Properties"]["Role"]["Fn::GetAtt"][0]
+        .as_str()
+        .expect("Role is !GetAtt <role>.Arn")
+}
+
+fn writer_role() -> &'static str {
+    writer_task_role(
+        resources()
+            .values()
+            .find(|r| r["Type"] == "AWS::ECS::TaskDefinition")
+            .expect("the writer's task definition"),
+    )
+}
+
+#[test]
+fn every_sdk_call_of_each_binary_is_granted_on_its_resources_and_nothing_else() {
+    assert_eq!(
+        STREAMED,
+        edge_writer::verify::VERIFIED_TABLES,
+        "the consumer's streams are the tables verify compares"
+    );
+    let calls = sdk_calls();
+    println!("SDK calls found in the sources:");
+    for (binary, file, op, action) in &calls {
+        println!("  {binary}\t{action}\t{file} (.{op}())");
+    }
+    // The code and CALLS list the same calls.
+    let listed: BTreeSet<(String, String, String)> = CALLS
+        .iter()
+        .map(|(b, f, o, _, _)| (b.to_string(), f.to_string(), o.to_string()))
+        .collect();
+    let found: BTreeSet<(String, String, String)> = calls
+        .iter()
+        .map(|(b, f, o, _)| (b.clone(), f.clone(), o.clone()))
+        .collect();
+    let unlisted: Vec<_> = found.difference(&listed).collect();
+    assert!(
+        unlisted.is_empty(),
+        "calls (binary, file, operation) that CALLS does not list: {unlisted:?}; add each \
+         with the resources it is made on, and grant it to the binary's role in the template"
+    );
+    let gone: Vec<_> = listed.difference(&found).collect();
+    assert!(
+        gone.is_empty(),
+        "CALLS lists calls the sources no longer make: {gone:?}"
+    );
+
+    let action_of: BTreeMap<(String, String, String), String> = calls
+        .into_iter()
+        .map(|(b, f, o, a)| ((b, f, o), a))
+        .collect();
+    for (binary, role) in [
+        ("writer", writer_role()),
+        ("stream-consumer", consumer_role()),
+    ] {
+        let mut needed = BTreeSet::new();
+        for (b, file, op, on, why) in CALLS.iter().filter(|c| c.0 == binary) {
+            let action = &action_of[&(b.to_string(), file.to_string(), op.to_string())];
+            for resource in on.iter().flat_map(|o| expected_resources(*o)) {
+                needed.insert((action.clone(), resource, format!("{file} .{op}() ({why})")));
+            }
+        }
+        for (b, action, on, why) in SERVICE_GRANTS {
+            if *b == binary {
+                for resource in expected_resources(*on) {
+                    needed.insert((action.to_string(), resource, why.to_string()));
+                }
+            }
+        }
+        let grants = granted(role);
+        for (action, resource, why) in &needed {
+            assert!(
+                grants.contains(&(action.clone(), resource.clone())),
+                "{role} ({binary}) lacks {action} on {resource}, needed by {why}"
+            );
+        }
+        let justified: BTreeSet<(String, String)> =
+            needed.into_iter().map(|(a, r, _)| (a, r)).collect();
+        let extra: Vec<_> = grants.difference(&justified).collect();
+        assert!(
+            extra.is_empty(),
+            "{role} ({binary}) grants {extra:?}, which no call of the {binary} needs"
+        );
+    }
+
+    // No other role or policy grants any of these services.
+    for (id, resource) in resources() {
+        let kind = resource["Type"].as_str().unwrap_or_default();
+        let documents: Vec<&Value> = match kind {
+            "AWS::IAM::Role" if id != writer_role() && id != consumer_role() => resource
+                ["Properties"]["Policies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect(),
+            "AWS::IAM::RolePolicy" | "AWS::IAM::Policy" | "AWS::IAM::ManagedPolicy" => {
+                vec![&resource["Properties"]]
+            }
+            _ => continue,
+        };
+        let text = serde_json::to_string(&documents).unwrap();
+        assert!(
+            !text.contains("\"dynamodb:") && !text.contains("\"cloudfront:"),
+            "{id} grants DynamoDB or CloudFront actions; they belong to the binaries' roles"
+        );
+    }
+}
+
+#[test]
+fn a_silent_or_stalled_writer_alarms() {
+    for (metric, field) in [
+        ("OldestDueAgeSeconds", "oldest_due_age_seconds"),
+        ("OldestChangeAgeSeconds", "oldest_change_age_seconds"),
+    ] {
+        let filter = resources()
+            .iter()
+            .find(|(_, r)| {
+                r["Type"] == "AWS::Logs::MetricFilter"
+                    && r["Properties"]["MetricTransformations"][0]["MetricName"] == metric
+            })
+            .unwrap_or_else(|| panic!("no metric filter publishes FlagsmithEdge/{metric}"));
+        let t = &filter.1["Properties"]["MetricTransformations"][0];
+        assert_eq!(
+            t["MetricValue"],
+            format!("$.fields.{field}"),
+            "{}",
+            filter.0
+        );
+        assert!(
+            t.get("DefaultValue").is_none(),
+            "{}: a default would hide silence",
+            filter.0
+        );
+        let (id, alarm) = resources()
+            .iter()
+            .find(|(_, r)| {
+                r["Type"] == "AWS::CloudWatch::Alarm" && r["Properties"]["MetricName"] == metric
+            })
+            .unwrap_or_else(|| panic!("no alarm on FlagsmithEdge/{metric}"));
+        let props = &alarm["Properties"];
+        assert_eq!(alarm["Condition"], "WriterSettingsGiven", "{id}");
+        assert_eq!(
+            props["TreatMissingData"], "breaching",
+            "{id}: a writer that logs nothing must alarm"
+        );
+        assert_eq!(props["ComparisonOperator"], "GreaterThanThreshold", "{id}");
+        assert_eq!(props["Statistic"], "Maximum", "{id}");
+        // One line a minute (60-65 s apart): a 60 s period can miss one, five in a row cannot.
+        assert_eq!(props["Period"], 60, "{id}");
+        assert_eq!(props["EvaluationPeriods"], 5, "{id}");
+        assert_eq!(props["DatapointsToAlarm"], 5, "{id}");
+    }
+}
+
+#[test]
+fn the_core_api_may_call_sync_with_the_token_from_secrets_manager() {
+    let task = resources()
+        .values()
+        .find(|r| r["Type"] == "AWS::ECS::TaskDefinition")
+        .expect("the writer's task definition");
+    let container = &task["Properties"]["ContainerDefinitions"][0];
+    let secrets = container["Secrets"].as_array().expect("Secrets");
+    let token = secrets
+        .iter()
+        .find_map(|s| {
+            let branches = s["Fn::If"].as_array()?;
+            (branches[1]["Name"] == "WRITER_SYNC_TOKEN").then_some(branches)
+        })
+        .expect("WRITER_SYNC_TOKEN is a secret of the writer's container (under !If)");
+    assert_eq!(token[0], "HasSyncToken");
+    assert_eq!(token[1]["ValueFrom"]["Ref"], "SyncTokenSecretArn");
+
+    // The execution role (which fetches secrets) may read it.
+    let execution = task["Properties"]["ExecutionRoleArn"]["Fn::GetAtt"][0]
+        .as_str()
+        .unwrap();
+    let reads = role_statements(execution).into_iter().any(|s| {
+        actions(execution, &s).contains(&"secretsmanager:GetSecretValue")
+            && statement_resources(&s)
+                .iter()
+                .any(|r| r["Fn::If"][1]["Ref"] == "SyncTokenSecretArn")
+    });
+    assert!(reads, "{execution} may not read SyncTokenSecretArn");
+
+    // The HTTP port, and the core API's group admitted to it on the writer's group.
+    let command: Vec<&str> = container["Command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let addr = command
+        .iter()
+        .position(|a| *a == "--http-addr")
+        .map(|i| command[i + 1])
+        .expect("--http-addr");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(container["PortMappings"][0]["ContainerPort"], port);
+    let ingress = resources()
+        .values()
+        .find(|r| {
+            r["Type"] == "AWS::EC2::SecurityGroupIngress"
+                && r["Properties"]["SourceSecurityGroupId"]["Ref"] == "CoreApiSecurityGroupId"
+        })
+        .expect("an ingress rule for CoreApiSecurityGroupId");
+    let props = &ingress["Properties"];
+    assert_eq!(props["GroupId"]["Fn::GetAtt"][0], "WriterSecurityGroup");
+    assert_eq!(
+        (props["FromPort"].clone(), props["ToPort"].clone()),
+        (port.into(), port.into())
+    );
+    assert_eq!(props["IpProtocol"], "tcp");
+    let access = &template()["Conditions"][ingress["Condition"].as_str().unwrap()];
+    assert!(
+        access.to_string().contains("HasSyncToken"),
+        "the port opens only with a token: {access}"
     );
 }

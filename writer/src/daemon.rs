@@ -1,10 +1,13 @@
 //! `writer run`: the long-running replication loop.
 //!
-//! Tasks: a listener (LISTEN, wake-up hints), a capture task (change log -> queue), `workers`
-//! replication tasks (queue -> DynamoDB), and a gauge task. Shutdown is a watch channel;
-//! tasks look at it only between units of work, never between a DynamoDB write and its
-//! bookkeeping, and `run` returns once all of them have stopped.
+//! Tasks: a capture task (change log -> queue; LISTEN wakes it), `workers` replication tasks
+//! (queue -> DynamoDB), and a gauge task. Each runs under a supervisor that
+//! restarts it, with backoff, when it panics or ends while no shutdown was asked for, logs it
+//! and counts it (`writer_task_restarts_total`); [`Health`] keeps what `/healthz` reports.
+//! Shutdown is a watch channel; tasks look at it only between units of work, never between a
+//! DynamoDB write and its bookkeeping, and `run` returns once all of them have stopped.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::capture;
+use crate::failpoint;
+use crate::health::{self, Health};
 use crate::metrics as m;
 use crate::replicate::{error_chain, Replicator};
 use crate::state::pending;
@@ -26,6 +31,13 @@ pub struct DaemonConfig {
     pub poll_interval: Duration,
     /// Change rows claimed per capture transaction.
     pub capture_batch: i64,
+    /// A worker busy on one document this long, or no worker finishing one this long, while
+    /// due work waits this long, makes the writer unhealthy.
+    pub stuck_after: Duration,
+    /// First wait before a failed task is restarted; doubled per restart up to
+    /// `restart_backoff_cap`, and back to this once a task has run for a minute.
+    pub restart_backoff: Duration,
+    pub restart_backoff_cap: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -34,9 +46,15 @@ impl Default for DaemonConfig {
             workers: 8,
             poll_interval: Duration::from_secs(1),
             capture_batch: 1000,
+            stuck_after: Duration::from_secs(300),
+            restart_backoff: Duration::from_secs(1),
+            restart_backoff_cap: Duration::from_secs(60),
         }
     }
 }
+
+/// A task that ran this long before failing restarts after the first backoff again.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 /// Runs until `shutdown` becomes true.
 pub async fn run<S: ItemStore>(
@@ -44,31 +62,134 @@ pub async fn run<S: ItemStore>(
     config: DaemonConfig,
     shutdown: watch::Receiver<bool>,
 ) {
+    let health = Arc::new(Health::new(config.workers.max(1), config.stuck_after));
+    run_with_health(replicator, config, health, shutdown).await;
+}
+
+/// [`run`], recording the tasks' liveness in `health` (shared with `/healthz`; made with
+/// `config.workers` workers).
+pub async fn run_with_health<S: ItemStore>(
+    replicator: Replicator<S>,
+    config: DaemonConfig,
+    health: Arc<Health>,
+    shutdown: watch::Receiver<bool>,
+) {
     let pool = replicator.pool().clone();
     let wake_workers = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
+    let supervisor = Supervisor {
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        backoff: config.restart_backoff,
+        backoff_cap: config.restart_backoff_cap,
+    };
 
-    tasks.spawn(capture_loop(
-        pool.clone(),
-        config.clone(),
-        wake_workers.clone(),
-        shutdown.clone(),
-    ));
-    for _ in 0..config.workers.max(1) {
-        tasks.spawn(worker_loop(
-            replicator.clone(),
-            config.poll_interval,
-            wake_workers.clone(),
-            shutdown.clone(),
-        ));
+    tasks.spawn(supervisor.clone().run("capture".into(), {
+        let (pool, config, shutdown) = (pool.clone(), config.clone(), shutdown.clone());
+        let (wake_workers, health) = (wake_workers.clone(), health.clone());
+        move || {
+            capture_loop(
+                pool.clone(),
+                config.clone(),
+                health.clone(),
+                wake_workers.clone(),
+                shutdown.clone(),
+            )
+        }
+    }));
+    for index in 0..health.workers() {
+        tasks.spawn(supervisor.clone().run(format!("worker-{index}"), {
+            let (replicator, wake, shutdown) =
+                (replicator.clone(), wake_workers.clone(), shutdown.clone());
+            let (health, poll_interval) = (health.clone(), config.poll_interval);
+            move || {
+                worker_loop(
+                    replicator.clone(),
+                    index,
+                    health.clone(),
+                    poll_interval,
+                    wake.clone(),
+                    shutdown.clone(),
+                )
+            }
+        }));
     }
-    tasks.spawn(gauge_loop(pool, shutdown));
+    tasks.spawn(supervisor.run("gauges".into(), {
+        let (pool, shutdown) = (pool, shutdown);
+        move || gauge_loop(pool.clone(), shutdown.clone())
+    }));
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done {
-            tracing::error!(error = %e, "writer task ended abnormally");
+            tracing::error!(error = %e, "writer supervisor ended abnormally");
         }
     }
     tracing::info!("writer stopped");
+}
+
+#[derive(Clone)]
+struct Supervisor {
+    health: Arc<Health>,
+    shutdown: watch::Receiver<bool>,
+    backoff: Duration,
+    backoff_cap: Duration,
+}
+
+impl Supervisor {
+    /// Runs the task `start` makes, and a new one after each panic or unexpected end, until
+    /// shutdown.
+    async fn run<F, Fut>(mut self, name: String, mut start: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut backoff = self.backoff;
+        loop {
+            let started = Instant::now();
+            self.health.task_started(&name);
+            let ended = tokio::spawn(start()).await;
+            // Shutdown asked for, or its sender gone (the owner of the daemon dropped it).
+            if *self.shutdown.borrow() || self.shutdown.has_changed().is_err() {
+                return;
+            }
+            if started.elapsed() >= STABLE_AFTER {
+                backoff = self.backoff;
+            }
+            self.health.task_down(&name);
+            m::record_task_restart(&name);
+            match ended {
+                Ok(()) => tracing::error!(
+                    task = %name,
+                    restart_in_ms = backoff.as_millis() as u64,
+                    "writer task ended unexpectedly; restarting it"
+                ),
+                Err(e) => tracing::error!(
+                    task = %name,
+                    restart_in_ms = backoff.as_millis() as u64,
+                    panic = %panic_message(e),
+                    "writer task panicked; restarting it"
+                ),
+            }
+            tokio::select! {
+                _ = self.shutdown.changed() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.backoff_cap);
+        }
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
 }
 
 /// Drains the change log into the queue; when it is empty, sleeps until a capture trigger
@@ -76,6 +197,7 @@ pub async fn run<S: ItemStore>(
 async fn capture_loop(
     pool: sqlx::PgPool,
     config: DaemonConfig,
+    health: Arc<Health>,
     wake_workers: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -92,7 +214,9 @@ async fn capture_loop(
             listener.release().await;
             return;
         }
-        match capture::drain_all(&pool, config.capture_batch).await {
+        let drained = capture::drain_all(&pool, config.capture_batch).await;
+        health.capture_progressed();
+        match drained {
             Ok(drained) if drained.changes > 0 || drained.fanned_out > 0 => {
                 busy_at = Instant::now();
                 listener.release().await;
@@ -150,6 +274,8 @@ async fn capture_loop(
 
 async fn worker_loop<S: ItemStore>(
     replicator: Replicator<S>,
+    index: usize,
+    health: Arc<Health>,
     poll_interval: Duration,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
@@ -162,7 +288,12 @@ async fn worker_loop<S: ItemStore>(
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match replicator.replicate_next().await {
+        let busy = health.busy(index);
+        failpoint::hang_point(failpoint::WORKER_TAKES_DOCUMENT).await;
+        failpoint::panic_point(failpoint::WORKER_TAKES_DOCUMENT);
+        let next = replicator.replicate_next().await;
+        busy.done();
+        match next {
             Ok(Some(Ok(outcome))) => {
                 tracing::debug!(doc = %outcome.doc_key, version = ?outcome.version,
                     written = outcome.written, deleted = outcome.deleted,
@@ -171,7 +302,7 @@ async fn worker_loop<S: ItemStore>(
             }
             // Failures were logged and rescheduled or parked by the replicator.
             Ok(Some(Err(_))) => continue,
-            Ok(None) => {}
+            Ok(None) => health.idle(index),
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "cannot reach the writer's state in Postgres; retrying");
             }
@@ -192,49 +323,78 @@ async fn worker_loop<S: ItemStore>(
 }
 
 /// The queue gauges, every 5 s; and every minute old edge merge state pruned and a log line
-/// `writer queue` with the same figures, from which the deployment's log metric filter publishes
-/// `FlagsmithEdge/DeadLetters` (ECS log drivers do not carry embedded metrics).
+/// `writer queue` with the same figures, from which the deployment's log metric filters publish
+/// `FlagsmithEdge/DeadLetters`, the heartbeat `FlagsmithEdge/OldestDueAgeSeconds` and
+/// `FlagsmithEdge/OldestChangeAgeSeconds` (ECS log drivers do not carry embedded metrics). The
+/// line is written only when the queue could be read: a writer that cannot is silent, and
+/// the heartbeat's alarm treats silence as breaching.
 async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
     let mut last_log: Option<std::time::Instant> = None;
     loop {
         // Histogram samples wait in the recorder until a scrape or an upkeep drains them; where
         // nothing scrapes /metrics (the ECS service), only this keeps memory flat.
         m::upkeep();
-        if let Ok((depth, due)) = pending::depth(&pool).await {
-            let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM edge.dead_letter")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(0);
-            m::record_queue(depth, due, dead);
-            if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                last_log = Some(std::time::Instant::now());
-                capture::control::report(&pool).await;
-                match crate::state::prune::gone_identities(&pool, 10_000).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(rows = n, "pruned the document rows of deleted identities")
+        match queue_figures(&pool).await {
+            Ok(q) => {
+                m::record_queue(q.depth, q.due, q.dead_letters);
+                m::record_ages(q.oldest_due_age, q.oldest_change_age);
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    last_log = Some(std::time::Instant::now());
+                    capture::control::report(&pool).await;
+                    match crate::state::prune::gone_identities(&pool, 10_000).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            rows = n,
+                            "pruned the document rows of deleted identities"
+                        ),
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "pruning the document rows of deleted identities failed"
+                        ),
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pruning the document rows of deleted identities failed")
+                    // The merge rule's state of edge writes that can no longer arrive.
+                    match edge_ingest::clock::prune(&pool, 10_000).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(rows = n, "pruned old edge merge state"),
+                        Err(e) => tracing::warn!(error = %e, "pruning old edge merge state failed"),
                     }
+                    tracing::info!(
+                        queue_depth = q.depth,
+                        queue_due = q.due,
+                        dead_letters = q.dead_letters,
+                        oldest_due_age_seconds = q.oldest_due_age.as_secs(),
+                        oldest_change_age_seconds = q.oldest_change_age.as_secs(),
+                        "writer queue"
+                    );
                 }
-                // The merge rule's state of edge writes that can no longer arrive.
-                match edge_ingest::clock::prune(&pool, 10_000).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(rows = n, "pruned old edge merge state"),
-                    Err(e) => tracing::warn!(error = %e, "pruning old edge merge state failed"),
-                }
-                tracing::info!(
-                    queue_depth = depth,
-                    queue_due = due,
-                    dead_letters = dead,
-                    "writer queue"
-                );
             }
+            Err(e) => tracing::warn!(error = %e, "reading the queue figures failed"),
         }
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+struct QueueFigures {
+    depth: i64,
+    due: i64,
+    dead_letters: i64,
+    oldest_due_age: Duration,
+    oldest_change_age: Duration,
+}
+
+async fn queue_figures(pool: &sqlx::PgPool) -> Result<QueueFigures, sqlx::Error> {
+    let (depth, due) = pending::depth(pool).await?;
+    let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM edge.dead_letter")
+        .fetch_one(pool)
+        .await?;
+    Ok(QueueFigures {
+        depth,
+        due,
+        dead_letters,
+        oldest_due_age: health::oldest_due_age(pool).await?,
+        oldest_change_age: health::oldest_change_age(pool).await?,
+    })
 }

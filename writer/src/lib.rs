@@ -13,6 +13,7 @@ pub mod db;
 pub mod doc_key;
 pub mod failpoint;
 pub mod grants;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod migrate_identities;

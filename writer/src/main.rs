@@ -1,6 +1,7 @@
 //! `writer`: the edge replication writer's command line.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -9,6 +10,7 @@ use edge_documents::item::{logical_item, stored_meta};
 use edge_documents::redact;
 use edge_documents::tables::{TableKind, TableNames};
 use edge_writer::daemon::{self, DaemonConfig};
+use edge_writer::health::Health;
 use edge_writer::replicate::{error_chain, Replicator, Settings};
 use edge_writer::store::{self, DynamoStore, ItemStore};
 use edge_writer::{db, http, metrics, state, sync};
@@ -413,8 +415,40 @@ struct RunArgs {
     /// Apply migrations before starting.
     #[arg(long)]
     migrate: bool,
+    /// Bearer token that `POST /v1/sync` callers must send (at least 16 characters). Without
+    /// one, /v1/sync refuses every request (403) unless --allow-unauthenticated-sync.
+    #[arg(long, env = "WRITER_SYNC_TOKEN", hide_env_values = true)]
+    sync_token: Option<String>,
+    /// Serve /v1/sync without a token: local development only, never where anything else can
+    /// reach the port.
+    #[arg(long, conflicts_with = "sync_token")]
+    allow_unauthenticated_sync: bool,
+    /// Syncs served at once (each has its own connections, apart from the workers'); more
+    /// concurrent requests get 429 at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    sync_concurrency: u16,
+    /// Seconds a /v1/sync caller waits for the result before a 504 (the sync goes on).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    sync_timeout_secs: u64,
+    /// /healthz reports a stuck worker when due work has waited this many seconds while a
+    /// worker has been busy on one document, or no worker has finished one, for as long.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    stuck_after_secs: u64,
     #[command(flatten)]
     replication: ReplicationArgs,
+}
+
+impl RunArgs {
+    fn sync_auth(&self) -> Result<http::SyncAuth> {
+        match self.sync_token.as_deref().map(str::trim) {
+            Some(token) if token.len() < 16 => {
+                bail!("--sync-token (WRITER_SYNC_TOKEN) must be at least 16 characters")
+            }
+            Some(token) => Ok(http::SyncAuth::Token(token.to_string())),
+            None if self.allow_unauthenticated_sync => Ok(http::SyncAuth::Open),
+            None => Ok(http::SyncAuth::Disabled),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -1051,11 +1085,22 @@ async fn run(
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<()> {
     let workers = u32::from(args.workers);
-    let pool = pool(cli, workers * 2 + 4).await?;
+    let sync_auth = args.sync_auth()?;
+    let daemon_pool = pool(cli, workers * 2 + 4).await?;
     if args.migrate {
-        db::migrate(&pool).await.context("migrating schema edge")?;
+        db::migrate(&daemon_pool)
+            .await
+            .context("migrating schema edge")?;
     }
-    let replicator = Replicator::new(pool, dynamo(cli).await, args.replication.settings());
+    let store = dynamo(cli).await;
+    let replicator = Replicator::new(daemon_pool, store.clone(), args.replication.settings());
+    let config = DaemonConfig {
+        workers: usize::from(args.workers),
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        stuck_after: Duration::from_secs(args.stuck_after_secs),
+        ..DaemonConfig::default()
+    };
+    let health = Arc::new(Health::new(config.workers, config.stuck_after));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let server = if args.http_addr == "off" {
@@ -1067,12 +1112,31 @@ async fn run(
                 args.http_addr
             )
         })?;
+        // Syncs have their own connections: callers cannot starve replication of them.
+        let sync_pool = pool(cli, u32::from(args.sync_concurrency) * 2 + 1).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP server to {addr}"))?;
-        tracing::info!(%addr, "HTTP server listening (/v1/sync, /healthz, /metrics)");
+        match &sync_auth {
+            http::SyncAuth::Token(_) => {
+                tracing::info!(%addr, "HTTP server listening (/v1/sync with a bearer token, /healthz, /metrics)")
+            }
+            http::SyncAuth::Disabled => {
+                tracing::warn!(%addr, "HTTP server listening (/healthz, /metrics); /v1/sync is disabled: no --sync-token (WRITER_SYNC_TOKEN)")
+            }
+            http::SyncAuth::Open => {
+                tracing::warn!(%addr, "HTTP server listening; /v1/sync WITHOUT authentication (--allow-unauthenticated-sync)")
+            }
+        }
         let app = http::router(http::AppState {
             replicator: replicator.clone(),
+            sync: Arc::new(http::SyncService::new(
+                Replicator::new(sync_pool, store, args.replication.settings()),
+                sync_auth,
+                usize::from(args.sync_concurrency),
+                Duration::from_secs(args.sync_timeout_secs),
+            )),
+            health: health.clone(),
             metrics: metrics_handle,
         });
         let mut rx = shutdown_rx.clone();
@@ -1092,16 +1156,7 @@ async fn run(
     });
 
     tracing::info!(workers = args.workers, "writer running");
-    daemon::run(
-        replicator,
-        DaemonConfig {
-            workers: usize::from(args.workers),
-            poll_interval: Duration::from_millis(args.poll_interval_ms),
-            ..DaemonConfig::default()
-        },
-        shutdown_rx,
-    )
-    .await;
+    daemon::run_with_health(replicator, config, health, shutdown_rx).await;
     if let Some(server) = server {
         server
             .await
@@ -1145,5 +1200,47 @@ mod tests {
         assert!(err.to_string().contains("--environment"), "{err}");
         let cli = Cli::try_parse_from(["writer", "--table-prefix", "t_", "migrate"]).unwrap();
         assert_eq!(cli.tables.names().environments, "t_flagsmith_environments");
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut all = vec!["writer", "run"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Run(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sync_is_refused_without_a_token_unless_explicitly_open() {
+        assert!(matches!(
+            run_args(&[]).sync_auth().unwrap(),
+            http::SyncAuth::Disabled
+        ));
+        assert!(matches!(
+            run_args(&["--allow-unauthenticated-sync"])
+                .sync_auth()
+                .unwrap(),
+            http::SyncAuth::Open
+        ));
+        assert!(matches!(
+            run_args(&["--sync-token", "0123456789abcdef"])
+                .sync_auth()
+                .unwrap(),
+            http::SyncAuth::Token(_)
+        ));
+        let short = run_args(&["--sync-token", "short"])
+            .sync_auth()
+            .unwrap_err();
+        assert!(short.to_string().contains("at least 16"), "{short}");
+        let both = Cli::try_parse_from([
+            "writer",
+            "run",
+            "--sync-token",
+            "0123456789abcdef",
+            "--allow-unauthenticated-sync",
+        ])
+        .unwrap_err();
+        assert!(both.to_string().contains("cannot be used with"), "{both}");
     }
 }

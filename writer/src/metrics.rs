@@ -20,6 +20,10 @@ pub const QUEUE_DEPTH: &str = "writer_queue_depth";
 pub const QUEUE_DUE: &str = "writer_queue_due";
 pub const DEAD_LETTERS: &str = "writer_dead_letters";
 pub const FOREIGN_ITEMS_TOTAL: &str = "writer_foreign_items_total";
+pub const TASK_RESTARTS_TOTAL: &str = "writer_task_restarts_total";
+pub const OLDEST_DUE_AGE_SECONDS: &str = "writer_oldest_due_age_seconds";
+pub const OLDEST_CHANGE_AGE_SECONDS: &str = "writer_oldest_change_age_seconds";
+pub const SYNC_REQUESTS_TOTAL: &str = "writer_sync_requests_total";
 
 /// Installs the global recorder (once per process) and returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
@@ -89,6 +93,24 @@ pub fn record_queue(depth: i64, due: i64, dead_letters: i64) {
     metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
     metrics::gauge!(QUEUE_DUE).set(due as f64);
     metrics::gauge!(DEAD_LETTERS).set(dead_letters as f64);
+}
+
+/// The heartbeat: how long the oldest due document and the oldest unresolved change have waited.
+pub fn record_ages(oldest_due: Duration, oldest_change: Duration) {
+    metrics::gauge!(OLDEST_DUE_AGE_SECONDS).set(oldest_due.as_secs_f64());
+    metrics::gauge!(OLDEST_CHANGE_AGE_SECONDS).set(oldest_change.as_secs_f64());
+}
+
+/// A supervised daemon task (`capture`, `worker-N`, `gauges`) panicked or ended
+/// unexpectedly and is being restarted.
+pub fn record_task_restart(task: &str) {
+    metrics::counter!(TASK_RESTARTS_TOTAL, "task" => task.to_string()).increment(1);
+}
+
+/// `POST /v1/sync` answers by result: `ok`, `unauthorized`, `disabled`, `bad_request`, `busy`,
+/// `timeout`, `not_found`, `failed`.
+pub fn record_sync(result: &'static str) {
+    metrics::counter!(SYNC_REQUESTS_TOTAL, "result" => result).increment(1);
 }
 
 /// 1 while capture is paused; capture gaps not yet backfilled.

@@ -104,7 +104,8 @@ async fn main() {
         }
         let (env, feature, identities) = &envs[(n % envs.len() as u64) as usize];
         if n % 2 == 0 {
-            core.set_flag(*env, *feature, true, Val::Int(n as i32)).await;
+            core.set_flag(*env, *feature, true, Val::Int(n as i32))
+                .await;
         } else {
             let id = identities[(n / 2 % identities.len() as u64) as usize];
             core.set_trait(id, "visits", TraitVal::Int(n as i32)).await;
