@@ -306,12 +306,77 @@ fn kind_of_resource(id: &str) -> Option<TableKind> {
         .and_then(|(suffix, _)| defaults.kind_of(&suffix))
 }
 
+/// The writer service's task definition (the migrate task is another).
+fn writer_task() -> &'static Value {
+    resources()
+        .get("WriterTaskDefinition")
+        .expect("the writer's task definition")
+}
+
+fn container_environment(task: &Value) -> BTreeMap<&str, &Value> {
+    task["Properties"]["ContainerDefinitions"][0]["Environment"]
+        .as_array()
+        .expect("Environment")
+        .iter()
+        .map(|v| (v["Name"].as_str().expect("Name"), &v["Value"]))
+        .collect()
+}
+
+/// Migrations are a one-off task run as the role that owns the core tables, granting the
+/// other roles; the long-running service does not migrate. Both verify the database's
+/// certificate (verify-full with the RDS CA bundle of the image).
+#[test]
+fn migrations_are_a_one_off_task_and_the_service_does_not_migrate() {
+    let service = &writer_task()["Properties"]["ContainerDefinitions"][0];
+    let command: Vec<&str> = service["Command"]
+        .as_array()
+        .expect("the service's command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(command.first(), Some(&"run"));
+    assert!(!command.contains(&"--migrate"), "{command:?}");
+
+    let migrate = resources()
+        .get("WriterMigrateTaskDefinition")
+        .expect("the migrate task definition");
+    let container = &migrate["Properties"]["ContainerDefinitions"][0];
+    let text = container["Command"].to_string();
+    for part in [
+        "migrate",
+        "--core-role=${CoreDatabaseRole}",
+        "--writer-role=${WriterDatabaseRole}",
+    ] {
+        assert!(text.contains(part), "{part} in {text}");
+    }
+    let secret = container["Secrets"][0]["ValueFrom"].to_string();
+    assert!(secret.contains("MigrationDatabaseSecretArn"), "{secret}");
+    assert!(
+        template()["Outputs"]["WriterMigrateTaskDefinitionArn"].is_object(),
+        "the task is an output"
+    );
+
+    for task in [writer_task(), migrate] {
+        let env = container_environment(task);
+        assert_eq!(env["PGSSLMODE"]["Ref"], "DatabaseSslMode");
+        assert_eq!(env["PGSSLROOTCERT"], "/etc/ssl/certs/rds-global-bundle.pem");
+    }
+    assert_eq!(
+        template()["Parameters"]["DatabaseSslMode"]["Default"],
+        "verify-full"
+    );
+    let dockerfile = std::fs::read_to_string(template_path().with_file_name("Dockerfile"))
+        .expect("infra/aws/Dockerfile");
+    assert!(dockerfile.contains("/etc/ssl/certs/rds-global-bundle.pem"));
+    assert!(
+        !dockerfile.contains("--migrate"),
+        "the image's default command does not migrate"
+    );
+}
+
 #[test]
 fn the_writer_gets_every_table_under_its_own_variable() {
-    let task = resources()
-        .values()
-        .find(|r| r["Type"] == "AWS::ECS::TaskDefinition")
-        .expect("the writer's task definition");
+    let task = writer_task();
     let container = &task["Properties"]["ContainerDefinitions"][0];
     let environment: BTreeMap<&str, &Value> = container["Environment"]
         .as_array()
@@ -1028,12 +1093,7 @@ fn consumer_role() -> &'static str {
 }
 
 fn writer_role() -> &'static str {
-    writer_task_role(
-        resources()
-            .values()
-            .find(|r| r["Type"] == "AWS::ECS::TaskDefinition")
-            .expect("the writer's task definition"),
-    )
+    writer_task_role(writer_task())
 }
 
 #[test]
@@ -1178,10 +1238,7 @@ fn a_silent_or_stalled_writer_alarms() {
 
 #[test]
 fn the_core_api_may_call_sync_with_the_token_from_secrets_manager() {
-    let task = resources()
-        .values()
-        .find(|r| r["Type"] == "AWS::ECS::TaskDefinition")
-        .expect("the writer's task definition");
+    let task = writer_task();
     let container = &task["Properties"]["ContainerDefinitions"][0];
     let secrets = container["Secrets"].as_array().expect("Secrets");
     let token = secrets
