@@ -15,3 +15,6 @@ pub mod hash;
 pub mod item;
 pub mod model;
 pub mod tables;
+
+#[cfg(test)]
+mod properties;
