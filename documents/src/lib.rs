@@ -17,3 +17,6 @@ pub mod item;
 pub mod model;
 pub mod redact;
 pub mod tables;
+
+#[cfg(test)]
+mod properties;

@@ -204,7 +204,7 @@ pub fn trait_value(key: &str, v: Option<&Value>) -> Result<TraitValue, Invalid> 
             if let Some(i) = n.as_i64() {
                 if i32::try_from(i).is_ok() {
                     Ok(TraitValue::Int(i))
-                } else if i.abs() <= MAX_EXACT_FLOAT_INT {
+                } else if i.unsigned_abs() <= MAX_EXACT_FLOAT_INT.unsigned_abs() {
                     Ok(TraitValue::Float(i as f64))
                 } else {
                     Err(invalid(format!(
@@ -400,5 +400,153 @@ mod tests {
         let mut v = flagsmith_item();
         v["composite_key"] = json!("other_alice");
         assert!(parse(&item(v)).is_err());
+    }
+
+    /// Found by `reading_any_edge_identity_never_panics`: `i64::MIN.abs()` overflowed (a
+    /// panic in debug builds, a wrong acceptance in release ones).
+    #[test]
+    fn the_smallest_integer_is_refused_not_a_panic() {
+        let err = trait_value("t", Some(&json!(i64::MIN))).unwrap_err();
+        assert!(
+            err.0.contains("too large for core to store exactly"),
+            "{err}"
+        );
+        assert_eq!(
+            trait_value("t", Some(&json!(-MAX_EXACT_FLOAT_INT))),
+            Ok(TraitValue::Float(-(MAX_EXACT_FLOAT_INT as f64)))
+        );
+    }
+}
+
+/// Property tests: whatever the edge wrote, reading it never panics, and what core can hold
+/// reads back unchanged.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Number};
+
+    fn item(v: Value) -> Item {
+        serde_dynamo::aws_sdk_dynamodb_1::to_item(v).unwrap()
+    }
+
+    fn number() -> impl Strategy<Value = Number> {
+        prop_oneof![
+            1 => any::<i64>().prop_map(Number::from),
+            1 => any::<u64>().prop_map(Number::from),
+            1 => any::<f64>().prop_filter_map("finite", Number::from_f64),
+            2 => prop_oneof![
+                Just(i64::MIN),
+                Just(i64::MAX),
+                Just(MAX_EXACT_FLOAT_INT),
+                Just(-MAX_EXACT_FLOAT_INT - 1),
+                Just(i64::from(i32::MIN) - 1),
+            ]
+            .prop_map(Number::from),
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            number().prop_map(Value::Number),
+            any::<String>().prop_map(Value::String),
+            "\\PC{1990,2010}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A trait as the edge may write it: any key, any value.
+    fn any_trait() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![json(), any::<String>().prop_map(Value::String)],
+            prop_oneof![3 => number().prop_map(Value::Number), 1 => json()],
+        )
+            .prop_map(|(k, v)| json!({"trait_key": k, "trait_value": v}))
+    }
+
+    /// An override as the edge may write it: the usual fields, any values.
+    fn any_override() -> impl Strategy<Value = Value> {
+        (json(), json(), json(), json(), prop::collection::vec((json(), json()), 0..3)).prop_map(
+            |(id, enabled, value, uuid, mv)| {
+                let mv: Vec<Value> = mv
+                    .into_iter()
+                    .map(|(option, pct)| {
+                        json!({"multivariate_feature_option": {"id": option}, "percentage_allocation": pct})
+                    })
+                    .collect();
+                json!({"feature": {"id": id, "name": "f"}, "enabled": enabled,
+                       "feature_state_value": value, "featurestate_uuid": uuid,
+                       "multivariate_feature_state_values": mv})
+            },
+        )
+    }
+
+    fn identity(identifier: &str, traits: Value, features: Value) -> Value {
+        json!({"composite_key": format!("envKey_{identifier}"), "environment_api_key": "envKey",
+               "identifier": identifier, "identity_uuid": "0b2b1a8e-7e0f-4a43-9d5c-2f1f1c3f6b11",
+               "created_date": "2026-11-30T10:00:00.123456+00:00",
+               "identity_traits": traits, "identity_features": features})
+    }
+
+    /// A trait value core can hold, and what it reads back as.
+    fn storable() -> impl Strategy<Value = (Value, TraitValue)> {
+        prop_oneof![
+            any::<i32>().prop_map(|i| (json!(i), TraitValue::Int(i64::from(i)))),
+            (-MAX_EXACT_FLOAT_INT..=MAX_EXACT_FLOAT_INT)
+                .prop_filter("beyond i32", |i| i32::try_from(*i).is_err())
+                .prop_map(|i| (json!(i), TraitValue::Float(i as f64))),
+            any::<f64>()
+                .prop_filter("finite, not integral", |f| f.is_finite()
+                    && f.fract() != 0.0)
+                .prop_map(|f| (json!(f), TraitValue::Float(f))),
+            any::<bool>().prop_map(|b| (json!(b), TraitValue::Bool(b))),
+            "\\PC{0,2000}".prop_map(|s| (json!(s), TraitValue::Str(s))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn reading_any_edge_identity_never_panics(
+            identifier in prop_oneof![any::<String>(), "\\PC{1020,1030}"],
+            traits in prop_oneof![json(), prop::collection::vec(any_trait(), 0..6).prop_map(Value::Array)],
+            features in prop_oneof![json(), prop::collection::vec(any_override(), 0..4).prop_map(Value::Array)],
+            extra in prop::collection::btree_map(any::<String>(), json(), 0..4),
+        ) {
+            let mut v = identity(&identifier, traits, features);
+            let object: &mut Map<String, Value> = v.as_object_mut().unwrap();
+            for (k, x) in extra {
+                object.entry(k).or_insert(x);
+            }
+            match parse(&item(v)) {
+                Ok(e) => prop_assert_eq!(e.identifier, identifier),
+                Err(Invalid(reason)) => prop_assert!(!reason.is_empty()),
+            }
+        }
+
+        #[test]
+        fn what_core_can_hold_reads_back_unchanged(
+            identifier in "\\PC{1,200}",
+            traits in prop::collection::btree_map("\\PC{1,200}", storable(), 0..8),
+        ) {
+            let listed: Vec<Value> = traits
+                .iter()
+                .map(|(k, (v, _))| json!({"trait_key": k, "trait_value": v}))
+                .collect();
+            let parsed = parse(&item(identity(&identifier, json!(listed), json!([])))).unwrap();
+            let expected: BTreeMap<String, TraitValue> =
+                traits.into_iter().map(|(k, (_, t))| (k, t)).collect();
+            prop_assert_eq!(parsed.traits, expected);
+            prop_assert_eq!(parsed.identifier, identifier);
+        }
     }
 }

@@ -180,3 +180,175 @@ mod tests {
         );
     }
 }
+
+/// Property tests: any record decodes to exactly its images, from either source, and any
+/// JSON at all is decoded or refused as malformed, never a panic.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use aws_sdk_dynamodbstreams::types::{Record, StreamRecord};
+    use proptest::prelude::*;
+    use serde_dynamo::AttributeValue as Av;
+    use serde_json::json;
+
+    type Image = HashMap<String, Av>;
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..32)
+    }
+
+    fn attribute() -> impl Strategy<Value = Av> {
+        let leaf = prop_oneof![
+            any::<String>().prop_map(Av::S),
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| f.to_string()),
+                "-?[0-9]{1,38}(\\.[0-9]{1,20})?",
+            ]
+            .prop_map(Av::N),
+            bytes().prop_map(Av::B),
+            any::<bool>().prop_map(Av::Bool),
+            Just(Av::Null(true)),
+            prop::collection::vec(any::<String>(), 1..4).prop_map(Av::Ss),
+            prop::collection::vec("-?[0-9]{1,10}", 1..4).prop_map(Av::Ns),
+            prop::collection::vec(bytes(), 1..4).prop_map(Av::Bs),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Av::L),
+                prop::collection::hash_map(any::<String>(), inner, 0..4).prop_map(Av::M),
+            ]
+        })
+    }
+
+    fn image() -> impl Strategy<Value = Image> {
+        prop::collection::hash_map(any::<String>(), attribute(), 0..6)
+    }
+
+    fn sdk(image: &Image) -> Item {
+        to_item(serde_dynamo::Item::from(image.clone()))
+    }
+
+    fn lambda_json(image: &Image) -> Value {
+        serde_json::to_value(serde_dynamo::Item::from(image.clone())).unwrap()
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>().prop_map(|f| json!(f)),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<String>().prop_map(Value::String),
+            prop_oneof![
+                Just("S"),
+                Just("N"),
+                Just("B"),
+                Just("M"),
+                Just("L"),
+                Just("NULL")
+            ]
+            .prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        any::<String>(),
+                        Just("S".to_string()),
+                        Just("N".to_string()),
+                        Just("B".to_string()),
+                        Just("M".to_string()),
+                        Just("L".to_string()),
+                        Just("BOOL".to_string()),
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn lambda_records_decode_to_their_images(
+            sequence in "[0-9]{1,40}",
+            table in prop::sample::select(TableKind::ALL.to_vec()),
+            keys in image(),
+            new in prop::option::of(image()),
+            old in prop::option::of(image()),
+            created in any::<f64>(),
+        ) {
+            let tables = TableNames::with_prefix("p_");
+            let record = json!({
+                "eventSourceARN": format!("arn:aws:dynamodb:eu-west-1:1:table/{}/stream/2026", tables.name(table)),
+                "dynamodb": {"SequenceNumber": sequence, "Keys": lambda_json(&keys),
+                             "NewImage": new.as_ref().map(lambda_json),
+                             "OldImage": old.as_ref().map(lambda_json),
+                             "ApproximateCreationDateTime": created}
+            });
+            let decoded = from_lambda(&record, &tables).unwrap();
+            prop_assert_eq!(decoded.sequence, sequence);
+            prop_assert_eq!(decoded.table, table);
+            prop_assert_eq!(decoded.keys, sdk(&keys));
+            prop_assert_eq!(decoded.new, new.as_ref().map(sdk));
+            prop_assert_eq!(decoded.old, old.as_ref().map(sdk));
+        }
+
+        #[test]
+        fn streams_records_decode_to_their_images(
+            sequence in "[0-9]{1,40}",
+            table in prop::sample::select(TableKind::ALL.to_vec()),
+            keys in image(),
+            new in prop::option::of(image()),
+            old in prop::option::of(image()),
+            created in any::<i64>(),
+        ) {
+            let streams = |i: &Image| serde_dynamo::Item::from(i.clone()).into();
+            let data = StreamRecord::builder()
+                .sequence_number(&sequence)
+                .set_keys(Some(streams(&keys)))
+                .set_new_image(new.as_ref().map(streams))
+                .set_old_image(old.as_ref().map(streams))
+                .approximate_creation_date_time(aws_smithy_types::DateTime::from_secs(created))
+                .build();
+            let record = Record::builder().dynamodb(data).build();
+            let decoded = from_streams(&record, table).unwrap();
+            prop_assert_eq!(decoded.sequence, sequence);
+            prop_assert_eq!(decoded.keys, sdk(&keys));
+            prop_assert_eq!(decoded.new, new.as_ref().map(sdk));
+            prop_assert_eq!(decoded.old, old.as_ref().map(sdk));
+            prop_assert_eq!(decoded.created_at.map(|t| t.timestamp()), DateTime::from_timestamp(created, 0).map(|t| t.timestamp()));
+        }
+
+        /// Anything at all in a record's place, or in its images: decoded, or refused as
+        /// malformed under the record's own sequence number.
+        #[test]
+        fn any_lambda_record_is_decoded_or_refused_never_a_panic(
+            record in json(),
+            images in prop::collection::btree_map(
+                prop_oneof![Just("Keys"), Just("NewImage"), Just("OldImage"), Just("SequenceNumber"), Just("ApproximateCreationDateTime")],
+                json(),
+                0..5,
+            ),
+        ) {
+            let tables = TableNames::default();
+            let mut shaped = json!({
+                "eventSourceARN": "arn:aws:dynamodb:r:1:table/flagsmith_environments/stream/x",
+                "dynamodb": {"SequenceNumber": "9"}
+            });
+            for (k, v) in images {
+                shaped["dynamodb"][k] = v;
+            }
+            for r in [record, shaped] {
+                if let Err(m) = from_lambda(&r, &tables) {
+                    prop_assert_eq!(m.sequence, sequence_number(&r));
+                }
+            }
+        }
+    }
+}

@@ -13,6 +13,8 @@ pub struct CountingStore<S> {
     pub puts: Arc<AtomicUsize>,
     pub environment_puts: Arc<AtomicUsize>,
     pub deletes: Arc<AtomicUsize>,
+    /// Conditional puts and deletes DynamoDB applied.
+    pub applied: Arc<AtomicUsize>,
 }
 
 impl<S> CountingStore<S> {
@@ -22,6 +24,7 @@ impl<S> CountingStore<S> {
             puts: Arc::default(),
             environment_puts: Arc::default(),
             deletes: Arc::default(),
+            applied: Arc::default(),
         }
     }
     pub fn puts(&self) -> usize {
@@ -29,6 +32,19 @@ impl<S> CountingStore<S> {
     }
     pub fn environment_puts(&self) -> usize {
         self.environment_puts.load(Ordering::SeqCst)
+    }
+    pub fn applied(&self) -> usize {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    fn count_applied(
+        &self,
+        outcome: Result<WriteOutcome, StoreError>,
+    ) -> Result<WriteOutcome, StoreError> {
+        if let Ok(WriteOutcome::Applied) = outcome {
+            self.applied.fetch_add(1, Ordering::SeqCst);
+        }
+        outcome
     }
 }
 
@@ -44,7 +60,8 @@ impl<S: ItemStore> ItemStore for CountingStore<S> {
         if table == TableKind::Environments {
             self.environment_puts.fetch_add(1, Ordering::SeqCst);
         }
-        self.inner.put(table, item, version, guard).await
+        let outcome = self.inner.put(table, item, version, guard).await;
+        self.count_applied(outcome)
     }
 
     async fn delete(
@@ -56,7 +73,8 @@ impl<S: ItemStore> ItemStore for CountingStore<S> {
         guard: &Guard,
     ) -> Result<WriteOutcome, StoreError> {
         self.deletes.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(table, key, doc_key, version, guard).await
+        let outcome = self.inner.delete(table, key, doc_key, version, guard).await;
+        self.count_applied(outcome)
     }
 
     async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), StoreError> {

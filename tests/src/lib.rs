@@ -12,6 +12,7 @@ pub mod core;
 pub mod counting;
 pub mod dynamo;
 pub mod edge;
+pub mod gated;
 pub mod http;
 pub mod identities;
 pub mod lambda_api;

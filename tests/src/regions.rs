@@ -132,6 +132,21 @@ impl TwoRegions {
             .collect()
     }
 
+    /// Invalidations the consumers gave up on after all attempts: (region, error).
+    pub fn invalidation_failures(&self) -> Vec<(String, String)> {
+        self.handled
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|h| {
+                h.report
+                    .invalidation_failures
+                    .iter()
+                    .map(|f| (h.region.clone(), f.clone()))
+            })
+            .collect()
+    }
+
     /// Every lag the consumers recorded, in milliseconds.
     pub fn lags_ms(&self) -> Vec<i64> {
         self.handled

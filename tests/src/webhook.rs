@@ -1,5 +1,6 @@
-//! A local HTTP receiver for webhook invalidations: records every request, checks nothing
-//! itself (the tests check the signature), and can be told to fail its first requests.
+//! A local HTTP receiver for webhook invalidations: records every request (accepted and
+//! refused apart), checks nothing itself (the tests check the signature), and can be told to
+//! fail its first requests.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,7 @@ impl Received {
 #[derive(Default)]
 struct Inner {
     received: Mutex<Vec<Received>>,
+    refused: Mutex<Vec<Received>>,
     attempts: AtomicUsize,
     fail_first: AtomicUsize,
 }
@@ -63,16 +65,18 @@ impl Drop for Receiver {
 
 async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let n = inner.attempts.fetch_add(1, Ordering::SeqCst);
-    if n < inner.fail_first.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    inner.received.lock().unwrap().push(Received {
+    let request = Received {
         signature: headers
             .get("x-flagsmith-edge-signature")
             .and_then(|v| v.to_str().ok())
             .map(String::from),
         body: body.to_vec(),
-    });
+    };
+    if n < inner.fail_first.load(Ordering::SeqCst) {
+        inner.refused.lock().unwrap().push(request);
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    inner.received.lock().unwrap().push(request);
     StatusCode::NO_CONTENT
 }
 
@@ -94,6 +98,11 @@ impl Receiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.inner.received.lock().unwrap().clone()
+    }
+
+    /// The requests answered with a failure.
+    pub fn refused(&self) -> Vec<Received> {
+        self.inner.refused.lock().unwrap().clone()
     }
 
     /// Requests answered so far, failed ones included.

@@ -136,14 +136,13 @@ impl WriterProcess {
         self.child.kill().await.expect("kill the writer");
     }
 
-    /// SIGKILL without giving the handle up (the process is reaped).
-    pub fn kill9_ref(&self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-9")
-                .arg(pid.to_string())
-                .status();
-        }
+    /// SIGKILL, and the exit status (a process that had already exited reports its own).
+    pub async fn kill9_status(mut self) -> std::process::ExitStatus {
+        self.child.start_kill().expect("send SIGKILL to the writer");
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("a killed writer exits")
+            .expect("writer status")
     }
 
     /// Waits for the process to exit by itself (e.g. at a crash point).

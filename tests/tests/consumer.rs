@@ -2,7 +2,7 @@
 //! (with the test relay standing in for global-table replication), Postgres, Redis and a
 //! local webhook receiver; and the real `stream-consumer` binary in Lambda mode.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -13,7 +13,7 @@ use edge_tests::dynamo::{version_of, TestTables};
 use edge_tests::lambda_api::{consumer_binary, consumer_command, RuntimeApi};
 use edge_tests::pg::TestDb;
 use edge_tests::regions::{test_invalidation, TwoRegions, HOME, OTHER};
-use edge_tests::webhook::Receiver;
+use edge_tests::webhook::{Received, Receiver};
 use edge_tests::writer::{writer_command, InProcessWriter};
 use edge_tests::{init_logging, wait};
 use futures::StreamExt;
@@ -49,6 +49,56 @@ async fn wait_acked(regions: &TwoRegions, item_key: &str, version: i64) -> Vec<(
     .await
 }
 
+/// Whether an invalidation (a webhook body or a Redis message) names the environment item
+/// of `envAck` at `version` or later.
+fn names_environment_at(changes: &[serde_json::Value], version: i64) -> bool {
+    changes.iter().any(|c| {
+        c["table"] == "environments"
+            && c["environment_api_key"] == "envAck"
+            && c["version"].as_i64().is_some_and(|v| v >= version)
+    })
+}
+
+/// The regions whose webhook calls so far name the environment item at `version` or later.
+fn webhook_regions(receiver: &Receiver, version: i64) -> BTreeSet<String> {
+    receiver
+        .received()
+        .iter()
+        .map(Received::json)
+        .filter(|b| names_environment_at(b["changes"].as_array().unwrap(), version))
+        .map(|b| b["region"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Reads Redis messages until both regions published the environment at `version` or later.
+async fn wait_published(
+    messages: &mut (impl futures::Stream<Item = redis::Msg> + Unpin),
+    version: i64,
+) {
+    let mut seen_regions = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen_regions.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "v{version} published by {seen_regions:?} only"
+        );
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await
+        else {
+            continue;
+        };
+        let body: serde_json::Value =
+            serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        assert_eq!(body["change"]["environment_api_key"], "envAck");
+        if names_environment_at(std::slice::from_ref(&body["change"]), version) {
+            seen_regions.insert(body["region"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        seen_regions,
+        BTreeSet::from([HOME.to_string(), OTHER.to_string()])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_committed_change_is_acknowledged_by_both_regions_and_invalidated() {
     init_logging();
@@ -67,13 +117,8 @@ async fn a_committed_change_is_acknowledged_by_both_regions_and_invalidated() {
         .subscribe(format!("{prefix}invalidate:envAck"))
         .await
         .unwrap();
+    let mut messages = Box::pin(pubsub.on_message());
     let cache_key = format!("{prefix}environment:envAck");
-    let _: () = redis::cmd("SET")
-        .arg(&cache_key)
-        .arg("a cached environment document")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
 
     let (url, prefix_c) = (receiver.url.clone(), prefix.clone());
     let regions = TwoRegions::start(move |_| {
@@ -95,12 +140,26 @@ async fn a_committed_change_is_acknowledged_by_both_regions_and_invalidated() {
         regions.a.environment("envAck").await
     })
     .await;
-    let lags = wait_acked(&regions, "environments|envAck", version_of(&item)).await;
+    let first = version_of(&item);
+    let lags = wait_acked(&regions, "environments|envAck", first).await;
     println!("first write acknowledged, lag per region (ms): {lags:?}");
     assert!(
         lags.iter().all(|(_, lag)| *lag >= 0),
         "every acknowledgement carries its lag: {lags:?}"
     );
+    // The first write's invalidations are over in both regions and both targets before the
+    // entry is cached: what follows can only be the change's.
+    wait_published(&mut messages, first).await;
+    wait::until("the first write's webhook calls", wait::DEFAULT, || async {
+        (webhook_regions(&receiver, first).len() == 2).then_some(())
+    })
+    .await;
+    let _: () = redis::cmd("SET")
+        .arg(&cache_key)
+        .arg("a cached environment document")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 
     // A change committed in core: acknowledged by both regions at its new version.
     core.set_flag(env, feature, true, Val::str("v2")).await;
@@ -110,6 +169,7 @@ async fn a_committed_change_is_acknowledged_by_both_regions_and_invalidated() {
         doc.contains("\"v2\"").then(|| version_of(&item))
     })
     .await;
+    assert!(version > first);
     let lags = wait_acked(&regions, "environments|envAck", version).await;
     println!("change acknowledged, lag per region (ms): {lags:?}");
     let item_b = regions
@@ -123,7 +183,8 @@ async fn a_committed_change_is_acknowledged_by_both_regions_and_invalidated() {
         "region b holds the same version"
     );
 
-    // Redis: the cached entry is gone and both regions published the change.
+    // Redis: the entry cached after the first write is gone, and both regions published the
+    // change.
     wait::until("the cached entry deleted", wait::DEFAULT, || async {
         let exists: bool = redis::cmd("EXISTS")
             .arg(&cache_key)
@@ -133,48 +194,36 @@ async fn a_committed_change_is_acknowledged_by_both_regions_and_invalidated() {
         (!exists).then_some(())
     })
     .await;
-    let mut messages = pubsub.on_message();
-    let mut seen_regions = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen_regions.len() < 2 && Instant::now() < deadline {
-        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await
-        else {
-            continue;
-        };
-        let body: serde_json::Value =
-            serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
-        assert_eq!(body["change"]["environment_api_key"], "envAck");
-        let region = body["region"].as_str().unwrap().to_string();
-        if !seen_regions.contains(&region) {
-            seen_regions.push(region);
-        }
-    }
-    seen_regions.sort();
-    assert_eq!(
-        seen_regions,
-        vec![HOME, OTHER],
-        "both regions published on the channel"
-    );
+    wait_published(&mut messages, version).await;
 
-    // Webhook: signed requests from both regions, after retries of the failed ones.
-    let received = wait::until("webhook calls from both regions", wait::DEFAULT, || async {
-        let got = receiver.received();
-        let regions: std::collections::BTreeSet<String> = got
-            .iter()
-            .map(|r| r.json()["region"].as_str().unwrap_or("").to_string())
-            .collect();
-        (regions.len() == 2).then_some(got)
+    // Webhook: signed calls from both regions naming the change.
+    wait::until("webhook calls from both regions", wait::DEFAULT, || async {
+        (webhook_regions(&receiver, version).len() == 2).then_some(())
     })
     .await;
+    let received = receiver.received();
     for r in &received {
         assert!(r.signed_with(SECRET), "signature of {:?}", r.signature);
         assert!(!r.signed_with("another secret"));
         let changes = r.json()["changes"].as_array().unwrap().clone();
         assert!(changes.iter().all(|c| c["environment_api_key"] == "envAck"));
     }
+    // The two refused calls were sent again, the same changes from the same region.
+    let refused = receiver.refused();
+    assert_eq!(refused.len(), 2, "the receiver refused its first two calls");
+    for r in &refused {
+        let (region, changes) = (r.json()["region"].clone(), r.json()["changes"].clone());
+        assert!(
+            received
+                .iter()
+                .any(|ok| ok.json()["region"] == region && ok.json()["changes"] == changes),
+            "the refused call of {region} with {changes} was never retried"
+        );
+    }
     assert!(
-        receiver.attempts() >= received.len() + 2,
-        "the two failed calls were retried"
+        regions.invalidation_failures().is_empty(),
+        "{:?}",
+        regions.invalidation_failures()
     );
     let lags_ms = regions.lags_ms();
     let max = lags_ms.iter().max().copied().unwrap_or_default();

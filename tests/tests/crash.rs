@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use edge_documents::tables::TableKind;
-use edge_tests::core::{basic_project, Val};
+use edge_tests::core::Val;
 use edge_tests::dynamo::{document_of, version_of};
 use edge_tests::pg::TestDb;
 use edge_tests::wait;
@@ -95,31 +95,85 @@ async fn crash_between_the_dynamodb_write_and_its_bookkeeping_loses_nothing() {
     db.drop_db().await;
 }
 
-/// kill -9 at an arbitrary moment of a burst; a new writer finishes the work.
+/// kill -9 in the middle of a burst; a new writer finishes the work. Each commit of the burst
+/// changes its own environment and nothing commits to it again, so a change the killed
+/// writer had taken but not finished is only ever written if its queue row survived the
+/// kill: every environment must end with its own committed value, at the version
+/// `edge.document` recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_burst_then_restart_converges() {
+    const ENVS: usize = 40;
+    const KILL_AFTER: usize = 20;
     let (db, tables, core) = setup().await;
-    let (_, project, env) = basic_project(&core, "envKill").await;
+    let org = core.create_organisation("Acme").await;
+    let project = core.create_project(org, "P", true, "COMPLETE").await;
+    let mut envs = Vec::new();
+    for i in 0..ENVS {
+        envs.push(
+            core.create_environment(project, "E", &format!("envKill{i}"))
+                .await,
+        );
+    }
     let feature = core
         .create_feature(project, "n", "STANDARD", true, Val::Int(0))
         .await;
+    let value = |api_key: String| {
+        let tables = tables.clone();
+        async move {
+            let item = tables.environment(&api_key).await?;
+            let doc = document_of(&item);
+            Some((
+                doc["feature_states"][0]["feature_state_value"].as_i64()?,
+                version_of(&item),
+            ))
+        }
+    };
     let writer = WriterProcess::spawn(&db.url, &tables, &[]);
-    wait::until("first write", wait::DEFAULT, || {
-        tables.environment("envKill")
-    })
-    .await;
-    for i in 1..=100 {
-        core.set_flag(env, feature, true, Val::Int(i)).await;
-        if i == 50 {
-            writer.kill9_ref();
+    wait::writer_idle(&db.pool, wait::DEFAULT).await;
+    for i in 0..ENVS {
+        assert_eq!(value(format!("envKill{i}")).await.map(|v| v.0), Some(0));
+    }
+
+    let mut writer = Some(writer);
+    for (i, env) in envs.iter().enumerate() {
+        core.set_flag(*env, feature, true, Val::Int(i as i32 + 1))
+            .await;
+        if i + 1 == KILL_AFTER {
+            let status = writer.take().unwrap().kill9_status().await;
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(9),
+                "the writer was running and died of the kill: {status:?}"
+            );
+            let mut arrived = 0;
+            for j in 0..KILL_AFTER {
+                if value(format!("envKill{j}")).await.map(|v| v.0) == Some(j as i64 + 1) {
+                    arrived += 1;
+                }
+            }
+            println!(
+                "at the kill, {arrived} of the first {KILL_AFTER} changes had reached DynamoDB"
+            );
         }
     }
     let writer = WriterProcess::spawn(&db.url, &tables, &[]);
-    wait::until("the last value", wait::DEFAULT, || async {
-        let item = tables.environment("envKill").await?;
-        (document_of(&item)["feature_states"][0]["feature_state_value"] == 100).then_some(())
-    })
-    .await;
-    writer.kill9().await;
+    wait::writer_idle(&db.pool, wait::DEFAULT).await;
+    for (i, env) in envs.iter().enumerate() {
+        let api_key = format!("envKill{i}");
+        let (v, version) = wait::until(&format!("{api_key} = {}", i + 1), wait::DEFAULT, || {
+            let api_key = api_key.clone();
+            let value = &value;
+            async move { value(api_key).await.filter(|(v, _)| *v == i as i64 + 1) }
+        })
+        .await;
+        assert_eq!(v, i as i64 + 1);
+        assert_eq!(
+            state_version(&db, &format!("environment:{env}")).await,
+            Some(version),
+            "{api_key}: the item holds the recorded version"
+        );
+    }
+    let status = writer.terminate().await;
+    assert!(status.success(), "{status:?}");
     db.drop_db().await;
 }

@@ -87,6 +87,16 @@ async fn every_fan_out_row_reaches_every_document_it_touches() {
         (db.scalar_i64("SELECT count(*) FROM edge.pending").await == 0).then_some(())
     })
     .await;
+    // Every document queued from here on is logged: an unchanged projection writes
+    // nothing, so the control's item alone cannot show that it was wrongly re-projected.
+    core.exec(
+        "CREATE TABLE public.test_queued (doc_key text NOT NULL);
+         CREATE FUNCTION public.test_log_queued() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO public.test_queued VALUES (NEW.doc_key); RETURN NEW; END $$;
+         CREATE TRIGGER test_log_queued AFTER INSERT OR UPDATE ON edge.pending
+             FOR EACH ROW EXECUTE FUNCTION public.test_log_queued();",
+    )
+    .await;
     let control_version = version_of(&tables.environment("fanE3").await.unwrap());
     let both = ["fanE1", "fanE2"];
 
@@ -239,6 +249,24 @@ async fn every_fan_out_row_reaches_every_document_it_touches() {
         version_of(&tables.environment("fanE3").await.unwrap()),
         control_version,
         "another organisation's environment was rewritten"
+    );
+    wait::writer_idle(&db.pool, wait::DEFAULT).await;
+    let queued: std::collections::BTreeSet<String> =
+        sqlx::query_scalar("SELECT DISTINCT doc_key FROM public.test_queued")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let expected: std::collections::BTreeSet<String> = [
+        format!("environment:{e1}"),
+        format!("environment:{e2}"),
+        format!("api_key:{k1}"),
+    ]
+    .into();
+    assert_eq!(
+        queued, expected,
+        "the changes queued exactly the documents they touch"
     );
     writer.stop().await;
     db.drop_db().await;

@@ -8,6 +8,7 @@ use edge_documents::tables::TableKind;
 use edge_tests::core::{basic_project, Core, Val};
 use edge_tests::counting::CountingStore;
 use edge_tests::dynamo::{document_of, start_instance, version_of, TestTables};
+use edge_tests::gated::GatedStore;
 use edge_tests::pg::TestDb;
 use edge_tests::proxy::Proxy;
 use edge_tests::wait;
@@ -71,28 +72,66 @@ async fn change_committed_while_writer_is_down_arrives_after_start() {
 }
 
 /// Invariant 2: two writers on the same change stream never leave an older version in
-/// DynamoDB. Every observation of the item must have a value at least as new as the
-/// previous observation, and the final item must hold the last committed value.
+/// DynamoDB. Both writers provably work: the first holds its first write (and that
+/// document's lock) until the second has had a write applied; the second holds its writes
+/// until the first has reached its gate. Every observation of one environment item is at
+/// least as new as the previous one, and in the end every item of every table carries the
+/// version `edge.document` recorded for its document, and the last committed values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_writers_never_leave_an_older_version() {
+    const ENVS: usize = 6;
+    const COMMITS: i64 = 300;
     let (db, tables, core) = setup().await;
-    let (_, project, env) = basic_project(&core, "envTwo").await;
+    let org = core.create_organisation("Acme").await;
+    let project = core.create_project(org, "P", true, "COMPLETE").await;
+    let mut envs = Vec::new();
+    for i in 0..ENVS {
+        let api_key = format!("envTwo{i}");
+        let env = core.create_environment(project, "E", &api_key).await;
+        core.create_api_key(env, &format!("ser.{api_key}")).await;
+        envs.push(env);
+    }
     let feature = core
         .create_feature(project, "counter", "STANDARD", true, Val::Int(0))
         .await;
     let pool_b = db.another_pool(20).await;
-    let a = InProcessWriter::start_on(&db.pool, &tables, 4);
-    let b = InProcessWriter::start_on(&pool_b, &tables, 4);
+    let (gated_a, gate_a) = GatedStore::new(tables.store());
+    let (gated_b, gate_b) = GatedStore::new(tables.store());
+    let (store_a, store_b) = (
+        CountingStore::new(gated_a.clone()),
+        CountingStore::new(gated_b),
+    );
+    let a = InProcessWriter::start(
+        Replicator::new(db.pool.clone(), store_a.clone(), test_settings()),
+        2,
+    );
+    let b = InProcessWriter::start(
+        Replicator::new(pool_b.clone(), store_b.clone(), test_settings()),
+        2,
+    );
+    // Twelve documents are due; the first writer can hold at most two of them.
+    wait::until("the first writer inside a write", wait::DEFAULT, || async {
+        (gated_a.arrived() >= 1).then_some(())
+    })
+    .await;
+    gate_b.open();
+    wait::until(
+        "the second writer's write applied while the first holds its document",
+        wait::DEFAULT,
+        || async { (store_b.applied() >= 1).then_some(()) },
+    )
+    .await;
+    gate_a.open();
 
     let observer = {
         let tables = tables.clone();
         tokio::spawn(async move {
             let mut seen: Vec<(i64, i64)> = Vec::new();
             loop {
-                if let Some((v, _, version)) = flag_value(&tables, "envTwo", "counter").await {
+                if let Some((v, _, version)) = flag_value(&tables, "envTwo0", "counter").await {
                     let v = v.as_i64().unwrap();
                     seen.push((version, v));
-                    if v == 300 {
+                    if v == COMMITS - COMMITS % ENVS as i64 {
                         return seen;
                     }
                 }
@@ -100,8 +139,9 @@ async fn two_writers_never_leave_an_older_version() {
             }
         })
     };
-    for i in 1..=300 {
-        core.set_flag(env, feature, true, Val::Int(i)).await;
+    for i in 1..=COMMITS {
+        core.set_flag(envs[i as usize % ENVS], feature, true, Val::Int(i as i32))
+            .await;
     }
     let seen = tokio::time::timeout(Duration::from_secs(60), observer)
         .await
@@ -115,11 +155,49 @@ async fn two_writers_never_leave_an_older_version() {
             "value went backwards: {c0} (v{v0}) -> {c1} (v{v1})"
         );
     }
+    for (i, _) in envs.iter().enumerate() {
+        let last = (1..=COMMITS)
+            .filter(|c| *c as usize % ENVS == i)
+            .max()
+            .unwrap();
+        wait_value(&tables, &format!("envTwo{i}"), "counter", Value::from(last)).await;
+    }
+    wait::writer_idle(&db.pool, wait::DEFAULT).await;
     a.stop().await;
     b.stop().await;
-    // Nothing older landed after the last observation either.
-    let (v, _, _) = flag_value(&tables, "envTwo", "counter").await.unwrap();
-    assert_eq!(v, Value::from(300));
+    let (applied_a, applied_b) = (store_a.applied(), store_b.applied());
+    println!("writes applied: first writer {applied_a}, second writer {applied_b}");
+    assert!(
+        applied_a >= 1 && applied_b >= 1,
+        "{applied_a} / {applied_b}"
+    );
+
+    // Every item of every table holds the version recorded for its document.
+    let recorded: std::collections::HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT doc_key, version FROM edge.document WHERE version IS NOT NULL AND NOT deleted",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(recorded.len(), 2 * ENVS, "{recorded:?}");
+    let mut items = 0;
+    for table in TableKind::ALL {
+        for item in tables.scan(table).await {
+            let meta = edge_documents::item::stored_meta(&item).expect("a writer's item");
+            assert_eq!(
+                Some(&meta.version),
+                recorded.get(&meta.doc_key),
+                "{table:?} item of {} holds v{}",
+                meta.doc_key,
+                meta.version
+            );
+            items += 1;
+        }
+    }
+    // Per environment: the v1 item, `_META`, and the key's item.
+    assert!(items >= 3 * ENVS, "{items} items");
     pool_b.close().await;
     db.drop_db().await;
 }
@@ -210,21 +288,26 @@ async fn backlog_drains_after_dynamodb_returns() {
         )
         .await;
     }
-    wait::until(
-        "failed attempts recorded while DynamoDB is away",
-        wait::DEFAULT,
+    // DynamoDB stays away until every document has failed more often than an unclassified
+    // error may before it is parked: an outage misread as bad data would be parked by then.
+    let beyond_parking = test_settings().max_attempts + 1;
+    wait::until_ok(
+        "failed attempts beyond the parking limit while DynamoDB is away",
+        Duration::from_secs(90),
         || async {
-            (db.scalar_i64("SELECT count(*) FROM edge.pending WHERE attempts >= 2")
-                .await
-                >= 5)
-                .then_some(())
+            let failing = db
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM edge.pending WHERE attempts >= {beyond_parking}"
+                ))
+                .await;
+            let parked = db.scalar_i64("SELECT count(*) FROM edge.dead_letter").await;
+            assert_eq!(parked, 0, "an outage parked documents");
+            (failing >= 5).then_some(()).ok_or(format!(
+                "{failing} of 5 documents failed {beyond_parking} times"
+            ))
         },
     )
     .await;
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM edge.dead_letter").await,
-        0
-    );
 
     proxy.up();
     for i in 0..5 {
