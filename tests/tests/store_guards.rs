@@ -4,6 +4,8 @@
 //! The writers' claim lock serialises writes of one document, so the end-to-end suites never
 //! send an older version to DynamoDB; these tests send them directly.
 
+use aws_sdk_dynamodb::types::AttributeValue;
+use edge_documents::acks;
 use edge_documents::item::{encode, Item, ReplicationMeta};
 use edge_documents::tables::TableKind;
 use edge_tests::dynamo::TestTables;
@@ -257,4 +259,109 @@ async fn adopt_guard_replaces_only_the_ingested_foreign_item() {
         assert_eq!(put(version, &changed).await, superseded(3), "v{version}");
         assert_eq!(stored(&store, table, &key).await.as_ref(), Some(&merged));
     }
+}
+
+/// An applied delete is preceded by the writer's delete intent in the ledger, at its version
+/// (how the stream consumers tell it from a removal behind the writer's back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_delete_records_its_intent_first() {
+    edge_tests::init_logging();
+    let tables = TestTables::new().await;
+    let store = tables.store();
+    let table = TableKind::Environments;
+    let item = writer_item(
+        &json!({"api_key": "envIntent", "id": 3}),
+        "environment:3",
+        5,
+    );
+    let key = key_of(table, &item);
+    store.put(table, item, 5, &Guard::Version).await.unwrap();
+    let outcome = store
+        .delete(table, key.clone(), "environment:3", 6, &Guard::Version)
+        .await
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::Applied);
+    let intent = tables
+        .client
+        .get_item()
+        .table_name(&tables.names.acks)
+        .key(
+            "item_key",
+            AttributeValue::S("environments|envIntent".into()),
+        )
+        .key("region", AttributeValue::S(acks::DELETE_INTENT.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .and_then(|i| acks::Ack::from_item(&i))
+        .expect("the delete intent");
+    assert_eq!((intent.version, intent.removed), (6, true));
+    assert_eq!(intent.doc_key, "environment:3");
+}
+
+/// DynamoDB's refusals that are not a failed condition come back as errors, classified:
+/// a missing table (an operator may still create it) is retried, a request DynamoDB will
+/// never accept is not; neither is mistaken for a superseded write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_refusals_are_classified_errors_not_outcomes() {
+    edge_tests::init_logging();
+    let tables = TestTables::new().await;
+    let item = writer_item(&json!({"api_key": "envErr", "id": 4}), "environment:4", 5);
+    let key = key_of(TableKind::Environments, &item);
+
+    let mut missing = tables.names.clone();
+    missing.environments = format!("{}_missing", tables.names.environments);
+    let store = DynamoStore::new(tables.client.clone(), missing.clone());
+    let err = store
+        .put(TableKind::Environments, item.clone(), 5, &Guard::Version)
+        .await
+        .unwrap_err();
+    assert!(
+        err.retryable && err.message.contains("ResourceNotFound"),
+        "{err}"
+    );
+    let err = store
+        .delete(
+            TableKind::Environments,
+            key.clone(),
+            "environment:4",
+            6,
+            &Guard::Version,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.retryable && err.message.contains("ResourceNotFound"),
+        "{err}"
+    );
+    // The ledger missing: the delete intent cannot be recorded, so nothing is deleted.
+    missing.environments = tables.names.environments.clone();
+    missing.acks = format!("{}_missing", tables.names.acks);
+    let store = DynamoStore::new(tables.client.clone(), missing);
+    let err = store
+        .delete(
+            TableKind::Environments,
+            key,
+            "environment:4",
+            6,
+            &Guard::Version,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.retryable && err.table.ends_with("_missing"), "{err}");
+
+    // An empty key string: DynamoDB refuses the request itself, for good.
+    let mut bad = item;
+    bad.insert("api_key".into(), AttributeValue::S(String::new()));
+    let err = tables
+        .store()
+        .put(TableKind::Environments, bad, 5, &Guard::Version)
+        .await
+        .unwrap_err();
+    assert!(
+        !err.retryable && err.message.contains("ValidationException"),
+        "{err}"
+    );
 }
