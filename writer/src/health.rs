@@ -59,6 +59,7 @@ impl Drop for Busy<'_> {
 
 #[derive(Debug)]
 pub struct Health {
+    #[cfg_attr(test, allow(dead_code))]
     epoch: Instant,
     stuck_after: Duration,
     tasks: Mutex<BTreeMap<String, TaskState>>,
@@ -67,6 +68,9 @@ pub struct Health {
     last_progress: AtomicU64,
     /// When the capture task last finished a pass over the change log.
     capture_progress: AtomicU64,
+    /// Milliseconds added to the clock (tests move time forward instead of sleeping).
+    #[cfg(test)]
+    skew_ms: AtomicU64,
 }
 
 /// How long the oldest work has waited: [`oldest_due_age`] and [`oldest_change_age`].
@@ -97,11 +101,27 @@ impl Health {
             workers: (0..workers).map(|_| WorkerSlot::default()).collect(),
             last_progress: AtomicU64::new(0),
             capture_progress: AtomicU64::new(0),
+            #[cfg(test)]
+            skew_ms: AtomicU64::new(0),
         }
     }
 
+    #[cfg(not(test))]
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// In tests the clock stands still but for [`Self::advance`], so a loaded machine cannot
+    /// make time pass between two assertions.
+    #[cfg(test)]
+    fn now_ms(&self) -> u64 {
+        self.skew_ms.load(Ordering::SeqCst)
+    }
+
+    #[cfg(test)]
+    fn advance(&self, by: Duration) {
+        self.skew_ms
+            .fetch_add(by.as_millis() as u64, Ordering::SeqCst);
     }
 
     fn progressed(&self) {
@@ -277,7 +297,7 @@ mod tests {
         health.task_started("worker-0");
         health.idle(0);
         let busy = health.busy(0);
-        std::thread::sleep(Duration::from_millis(40));
+        health.advance(Duration::from_millis(40));
         assert!(health.verdict(Ages::default()).healthy, "nothing due waits");
         assert!(health.verdict(due(Duration::from_millis(10))).healthy);
         let v = health.verdict(due(Duration::from_secs(1)));
@@ -285,7 +305,7 @@ mod tests {
         assert!(v.problems.iter().any(|p| p.contains("worker 0")), "{v:?}");
         busy.done();
         assert!(health.verdict(due(Duration::from_secs(1))).healthy);
-        std::thread::sleep(Duration::from_millis(40));
+        health.advance(Duration::from_millis(40));
         let v = health.verdict(due(Duration::from_secs(1)));
         assert!(
             v.problems.iter().any(|p| p.contains("no worker finished")),
@@ -327,7 +347,7 @@ mod tests {
             ..Ages::default()
         };
         assert!(health.verdict(waiting).healthy, "capture just passed");
-        std::thread::sleep(Duration::from_millis(40));
+        health.advance(Duration::from_millis(40));
         assert!(health.verdict(Ages::default()).healthy, "no change waits");
         let v = health.verdict(waiting);
         assert!(
