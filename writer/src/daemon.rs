@@ -323,8 +323,10 @@ async fn worker_loop<S: ItemStore>(
 }
 
 /// The queue gauges, every 5 s; and every minute old edge merge state pruned and a log line
-/// `writer queue` with the same figures, from which the deployment's log metric filters publish
-/// `FlagsmithEdge/DeadLetters`, the heartbeat `FlagsmithEdge/OldestDueAgeSeconds` and
+/// `writer queue` with the same figures and the replication lag of the minute
+/// ([`crate::lag_window`]), from which the deployment's log metric filters publish
+/// `FlagsmithEdge/DeadLetters`, `QueueDepth`, `QueueDue`, `WriterLagP50Seconds`,
+/// `WriterLagP99Seconds`, the heartbeat `FlagsmithEdge/OldestDueAgeSeconds` and
 /// `FlagsmithEdge/OldestChangeAgeSeconds` (ECS log drivers do not carry embedded metrics). The
 /// line is written only when the queue could be read: a writer that cannot is silent, and
 /// the heartbeat's alarm treats silence as breaching.
@@ -358,12 +360,18 @@ async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
                         Ok(n) => tracing::info!(rows = n, "pruned old edge merge state"),
                         Err(e) => tracing::warn!(error = %e, "pruning old edge merge state failed"),
                     }
+                    // The lag of the writes since the last line (absent when none).
+                    let lag = crate::lag_window::take();
                     tracing::info!(
                         queue_depth = q.depth,
                         queue_due = q.due,
                         dead_letters = q.dead_letters,
                         oldest_due_age_seconds = q.oldest_due_age.as_secs(),
                         oldest_change_age_seconds = q.oldest_change_age.as_secs(),
+                        lag_samples = lag.map(|l| l.count),
+                        lag_p50_seconds = lag.map(|l| l.p50),
+                        lag_p99_seconds = lag.map(|l| l.p99),
+                        lag_max_seconds = lag.map(|l| l.max),
                         "writer queue"
                     );
                 }

@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod grants;
 pub mod health;
 pub mod http;
+pub mod lag_window;
 pub mod metrics;
 pub mod migrate_identities;
 pub mod projection;

@@ -69,6 +69,7 @@ pub fn record_lag(first_change_at: DateTime<Utc>) {
         .unwrap_or(0) as f64
         / 1e6;
     metrics::histogram!(LAG_SECONDS).record(lag.max(0.0));
+    crate::lag_window::record(lag);
 }
 
 pub fn record_failure(kind: FailureKind) {
