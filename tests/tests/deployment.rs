@@ -5,6 +5,8 @@
 //! right tables. The roles grant exactly the DynamoDB, DynamoDB Streams and CloudFront calls
 //! found in each binary's sources, on the right resources (see [`CALLS`]). The writer's
 //! heartbeat alarms treat a silent writer as breaching, and the core API may reach /v1/sync.
+//! The dashboards show only published metrics and every alarm, and every alarm links to its
+//! runbook section.
 //!
 //! The YAML is read by cfn-lint's own decoder (it understands `!Sub`, `!GetAtt`, ...), run
 //! with the Python of the infra venv that `infra/aws/lint.sh` installs
@@ -519,18 +521,21 @@ fn the_consumer_reads_the_streams_of_the_tables_it_verifies() {
     );
 }
 
-/// Every alarm on a `FlagsmithEdge` metric watches something that is published: by the
-/// consumer's embedded metrics (the names of `stream_consumer::metrics::emf`) or by a log
-/// metric filter of the template whose pattern matches a line the writer logs.
-#[test]
-fn every_edge_alarm_watches_a_metric_something_publishes() {
+/// The metric names of the consumer's embedded metrics (`stream_consumer::metrics::emf`),
+/// published with and without dimension `Region`.
+fn emf_metric_names() -> BTreeSet<String> {
     let emf = stream_consumer::metrics::emf("r", &stream_consumer::BatchReport::default(), 0);
-    let emf_names: BTreeSet<String> = emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+    emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["Name"].as_str().unwrap().to_string())
-        .collect();
+        .collect()
+}
+
+/// The `FlagsmithEdge` metrics the template's log metric filters publish (without
+/// dimensions), each checked to match a line and a field the writer logs.
+fn filtered_metric_names() -> BTreeSet<String> {
     let daemon = std::fs::read_to_string(edge_tests::repo_root().join("writer/src/daemon.rs"))
         .expect("read the writer's daemon");
     let mut filtered = BTreeSet::new();
@@ -557,6 +562,16 @@ fn every_edge_alarm_watches_a_metric_something_publishes() {
             filtered.insert(t["MetricName"].as_str().unwrap().to_string());
         }
     }
+    filtered
+}
+
+/// Every alarm on a `FlagsmithEdge` metric watches something that is published: by the
+/// consumer's embedded metrics (the names of `stream_consumer::metrics::emf`) or by a log
+/// metric filter of the template whose pattern matches a line the writer logs.
+#[test]
+fn every_edge_alarm_watches_a_metric_something_publishes() {
+    let emf_names = emf_metric_names();
+    let filtered = filtered_metric_names();
     let mut watched = 0;
     for (id, r) in resources() {
         if r["Type"] != "AWS::CloudWatch::Alarm" || r["Properties"]["Namespace"] != "FlagsmithEdge"
@@ -572,6 +587,309 @@ fn every_edge_alarm_watches_a_metric_something_publishes() {
         );
     }
     assert!(watched >= 3, "the edge alarms are found ({watched})");
+}
+
+/// The AWS metrics a dashboard may show besides `FlagsmithEdge`'s: what AWS publishes for the
+/// resources of the template.
+const AWS_METRICS: &[(&str, &[&str])] = &[
+    (
+        "AWS/Lambda",
+        &["IteratorAge", "Errors", "Invocations", "Throttles"],
+    ),
+    ("AWS/SQS", &["ApproximateNumberOfMessagesVisible"]),
+    (
+        "ECS/ContainerInsights",
+        &["RunningTaskCount", "CpuUtilized", "MemoryUtilized"],
+    ),
+];
+
+/// A dashboard of the template: its condition, its body as JSON (`${X.Arn}` of an alarm read
+/// as `ALARM:X`, every other substitution as its name) and the alarms its body references
+/// only under a condition (`Fn::If` in the `Fn::Sub` variables), with that condition.
+struct Dashboard {
+    condition: Option<String>,
+    body: Value,
+    conditional_alarms: BTreeMap<String, String>,
+}
+
+fn substitute(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("a closed ${...}") + start;
+        let name = &rest[start + 2..end];
+        match name.strip_suffix(".Arn") {
+            Some(alarm) if alarm.ends_with("Alarm") => out.push_str(&format!("ALARM:{alarm}")),
+            _ => out.push_str(name),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn dashboards() -> BTreeMap<String, Dashboard> {
+    let mut out = BTreeMap::new();
+    for (id, r) in resources() {
+        if r["Type"] != "AWS::CloudWatch::Dashboard" {
+            continue;
+        }
+        let sub = &r["Properties"]["DashboardBody"]["Fn::Sub"];
+        let (text, vars) = match sub {
+            Value::String(text) => (text.as_str(), None),
+            Value::Array(parts) => (parts[0].as_str().unwrap(), parts[1].as_object()),
+            other => panic!("{id}: DashboardBody is not a Fn::Sub: {other}"),
+        };
+        let mut text = text.to_string();
+        let mut conditional_alarms = BTreeMap::new();
+        for (var, value) in vars.into_iter().flatten() {
+            // { "Fn::If": [condition, { "Fn::Sub": "\"${X.Arn}\"," }, ""] }
+            let branches = value["Fn::If"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{id}: variable {var} is not a Fn::If"));
+            let condition = branches[0].as_str().unwrap().to_string();
+            let when = substitute(branches[1]["Fn::Sub"].as_str().unwrap());
+            assert_eq!(branches[2], "", "{id}: {var} is empty otherwise");
+            let alarm = when
+                .split("ALARM:")
+                .nth(1)
+                .and_then(|a| a.split('"').next())
+                .unwrap_or_else(|| panic!("{id}: {var} names no alarm"));
+            conditional_alarms.insert(alarm.to_string(), condition);
+            text = text.replace(&format!("${{{var}}}"), &when);
+        }
+        let body: Value = serde_json::from_str(&substitute(&text))
+            .unwrap_or_else(|e| panic!("{id}: DashboardBody is not JSON: {e}"));
+        out.insert(
+            id.clone(),
+            Dashboard {
+                condition: r["Condition"].as_str().map(str::to_string),
+                body,
+                conditional_alarms,
+            },
+        );
+    }
+    out
+}
+
+/// (namespace, metric name, dimension names) of every metric a dashboard shows.
+fn dashboard_metrics(body: &Value) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for w in body["widgets"].as_array().expect("widgets") {
+        if w["type"] != "metric" {
+            continue;
+        }
+        for m in w["properties"]["metrics"].as_array().expect("metrics") {
+            let parts: Vec<&Value> = m.as_array().unwrap().iter().collect();
+            let strings: Vec<String> = parts
+                .iter()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect();
+            assert!(strings.len() >= 2, "a metric is namespace and name: {m}");
+            assert!(
+                strings[0] != "." && strings[1] != ".",
+                "no shorthand in metrics: {m}"
+            );
+            let dims = strings[2..].iter().step_by(2).cloned().collect();
+            out.push((strings[0].clone(), strings[1].clone(), dims));
+        }
+    }
+    out
+}
+
+fn dashboard_alarms(body: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for w in body["widgets"].as_array().expect("widgets") {
+        if w["type"] != "alarm" {
+            continue;
+        }
+        for a in w["properties"]["alarms"].as_array().expect("alarms") {
+            let a = a.as_str().unwrap();
+            let id = a
+                .strip_prefix("ALARM:")
+                .unwrap_or_else(|| panic!("alarm {a} is not an alarm of the template"));
+            out.insert(id.to_string());
+        }
+    }
+    out
+}
+
+/// Every metric a dashboard shows is one the code publishes (or AWS does, for the template's
+/// resources), with the dimensions it is published with; every alarm is on a dashboard that
+/// exists whenever the alarm does, beside the metric it watches.
+#[test]
+fn dashboards_show_published_metrics_and_every_alarm() {
+    let emf = emf_metric_names();
+    let filtered = filtered_metric_names();
+    let dashboards = dashboards();
+    assert!(
+        dashboards.len() >= 2,
+        "a consumer and a writer dashboard: {:?}",
+        dashboards.keys().collect::<Vec<_>>()
+    );
+    let mut shown_alarms: BTreeMap<String, String> = BTreeMap::new();
+    for (id, d) in &dashboards {
+        let metrics = dashboard_metrics(&d.body);
+        assert!(!metrics.is_empty(), "{id} shows no metric");
+        for (namespace, name, dims) in &metrics {
+            if namespace == "FlagsmithEdge" {
+                if emf.contains(name) {
+                    assert!(
+                        dims.is_empty() || dims == &["Region".to_string()],
+                        "{id}: {name} is published without dimensions and by Region, not {dims:?}"
+                    );
+                } else {
+                    assert!(
+                        filtered.contains(name),
+                        "{id} shows FlagsmithEdge/{name}, which nothing publishes \
+                         (consumer EMF: {emf:?}; log filters: {filtered:?})"
+                    );
+                    assert!(
+                        dims.is_empty(),
+                        "{id}: {name} comes from a log filter, without dimensions"
+                    );
+                }
+            } else {
+                let known = AWS_METRICS
+                    .iter()
+                    .find(|(ns, _)| ns == namespace)
+                    .is_some_and(|(_, names)| names.contains(&name.as_str()));
+                assert!(
+                    known,
+                    "{id} shows {namespace}/{name}, not a metric of this stack"
+                );
+            }
+        }
+        for alarm in dashboard_alarms(&d.body) {
+            let r = resources()
+                .get(&alarm)
+                .unwrap_or_else(|| panic!("{id} shows alarm {alarm}, not in the template"));
+            assert_eq!(r["Type"], "AWS::CloudWatch::Alarm", "{alarm}");
+            let alarm_condition = r["Condition"].as_str();
+            // Referenced only when the alarm exists: under the dashboard's own condition,
+            // or under the alarm's through Fn::If.
+            if let Some(c) = alarm_condition {
+                let guarded = d.condition.as_deref() == Some(c)
+                    || d.conditional_alarms.get(&alarm).map(String::as_str) == Some(c);
+                assert!(guarded, "{id} references {alarm} outside its condition {c}");
+            }
+            let watched = (
+                r["Properties"]["Namespace"].as_str().unwrap().to_string(),
+                r["Properties"]["MetricName"].as_str().unwrap().to_string(),
+            );
+            assert!(
+                metrics
+                    .iter()
+                    .any(|(ns, name, _)| (ns.clone(), name.clone()) == watched),
+                "{id} shows alarm {alarm} but not its metric {watched:?}"
+            );
+            shown_alarms.insert(alarm, id.clone());
+        }
+    }
+    for (id, r) in resources() {
+        if r["Type"] == "AWS::CloudWatch::Alarm" {
+            assert!(
+                shown_alarms.contains_key(id),
+                "alarm {id} is on no dashboard ({shown_alarms:?})"
+            );
+        }
+    }
+}
+
+/// Every alarm's description links to its section of `infra/aws/RUNBOOK.md`, which says what
+/// it means, how to confirm it and the fix; the runbook has no section for an alarm that is
+/// gone.
+#[test]
+fn every_alarm_links_to_its_runbook_section() {
+    let runbook = std::fs::read_to_string(edge_tests::repo_root().join("infra/aws/RUNBOOK.md"))
+        .expect("read infra/aws/RUNBOOK.md");
+    let mut sections: BTreeMap<String, String> = BTreeMap::new();
+    for part in runbook.split("\n## ").skip(1) {
+        let (heading, body) = part.split_once('\n').unwrap_or((part, ""));
+        sections.insert(heading.trim().to_string(), body.to_string());
+    }
+    let mut alarms = BTreeSet::new();
+    for (id, r) in resources() {
+        if r["Type"] != "AWS::CloudWatch::Alarm" {
+            continue;
+        }
+        alarms.insert(id.clone());
+        let description = r["Properties"]["AlarmDescription"].as_str().unwrap();
+        assert!(
+            description.len() <= 1024,
+            "{id}: AlarmDescription is {} characters; CloudWatch takes 1024",
+            description.len()
+        );
+        let link = format!("Runbook: infra/aws/RUNBOOK.md#{}", id.to_lowercase());
+        assert!(
+            description.contains(&link),
+            "{id}: its description does not link `{link}`"
+        );
+        let section = sections
+            .get(id)
+            .unwrap_or_else(|| panic!("RUNBOOK.md has no section `## {id}`"));
+        for part in ["**Means:**", "**Confirm:**", "**Fix:**"] {
+            assert!(section.contains(part), "RUNBOOK.md, {id}: no {part}");
+        }
+    }
+    for heading in sections.keys() {
+        assert!(
+            alarms.contains(heading),
+            "RUNBOOK.md has a section for {heading}, which is not an alarm of the template"
+        );
+    }
+}
+
+/// The Grafana dashboard of the writer's Prometheus metrics shows only metrics the writer
+/// publishes (`writer/src/metrics.rs`; a histogram as its `_bucket`, `_sum` or `_count`
+/// series), and every one of them.
+#[test]
+fn the_grafana_dashboard_shows_every_writer_metric_and_nothing_else() {
+    let root = edge_tests::repo_root();
+    let source = std::fs::read_to_string(root.join("writer/src/metrics.rs")).unwrap();
+    let published: BTreeSet<String> = source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.starts_with("writer_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(published.len() >= 15, "the writer's metrics: {published:?}");
+    let path = root.join("infra/grafana/writer-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let mut shown = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("writer_") {
+                    continue;
+                }
+                let name = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| {
+                        word.strip_suffix(suffix)
+                            .filter(|base| published.contains(*base))
+                    })
+                    .unwrap_or(word);
+                assert!(
+                    published.contains(name),
+                    "panel `{}` queries {word}, which the writer does not publish",
+                    panel["title"]
+                );
+                shown.insert(name.to_string());
+            }
+        }
+    }
+    let missing: Vec<_> = published.difference(&shown).collect();
+    assert!(
+        missing.is_empty(),
+        "writer metrics on no panel: {missing:?}"
+    );
 }
 
 /// The webhook secret by ARN: the consumer gets the variable and may read that one secret,
