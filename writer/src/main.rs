@@ -786,6 +786,8 @@ async fn backfill(cli: &Cli, args: &BackfillArgs) -> Result<()> {
         rate: args.rate,
         concurrency: usize::from(args.concurrency),
         restart: args.restart,
+        only_differing: false,
+        progress_bar: false,
     };
     let summary = backfill::run(&replicator, &scope, &options)
         .await
