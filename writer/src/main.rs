@@ -1406,6 +1406,33 @@ mod tests {
         assert_eq!(cli.tables.names().environments, "t_flagsmith_environments");
     }
 
+    #[test]
+    fn bootstrap_takes_the_jobs_flags() {
+        let cli = Cli::try_parse_from([
+            "writer",
+            "bootstrap",
+            "--create-tables",
+            "--region",
+            "a=http://127.0.0.1:1",
+            "--region",
+            "eu-west-1",
+            "--lease-secs",
+            "4",
+        ])
+        .unwrap();
+        let Command::Bootstrap(args) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert!(args.create_tables && !args.no_streams);
+        assert_eq!(args.regions.len(), 2);
+        assert_eq!(args.lease_secs, 4);
+        let err = Cli::try_parse_from(["writer", "bootstrap", "--no-streams"]).unwrap_err();
+        assert!(err.to_string().contains("--create-tables"), "{err}");
+        let err =
+            Cli::try_parse_from(["writer", "bootstrap", "--region", "a=ftp://x"]).unwrap_err();
+        assert!(err.to_string().contains("not an http(s) URL"), "{err}");
+    }
+
     fn run_args(args: &[&str]) -> RunArgs {
         let mut all = vec!["writer", "run"];
         all.extend_from_slice(args);
