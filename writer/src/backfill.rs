@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use edge_documents::hash::content_hash;
-use edge_documents::item::{encode, logical_item, ReplicationMeta};
+use edge_documents::item::{encode, logical_item, stored_meta, ReplicationMeta};
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use sqlx::{Acquire, PgPool};
 
 use crate::doc_key::DocKey;
+use crate::migrate_identities::progress::Progress;
 use crate::projection;
 use crate::replicate::{error_chain, Replicator};
 use crate::store::ItemStore;
@@ -33,6 +34,10 @@ pub enum Scope {
     Project(i32),
     /// Every environment and API key document.
     All,
+    /// Every environment and API key document of the projects on the edge
+    /// (`enable_dynamo_db`): what `writer bootstrap` writes. Other projects' documents are
+    /// not touched at all.
+    EdgeProjects,
     /// Every document (identities included) whose newest replicated change was captured at
     /// or after this time.
     Since(DateTime<Utc>),
@@ -50,6 +55,7 @@ impl Scope {
             Scope::Environment(e) => format!("environment:{e}"),
             Scope::Project(p) => format!("project:{p}"),
             Scope::All => "all".into(),
+            Scope::EdgeProjects => "bootstrap:edge-projects".into(),
             Scope::Since(t) => format!("since:{}", t.to_rfc3339()),
             Scope::Gap(ids) => format!(
                 "gap:{}",
@@ -70,6 +76,13 @@ pub struct Options {
     pub concurrency: usize,
     /// Start from the first document even if a stopped run left a cursor.
     pub restart: bool,
+    /// Compare each document with DynamoDB first (as a dry run does) and re-write only those
+    /// whose items are missing, differ, or lack the writer's attributes; the others go
+    /// through the versioned path unforced, which leaves their items and versions as they
+    /// are. `false`: every document is re-written with a new version (forced).
+    pub only_differing: bool,
+    /// A progress bar on a terminal (log lines every 5 s otherwise).
+    pub progress_bar: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -80,6 +93,8 @@ pub struct Summary {
     pub documents: u64,
     /// Documents written (or, in a dry run, that would be written).
     pub written: u64,
+    /// Documents whose items were already as projected: nothing was sent to DynamoDB.
+    pub unchanged: u64,
     /// Items that differ from DynamoDB or are missing there (dry run).
     pub items_differing: u64,
     pub items_missing: u64,
@@ -130,6 +145,15 @@ pub async fn documents(pool: &PgPool, scope: &Scope) -> Result<Vec<String>, Back
             sqlx::query_scalar("SELECT id FROM environments_environment")
                 .fetch_all(pool)
                 .await?
+        }
+        Scope::EdgeProjects => {
+            sqlx::query_scalar(
+                "SELECT e.id FROM environments_environment e
+                   JOIN projects_project p ON p.id = e.project_id
+                  WHERE p.enable_dynamo_db",
+            )
+            .fetch_all(pool)
+            .await?
         }
         Scope::Since(t) => {
             // Sorted here, not by the database's collation: the cursor compares bytes.
@@ -220,8 +244,12 @@ pub async fn run<S: ItemStore>(
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    let mut last_log = Instant::now();
-    let mut done = 0u64;
+    let mut progress = Progress::new(
+        "documents",
+        summary.documents,
+        options.progress_bar,
+        Duration::from_secs(5),
+    );
     for chunk in todo.chunks(options.concurrency.max(1)) {
         if let Some(p) = pacer.as_mut() {
             for _ in chunk {
@@ -230,7 +258,7 @@ pub async fn run<S: ItemStore>(
         }
         let results: Vec<(String, Result<DocResult, String>)> = stream::iter(chunk.iter().cloned())
             .map(|key| async move {
-                let r = replay_one(replicator, &key, options.dry_run).await;
+                let r = replay_one(replicator, &key, options).await;
                 (key, r)
             })
             .buffered(options.concurrency.max(1))
@@ -241,6 +269,8 @@ pub async fn run<S: ItemStore>(
                 Ok(r) => {
                     if r.written {
                         summary.written += 1;
+                    } else {
+                        summary.unchanged += 1;
                     }
                     summary.items_compared += r.compared;
                     summary.items_differing += r.differing;
@@ -258,7 +288,7 @@ pub async fn run<S: ItemStore>(
                 }
             }
         }
-        done += chunk.len() as u64;
+        progress.advance(chunk.len() as u64);
         if !options.dry_run {
             let last = chunk.last().expect("chunks are not empty");
             sqlx::query(
@@ -272,11 +302,8 @@ pub async fn run<S: ItemStore>(
             .execute(pool)
             .await?;
         }
-        if last_log.elapsed() >= Duration::from_secs(5) {
-            last_log = Instant::now();
-            tracing::info!(done, total = summary.documents, "backfill progress");
-        }
     }
+    progress.finish();
     if !options.dry_run {
         sqlx::query("UPDATE edge.backfill_run SET finished_at = now() WHERE scope = $1")
             .bind(&scope_key)
@@ -298,22 +325,53 @@ struct DocResult {
 async fn replay_one<S: ItemStore>(
     replicator: &Replicator<S>,
     key: &str,
-    dry_run: bool,
+    options: &Options,
 ) -> Result<DocResult, String> {
     let doc: DocKey = key.parse().map_err(|e| error_chain(&e))?;
-    if !dry_run {
-        let outcome = replicator
-            .replicate_now_with(doc, true)
-            .await
-            .map_err(|e| error_chain(&e))?;
+    if options.dry_run {
+        let c = compare_with_store(replicator, doc, key).await?;
         return Ok(DocResult {
-            written: outcome.written > 0 || outcome.deleted > 0,
-            compared: 0,
-            differing: 0,
-            missing: 0,
+            written: c.differing > 0 || c.missing > 0,
+            compared: c.compared,
+            differing: c.differing,
+            missing: c.missing,
         });
     }
-    // Dry run: project in a snapshot and compare with DynamoDB, item by item.
+    let force = if options.only_differing {
+        let c = compare_with_store(replicator, doc, key).await?;
+        c.differing > 0 || c.missing > 0 || c.foreign > 0
+    } else {
+        true
+    };
+    let outcome = replicator
+        .replicate_now_with(doc, force)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    Ok(DocResult {
+        written: outcome.written > 0 || outcome.deleted > 0,
+        compared: 0,
+        differing: 0,
+        missing: 0,
+    })
+}
+
+/// A document's projection compared with DynamoDB, item by item.
+struct Compared {
+    compared: u64,
+    /// Content differs from the projection.
+    differing: u64,
+    missing: u64,
+    /// Content as projected, but without the writer's attributes (written by someone else).
+    foreign: u64,
+}
+
+/// Projects `doc` in a snapshot and compares it with DynamoDB by content hash, writing
+/// nothing.
+async fn compare_with_store<S: ItemStore>(
+    replicator: &Replicator<S>,
+    doc: DocKey,
+    key: &str,
+) -> Result<Compared, String> {
     let mut conn = replicator
         .pool()
         .acquire()
@@ -329,12 +387,18 @@ async fn replay_one<S: ItemStore>(
         let _ = tx.rollback().await;
         p.map_err(|e| format!("{key}: {e}"))?
     };
+    drop(conn);
     let meta = ReplicationMeta {
         version: 0,
         source_time: String::new(),
         doc_key: key.to_string(),
     };
-    let (mut compared, mut differing, mut missing) = (0, 0, 0);
+    let mut c = Compared {
+        compared: 0,
+        differing: 0,
+        missing: 0,
+        foreign: 0,
+    };
     for d in &projected.items {
         let threshold = d
             .compressible
@@ -347,21 +411,18 @@ async fn replay_one<S: ItemStore>(
             .get(d.table, item_key)
             .await
             .map_err(|e| e.to_string())?;
-        compared += 1;
+        c.compared += 1;
         match stored {
-            None => missing += 1,
+            None => c.missing += 1,
             Some(item) => {
                 let stored_hash = logical_item(&item).map(|l| content_hash(&l)).ok();
                 if stored_hash.as_deref() != Some(encoded.hash.as_str()) {
-                    differing += 1;
+                    c.differing += 1;
+                } else if stored_meta(&item).is_err() {
+                    c.foreign += 1;
                 }
             }
         }
     }
-    Ok(DocResult {
-        written: differing > 0 || missing > 0,
-        compared,
-        differing,
-        missing,
-    })
+    Ok(c)
 }

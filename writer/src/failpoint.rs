@@ -19,6 +19,8 @@ pub const AFTER_DYNAMODB_WRITE: &str = "after-dynamodb-write";
 pub const WORKER_TAKES_DOCUMENT: &str = "worker-takes-document";
 /// In `POST /v1/sync`, once the request holds its place in the budget.
 pub const SYNC_STARTS: &str = "sync-starts";
+/// In the identity migration job, after a page's checkpoint was saved.
+pub const IDENTITY_PAGE_CHECKPOINTED: &str = "identity-page-checkpointed";
 
 pub fn crash_point(name: &str) {
     static AT: OnceLock<Option<String>> = OnceLock::new();

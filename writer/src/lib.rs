@@ -7,6 +7,7 @@
 //! [`sync`] and [`http`] do it on request.
 
 pub mod backfill;
+pub mod bootstrap;
 pub mod capture;
 pub mod daemon;
 pub mod db;

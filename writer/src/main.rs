@@ -145,6 +145,13 @@ enum Command {
     /// project, everything, or what changed since a time. Resumable; safe beside the live
     /// writer.
     Backfill(BackfillArgs),
+    /// Adopt an existing core database in one command: migrations and capture (as
+    /// `migrate`), the tables (created or checked), every environment, _META and API key of
+    /// the edge projects (only those that differ are written), the identities of every edge
+    /// project (the resumable identity migration job), then verify. Safe to re-run (an edge
+    /// in step is left as it is) and beside the live writer. Exit code: 0 done, no drift;
+    /// 2 done, with drift or failed documents; 1 a step failed (re-run to resume).
+    Bootstrap(BootstrapArgs),
     /// Compare Postgres with the items of every region and with the consumers'
     /// acknowledgements; list missing, stale, corrupted, extra and unconfirmed items.
     /// Exit code: 0 no drift, 2 drift found, 3 drift found and every drifting document
@@ -317,6 +324,62 @@ struct BackfillArgs {
     /// capture resumed to end first; records the gaps closed when no document failed.
     #[arg(long)]
     gap: bool,
+    #[command(flatten)]
+    replication: ReplicationArgs,
+}
+
+#[derive(Args, Debug)]
+struct BootstrapArgs {
+    /// Flagsmith's application role, granted what firing the capture triggers needs (as
+    /// `writer migrate --core-role`).
+    #[arg(long)]
+    core_role: Option<String>,
+    /// The writer's role, granted what the writer needs (as `writer migrate --writer-role`).
+    #[arg(long)]
+    writer_role: Option<String>,
+    #[command(flatten)]
+    locks: LockArgs,
+    /// Create the DynamoDB tables that do not exist yet (as `writer tables create`; not in
+    /// AWS, where the stack creates them). Without it, each table is checked.
+    #[arg(long)]
+    create_tables: bool,
+    /// With --create-tables: without streams (local bulk loads only).
+    #[arg(long, requires = "create_tables")]
+    no_streams: bool,
+    /// Environment and API key documents written at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+    /// At most this many environment and API key documents per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Identities per page of the identity migration.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    page_size: u32,
+    /// Identity pages migrated at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    identity_concurrency: u16,
+    /// BatchWriteItem calls in flight per identity page.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    batch_concurrency: u16,
+    /// Seconds an identity page's write lease lasts (its batches are abandoned after half).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lease_secs: u64,
+    /// Regions to verify at the end, as `writer verify --region`. Without any: the home
+    /// region (the DynamoDB written to), content only (no acknowledgements checked).
+    #[arg(long = "region", value_parser = parse_region)]
+    regions: Vec<(String, Option<String>)>,
+    /// As `writer verify --ack-deadline-secs` (with --region only).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_209_600))]
+    ack_deadline_secs: u64,
+    /// As `writer verify --recheck-after-secs`.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    recheck_after_secs: u64,
+    /// No progress bars, log lines only.
+    #[arg(long)]
+    no_progress: bool,
+    /// Print the summary as JSON (otherwise one line per step).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     replication: ReplicationArgs,
 }
@@ -610,6 +673,7 @@ async fn dispatch(
         } => replay_dead_letters(&cli, doc.as_deref(), *all).await?,
         Command::Backfill(args) => backfill(&cli, args).await?,
         Command::Verify(args) => verify(&cli, args).await?,
+        Command::Bootstrap(args) => bootstrap(&cli, args).await?,
         Command::DeadLetters {
             command: DeadLettersCommand::List,
         } => {
@@ -786,6 +850,8 @@ async fn backfill(cli: &Cli, args: &BackfillArgs) -> Result<()> {
         rate: args.rate,
         concurrency: usize::from(args.concurrency),
         restart: args.restart,
+        only_differing: false,
+        progress_bar: false,
     };
     let summary = backfill::run(&replicator, &scope, &options)
         .await
@@ -913,21 +979,159 @@ fn print_capture_status(s: &edge_writer::capture::control::CaptureStatus) {
     }
 }
 
-async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
-    use edge_writer::verify::{self, Options, Region};
-    let pool = pool(cli, 4).await?;
-    let store = dynamo(cli).await;
+/// Clients for the regions given with `--region`.
+async fn regions(given: &[(String, Option<String>)]) -> Vec<edge_writer::verify::Region> {
     let mut regions = Vec::new();
-    for (name, endpoint) in &args.regions {
+    for (name, endpoint) in given {
         let client = match endpoint {
             Some(url) => store::client::dynamodb(Some(url)).await,
             None => store::client::dynamodb_in_region(name).await,
         };
-        regions.push(Region {
+        regions.push(edge_writer::verify::Region {
             name: name.clone(),
             client,
         });
     }
+    regions
+}
+
+async fn bootstrap(cli: &Cli, args: &BootstrapArgs) -> Result<()> {
+    use edge_writer::bootstrap::{self, Options, TablesMode, VerifyPlan};
+    use edge_writer::migrate_identities::{self as job, PageSettings};
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of documents per second, not {rate}");
+        }
+    }
+    let admin = admin_pool(cli).await?;
+    let connections =
+        (u32::from(args.concurrency) * 2 + 4).max(u32::from(args.identity_concurrency) * 2 + 4);
+    let replicator = Replicator::new(
+        pool(cli, connections).await?,
+        dynamo(cli).await,
+        args.replication.settings(),
+    );
+    let options = Options {
+        migrate: db::MigrateOptions {
+            locks: args.locks.policy(),
+            core_role: args.core_role.clone(),
+            writer_role: args.writer_role.clone(),
+        },
+        tables: if args.create_tables {
+            TablesMode::Create {
+                streams: !args.no_streams,
+            }
+        } else {
+            TablesMode::Check
+        },
+        concurrency: usize::from(args.concurrency),
+        rate: args.rate,
+        identities: job::Options {
+            page_size: args.page_size,
+            concurrency: usize::from(args.identity_concurrency),
+            page: PageSettings {
+                lease: Duration::from_secs(args.lease_secs),
+                batch_concurrency: usize::from(args.batch_concurrency),
+                rewrite_unchanged: false,
+            },
+            ..job::Options::default()
+        },
+        lease_wait: Duration::from_secs(args.lease_secs * 2 + 10),
+        verify: VerifyPlan {
+            regions: regions(&args.regions).await,
+            ack_deadline: Duration::from_secs(args.ack_deadline_secs),
+            recheck_after: Duration::from_secs(args.recheck_after_secs),
+        },
+        progress_bar: !args.no_progress,
+    };
+    let summary = bootstrap::run(&admin, &replicator, &options)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .context("bootstrap (safe to re-run: it resumes)")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_bootstrap(&summary);
+    }
+    std::process::exit(if summary.ok() { 0 } else { 2 });
+}
+
+fn print_bootstrap(s: &edge_writer::bootstrap::Summary) {
+    let m = &s.migrations;
+    if m.already_current {
+        println!("1 migrations and capture: already current");
+    } else {
+        println!(
+            "1 migrations and capture: applied; triggers installed on {} tables ({} lock retries)",
+            m.capture_installed_on.len(),
+            m.lock_retries
+        );
+    }
+    for role in &m.roles_granted {
+        println!("  granted role {role}");
+    }
+    println!(
+        "2 tables ({}): {} created, {} checked",
+        s.tables.mode,
+        s.tables.created.len(),
+        s.tables.checked.len()
+    );
+    let d = &s.documents;
+    println!(
+        "3 environments, _META, API keys: {} documents, {} written, {} unchanged, {} failed",
+        d.documents, d.written, d.unchanged, d.failed
+    );
+    for (key, error) in &d.failures {
+        println!("  failed {key}: {error}");
+    }
+    for p in &s.identities {
+        println!(
+            "4 identities of project {}: {} migrated, {} unchanged, {} skipped, {} left to the live path; {}",
+            p.project_id, p.migrated, p.unchanged, p.skipped, p.deferred, p.status
+        );
+    }
+    let q = &s.queued;
+    println!(
+        "4 identities left to the live path: {} queued, {} written, {} unchanged, {} failed",
+        q.documents, q.written, q.unchanged, q.failed
+    );
+    let v = &s.verify;
+    println!(
+        "5 verify ({}{}): {}; expected {} items, drift {:?}",
+        v.regions.join(", "),
+        if v.acknowledgements_checked {
+            ""
+        } else {
+            ", content only"
+        },
+        if v.clean { "no drift" } else { "DRIFT" },
+        v.report.expected_items,
+        v.report.counts
+    );
+    for d in v.report.drifts.iter().take(50) {
+        println!(
+            "  {}\t{:?}\t{}\t{}\t{}",
+            d.region,
+            d.kind,
+            redact::item_key(&d.item_key),
+            d.doc_key.as_deref().unwrap_or("-"),
+            d.detail
+        );
+    }
+    for note in &s.notes {
+        println!("note: {note}");
+    }
+    println!(
+        "written: {} documents, {} identities; {:.1} s",
+        s.documents_written, s.identities_written, s.seconds
+    );
+}
+
+async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
+    use edge_writer::verify::{self, Options};
+    let pool = pool(cli, 4).await?;
+    let store = dynamo(cli).await;
+    let regions = regions(&args.regions).await;
     let ledger = store.client().clone();
     let tables = store.tables().clone();
     let replicator = Replicator::new(pool, store, args.replication.settings());
@@ -1200,6 +1404,33 @@ mod tests {
         assert!(err.to_string().contains("--environment"), "{err}");
         let cli = Cli::try_parse_from(["writer", "--table-prefix", "t_", "migrate"]).unwrap();
         assert_eq!(cli.tables.names().environments, "t_flagsmith_environments");
+    }
+
+    #[test]
+    fn bootstrap_takes_the_jobs_flags() {
+        let cli = Cli::try_parse_from([
+            "writer",
+            "bootstrap",
+            "--create-tables",
+            "--region",
+            "a=http://127.0.0.1:1",
+            "--region",
+            "eu-west-1",
+            "--lease-secs",
+            "4",
+        ])
+        .unwrap();
+        let Command::Bootstrap(args) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert!(args.create_tables && !args.no_streams);
+        assert_eq!(args.regions.len(), 2);
+        assert_eq!(args.lease_secs, 4);
+        let err = Cli::try_parse_from(["writer", "bootstrap", "--no-streams"]).unwrap_err();
+        assert!(err.to_string().contains("--create-tables"), "{err}");
+        let err =
+            Cli::try_parse_from(["writer", "bootstrap", "--region", "a=ftp://x"]).unwrap_err();
+        assert!(err.to_string().contains("not an http(s) URL"), "{err}");
     }
 
     fn run_args(args: &[&str]) -> RunArgs {

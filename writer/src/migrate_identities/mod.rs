@@ -386,6 +386,7 @@ async fn run_locked<S: ItemStore>(
             false,
         )
         .await?;
+        crate::failpoint::hang_point(crate::failpoint::IDENTITY_PAGE_CHECKPOINTED).await;
     }
     progress.finish();
     if let Some(e) = failure {
