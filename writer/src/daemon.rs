@@ -322,12 +322,12 @@ async fn worker_loop<S: ItemStore>(
     }
 }
 
-/// The queue gauges, every 5 s; and every minute old edge merge state pruned and a log line
-/// `writer queue` with the same figures, from which the deployment's log metric filters publish
-/// `FlagsmithEdge/DeadLetters`, the heartbeat `FlagsmithEdge/OldestDueAgeSeconds` and
-/// `FlagsmithEdge/OldestChangeAgeSeconds` (ECS log drivers do not carry embedded metrics). The
-/// line is written only when the queue could be read: a writer that cannot is silent, and
-/// the heartbeat's alarm treats silence as breaching.
+/// The queue gauges, every 5 s; and every minute old edge merge state and write log rows
+/// pruned and a log line `writer queue` with the same figures, from which the deployment's
+/// log metric filters publish `FlagsmithEdge/DeadLetters`, the heartbeat
+/// `FlagsmithEdge/OldestDueAgeSeconds` and `FlagsmithEdge/OldestChangeAgeSeconds` (ECS log
+/// drivers do not carry embedded metrics). The line is written only when the queue could be
+/// read: a writer that cannot is silent, and the heartbeat's alarm treats silence as breaching.
 async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
     let mut last_log: Option<std::time::Instant> = None;
     loop {
@@ -351,6 +351,10 @@ async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
                             error = %e,
                             "pruning the document rows of deleted identities failed"
                         ),
+                    }
+                    // The write log beyond the longest window `writer status` looks at.
+                    if let Err(e) = crate::state::write_log::prune(&pool, 100_000).await {
+                        tracing::warn!(error = %e, "pruning the write log failed");
                     }
                     // The merge rule's state of edge writes that can no longer arrive.
                     match edge_ingest::clock::prune(&pool, 10_000).await {

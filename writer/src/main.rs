@@ -936,8 +936,21 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
         recheck_after: Duration::from_secs(args.recheck_after_secs),
         repair: args.repair,
     };
-    let report = verify::run(&replicator, &tables, &ledger, &regions, &options)
-        .await
+    let started_at = chrono::Utc::now();
+    let result = verify::run(&replicator, &tables, &ledger, &regions, &options).await;
+    // Recorded for `writer status`; a run that cannot be recorded still reports.
+    if let Err(e) = verify::record_run(
+        replicator.pool(),
+        started_at,
+        &regions,
+        args.repair,
+        result.as_ref(),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "recording the verify run in edge.verify_run failed");
+    }
+    let report = result
         .map_err(|e| anyhow::anyhow!(error_chain(&e)))
         .context("verify")?;
     if args.json {
@@ -984,14 +997,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
             report.seconds
         );
     }
-    let code = if report.clean() {
-        0
-    } else if args.repair && report.repaired() {
-        3
-    } else {
-        2
-    };
-    std::process::exit(code);
+    std::process::exit(report.outcome(args.repair).exit_code());
 }
 
 async fn migrate_identities(cli: &Cli, args: &MigrateIdentitiesArgs) -> Result<()> {
