@@ -8,8 +8,8 @@
 # migrations, creates the DynamoDB tables, seeds a demo project, starts `writer run` and the
 # stream consumer (`stream-consumer poll`, invalidating Redis), then changes a flag in core
 # Postgres, shows the document arriving in DynamoDB with its new version, its acknowledgement
-# by the consumer with the replication lag, and `writer verify`. Everything it started is
-# stopped at the end unless --keep is given.
+# by the consumer with the replication lag, `writer verify`, and last `writer status`, the
+# operator's one view. Everything it started is stopped at the end unless --keep is given.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,8 +23,9 @@ command -v cargo >/dev/null 2>&1 || { log "error: cargo not found; install Rust 
 
 say "Building the writer and the stream consumer"
 cargo build --release --bin writer --bin stream-consumer --quiet
-WRITER="$ROOT/target/release/writer"
-CONSUMER="$ROOT/target/release/stream-consumer"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+WRITER="$TARGET/release/writer"
+CONSUMER="$TARGET/release/stream-consumer"
 
 say "Starting Postgres and DynamoDB Local"
 eval "$(infra/local/postgres.sh start)"
@@ -115,4 +116,11 @@ echo "exit code $code (0: no drift)"
 
 say "Dead letters"
 "$WRITER" dead-letters list
+
+say "writer status: capture, queue, dead letters, lag, migrations, regions, the last verify"
+set +e
+"$WRITER" status --region local
+code=$?
+set -e
+echo "exit code $code (0: nothing needs an operator, 2: something does)"
 say "Done"
