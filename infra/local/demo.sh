@@ -8,8 +8,8 @@
 # migrations, creates the DynamoDB tables, seeds a demo project, starts `writer run` and the
 # stream consumer (`stream-consumer poll`, invalidating Redis), then changes a flag in core
 # Postgres, shows the document arriving in DynamoDB with its new version, its acknowledgement
-# by the consumer with the replication lag, and `writer verify`. Everything it started is
-# stopped at the end unless --keep is given.
+# by the consumer with the replication lag, `writer verify`, and last `writer status`, the
+# operator's one view. Everything it started is stopped at the end unless --keep is given.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,8 +23,9 @@ command -v cargo >/dev/null 2>&1 || { log "error: cargo not found; install Rust 
 
 say "Building the writer and the stream consumer"
 cargo build --release --bin writer --bin stream-consumer --quiet
-WRITER="$ROOT/target/release/writer"
-CONSUMER="$ROOT/target/release/stream-consumer"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+WRITER="$TARGET/release/writer"
+CONSUMER="$TARGET/release/stream-consumer"
 
 say "Starting Postgres and DynamoDB Local"
 eval "$(infra/local/postgres.sh start)"
@@ -99,8 +100,13 @@ echo "arrived in DynamoDB $(( (end_ns - start_ns) / 1000000 )) ms after the comm
 
 say "The stream consumer verified and acknowledged it"
 deadline=$((SECONDS + 30))
-# The first write and the change: two verified batches of the environments table.
-until (( $(sed -E 's/\x1b\[[0-9;]*m//g' .local/demo-consumer.log | grep -c 'table="environments".*verified=1') >= 2 )); do
+# The first write and the change: two verified records of the environments table (in one
+# batch or two).
+verified_environments() {
+  sed -E 's/\x1b\[[0-9;]*m//g' .local/demo-consumer.log | grep 'table="environments"' \
+    | sed -nE 's/.* verified=([0-9]+).*/\1/p' | awk '{ n += $1 } END { print n + 0 }'
+}
+until (( $(verified_environments) >= 2 )); do
   if (( SECONDS > deadline )); then log "error: no acknowledgement within 30 s; consumer log:"; tail -20 .local/demo-consumer.log >&2; exit 1; fi
   sleep 0.1
 done
@@ -115,4 +121,11 @@ echo "exit code $code (0: no drift)"
 
 say "Dead letters"
 "$WRITER" dead-letters list
+
+say "writer status: capture, queue, dead letters, lag, migrations, regions, the last verify"
+set +e
+"$WRITER" status --region local
+code=$?
+set -e
+echo "exit code $code (0: nothing needs an operator, 2: something does)"
 say "Done"

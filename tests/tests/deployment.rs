@@ -1035,6 +1035,13 @@ const CALLS: &[(&str, &str, &str, &[On], &str)] = &[
     ),
     (
         "writer",
+        "writer/src/status/gather.rs",
+        "query",
+        &[On::HomeLedger],
+        "`writer status`: the acknowledgements of recent writes",
+    ),
+    (
+        "writer",
         "writer/src/store/tables.rs",
         "create_table",
         &[],

@@ -347,14 +347,28 @@ pub async fn run(
         recheck_after: options.verify.recheck_after,
         repair: false,
     };
-    let report = verify::run(
+    let started_at = chrono::Utc::now();
+    let result = verify::run(
         replicator,
         replicator.store().tables(),
         replicator.store().client(),
         regions,
         &verify_options,
     )
-    .await?;
+    .await;
+    // Recorded for `writer status` like any verify; a run that cannot be recorded still counts.
+    if let Err(e) = verify::record_run(
+        replicator.pool(),
+        started_at,
+        regions,
+        false,
+        result.as_ref(),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "recording the verify run in edge.verify_run failed");
+    }
+    let report = result?;
     let clean = report.clean();
     if !clean {
         notes.push("verify found drift: see verify.report; `writer verify --repair` re-writes the drifting documents".to_string());

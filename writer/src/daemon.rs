@@ -322,9 +322,9 @@ async fn worker_loop<S: ItemStore>(
     }
 }
 
-/// The queue gauges, every 5 s; and every minute old edge merge state pruned and a log line
-/// `writer queue` with the same figures and the replication lag of the minute
-/// ([`crate::lag_window`]), from which the deployment's log metric filters publish
+/// The queue gauges, every 5 s; and every minute old edge merge state and write log rows
+/// pruned and a log line `writer queue` with the same figures and the replication lag of the
+/// minute ([`crate::lag_window`]), from which the deployment's log metric filters publish
 /// `FlagsmithEdge/DeadLetters`, `QueueDepth`, `QueueDue`, `WriterLagP50Seconds`,
 /// `WriterLagP99Seconds`, the heartbeat `FlagsmithEdge/OldestDueAgeSeconds` and
 /// `FlagsmithEdge/OldestChangeAgeSeconds` (ECS log drivers do not carry embedded metrics). The
@@ -353,6 +353,10 @@ async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
                             error = %e,
                             "pruning the document rows of deleted identities failed"
                         ),
+                    }
+                    // The write log beyond the longest window `writer status` looks at.
+                    if let Err(e) = crate::state::write_log::prune(&pool, 100_000).await {
+                        tracing::warn!(error = %e, "pruning the write log failed");
                     }
                     // The merge rule's state of edge writes that can no longer arrive.
                     match edge_ingest::clock::prune(&pool, 10_000).await {

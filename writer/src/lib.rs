@@ -22,6 +22,7 @@ pub mod migrate_identities;
 pub mod projection;
 pub mod replicate;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod verify;

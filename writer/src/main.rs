@@ -117,6 +117,21 @@ enum Command {
         #[command(subcommand)]
         command: CaptureCommand,
     },
+    /// The operator's one view: capture, the queue, dead letters, replication lag, identity
+    /// migrations, acknowledgements per region and the last verify. Exit code 0 when nothing
+    /// needs an operator, 2 when something does, 1 when Postgres or DynamoDB cannot be read.
+    ///
+    /// Something needs an operator when: capture is paused, its triggers are missing or a
+    /// capture gap waits for `writer backfill --gap`; the oldest unresolved change or the
+    /// oldest due document has waited over --max-due-age-secs; there are more than
+    /// --max-dead-letters dead letters (or edge items that could not be ingested); an identity
+    /// migration is unfinished and not running, or running without progress for
+    /// --migration-stall-secs; a region has not acknowledged a sampled write older than
+    /// --unconfirmed-after-secs; the last `writer verify` found drift or failed (or, with
+    /// --verify-max-age-secs, never ran or is older); the p99 lag is over --max-lag-p99-ms
+    /// (when given).
+    #[command(verbatim_doc_comment)]
+    Status(StatusArgs),
     /// Run the replication daemon until SIGTERM / Ctrl-C.
     Run(RunArgs),
     /// Replicate one environment now and print the versions written.
@@ -382,6 +397,64 @@ struct BootstrapArgs {
     json: bool,
     #[command(flatten)]
     replication: ReplicationArgs,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The whole report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// A region whose stream consumer acknowledges writes, as it names itself (repeat, or
+    /// comma-separated in the variable). Regions found acknowledging are shown too; a region
+    /// given here that acknowledges nothing is reported.
+    #[arg(long = "region", env = "EDGE_STATUS_REGIONS", value_delimiter = ',')]
+    regions: Vec<String>,
+    /// The replication lag figures cover this many seconds back.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lag_window_secs: u64,
+    /// How many recent writes (the newest of each document) have their acknowledgements read
+    /// from the ledger, one Query per item, at most 10 items per write on average. 0: none.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    ack_sample: u64,
+    /// Threshold: the oldest unresolved change, or the oldest due document, waited longer.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    max_due_age_secs: u64,
+    /// Threshold: more dead letters than this (the writer's; ingestion's counted apart).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    max_dead_letters: i64,
+    /// Threshold: a region has not acknowledged a write made longer ago than this.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_209_600))]
+    unconfirmed_after_secs: u64,
+    /// Threshold: a running identity migration made no progress for this long.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    migration_stall_secs: u64,
+    /// Threshold: the last `writer verify` finished longer ago than this, or never ran
+    /// (unset: its age is not judged).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    verify_max_age_secs: Option<u64>,
+    /// Threshold: the writer's p99 replication lag over the window, in milliseconds (unset:
+    /// not judged).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_lag_p99_ms: Option<u64>,
+}
+
+impl StatusArgs {
+    fn options(&self) -> edge_writer::status::Options {
+        use edge_writer::status::{Options, Thresholds};
+        Options {
+            lag_window: Duration::from_secs(self.lag_window_secs),
+            regions: self.regions.clone(),
+            ack_sample: self.ack_sample as usize,
+            thresholds: Thresholds {
+                max_due_age: Duration::from_secs(self.max_due_age_secs),
+                max_dead_letters: self.max_dead_letters,
+                unconfirmed_after: Duration::from_secs(self.unconfirmed_after_secs),
+                migration_stall: Duration::from_secs(self.migration_stall_secs),
+                verify_max_age: self.verify_max_age_secs.map(Duration::from_secs),
+                max_lag_p99: self.max_lag_p99_ms.map(Duration::from_millis),
+            },
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -693,6 +766,7 @@ async fn dispatch(
         }
         Command::Ingestion { command } => ingestion(&cli, command).await?,
         Command::Inspect { environment } => inspect(&cli, environment).await?,
+        Command::Status(args) => status(&cli, args).await?,
         Command::MigrateIdentities(args) => migrate_identities(&cli, args).await?,
         Command::Run(args) => run(&cli, args, metrics_handle).await?,
     }
@@ -1127,6 +1201,39 @@ fn print_bootstrap(s: &edge_writer::bootstrap::Summary) {
     );
 }
 
+async fn status(cli: &Cli, args: &StatusArgs) -> Result<()> {
+    use edge_writer::status::{self, LedgerSource};
+    let options = args.options();
+    let pool = pool(cli, 2).await?;
+    let store = dynamo(cli).await;
+    let table = &store.tables().acks;
+    let endpoint = cli
+        .dynamodb_endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    let described = match (endpoint, store.client().config().region()) {
+        (Some(url), _) => format!("{table} at {url}"),
+        (None, Some(region)) => format!("{table} in {region}"),
+        (None, None) => table.clone(),
+    };
+    let ledger = LedgerSource {
+        client: store.client(),
+        table,
+        described,
+    };
+    let figures = status::gather(&pool, &ledger, &options)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .context("writer status")?;
+    let report = status::assess(figures, &options.thresholds);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    std::process::exit(report.exit_code());
+}
+
 async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     use edge_writer::verify::{self, Options};
     let pool = pool(cli, 4).await?;
@@ -1140,8 +1247,21 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
         recheck_after: Duration::from_secs(args.recheck_after_secs),
         repair: args.repair,
     };
-    let report = verify::run(&replicator, &tables, &ledger, &regions, &options)
-        .await
+    let started_at = chrono::Utc::now();
+    let result = verify::run(&replicator, &tables, &ledger, &regions, &options).await;
+    // Recorded for `writer status`; a run that cannot be recorded still reports.
+    if let Err(e) = verify::record_run(
+        replicator.pool(),
+        started_at,
+        &regions,
+        args.repair,
+        result.as_ref(),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "recording the verify run in edge.verify_run failed");
+    }
+    let report = result
         .map_err(|e| anyhow::anyhow!(error_chain(&e)))
         .context("verify")?;
     if args.json {
@@ -1188,14 +1308,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
             report.seconds
         );
     }
-    let code = if report.clean() {
-        0
-    } else if args.repair && report.repaired() {
-        3
-    } else {
-        2
-    };
-    std::process::exit(code);
+    std::process::exit(report.outcome(args.repair).exit_code());
 }
 
 async fn migrate_identities(cli: &Cli, args: &MigrateIdentitiesArgs) -> Result<()> {

@@ -273,15 +273,13 @@ impl<S: ItemStore> Replicator<S> {
                 until,
             }),
             (Ok(doc), None) => {
-                self.replicate_locked(
-                    &mut lock,
-                    doc,
-                    &claim.state,
-                    Some(claim.seq),
-                    claim.last_change_at,
-                    false,
-                )
-                .await
+                let queued = Queued {
+                    seq: Some(claim.seq),
+                    first_change_at: claim.first_change_at,
+                    last_change_at: claim.last_change_at,
+                };
+                self.replicate_locked(&mut lock, doc, &claim.state, queued, false)
+                    .await
             }
             (Err(e), _) => Err(e.into()),
         };
@@ -353,8 +351,12 @@ impl<S: ItemStore> Replicator<S> {
                 &mut lock,
                 doc,
                 &state,
-                queued.map(|q| q.0),
-                queued.and_then(|q| q.1),
+                // Not a replication of queued changes: no lag is recorded for it.
+                Queued {
+                    seq: queued.map(|q| q.0),
+                    first_change_at: None,
+                    last_change_at: queued.and_then(|q| q.1),
+                },
                 force,
             )
             .await;
@@ -576,10 +578,14 @@ impl<S: ItemStore> Replicator<S> {
         lock: &mut PgConnection,
         doc: DocKey,
         state: &DocState,
-        queued_seq: Option<i64>,
-        last_change_at: Option<DateTime<Utc>>,
+        queued: Queued,
         force: bool,
     ) -> Result<Outcome, ReplicateError> {
+        let Queued {
+            seq: queued_seq,
+            first_change_at,
+            last_change_at,
+        } = queued;
         let doc_key = doc.to_string();
         let state_err = |source| ReplicateError::State {
             doc_key: doc_key.clone(),
@@ -745,10 +751,14 @@ impl<S: ItemStore> Replicator<S> {
         documents::record_write(
             lock,
             &doc_key,
-            version,
-            doc_hash.as_deref(),
-            source_time,
-            projected.next_change_at,
+            &documents::Written {
+                version,
+                content_hash: doc_hash.as_deref(),
+                source_time,
+                next_projection_at: projected.next_change_at,
+                put_items: !puts.is_empty(),
+                first_change_at,
+            },
         )
         .await
         .map_err(state_err)?;
@@ -854,6 +864,17 @@ pub(crate) fn document_hash(encoded: &[(DesiredItem, EncodedItem)]) -> Option<St
         .collect();
     parts.sort_by_key(|p| p.to_string());
     Some(content_hash(&Value::Array(parts)))
+}
+
+/// The document's queue row, as far as a write needs it.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    /// The row's `seq` when the document was taken (None: not queued).
+    seq: Option<i64>,
+    /// Capture time of the oldest change the row stands for, when the write replicates queued
+    /// changes (the replication lag is measured from it).
+    first_change_at: Option<DateTime<Utc>>,
+    last_change_at: Option<DateTime<Utc>>,
 }
 
 /// A write that met a foreign item, to be tried again under [`Guard::Adopt`].

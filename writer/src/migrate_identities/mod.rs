@@ -154,8 +154,9 @@ async fn migrate_page_with_retries<S: ItemStore>(
     }
 }
 
-/// Advisory lock namespace of the job (one job per project).
-const ADVISORY_NAMESPACE: i32 = 0x6564_6765; // "edge"
+/// Advisory lock namespace of the job (one job per project): the job holds
+/// `pg_advisory_lock(ADVISORY_NAMESPACE, project_id)` while it runs.
+pub const ADVISORY_NAMESPACE: i32 = 0x6564_6765; // "edge"
 
 pub async fn run<S: ItemStore>(
     pool: &PgPool,

@@ -58,3 +58,39 @@ pub async fn list(pool: &PgPool) -> Result<Vec<DeadLetter>, sqlx::Error> {
     .fetch_all(pool)
     .await
 }
+
+/// Dead letters of one kind: how many, and the one parked first.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct KindSummary {
+    /// `invalid_data`, `too_large`, `rejected`, `persistent`, ...; `ingestion` for edge items
+    /// that could not be ingested into core (`edge.ingest_dead_letter`).
+    pub kind: String,
+    pub count: i64,
+    /// The document key (the item key, for ingestion) parked first.
+    pub oldest_key: String,
+    pub oldest_failed_at: DateTime<Utc>,
+    /// Its error.
+    pub oldest_error: String,
+}
+
+/// Dead letters by kind, the writer's and ingestion's, each with its oldest.
+pub async fn by_kind(pool: &PgPool) -> Result<Vec<KindSummary>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT kind, count, oldest_key, oldest_failed_at, oldest_error FROM (
+               SELECT DISTINCT ON (error_kind) error_kind AS kind,
+                      count(*) OVER (PARTITION BY error_kind) AS count,
+                      doc_key AS oldest_key, first_failed_at AS oldest_failed_at,
+                      error AS oldest_error
+               FROM edge.dead_letter
+               ORDER BY error_kind, first_failed_at, doc_key) w
+           UNION ALL
+           SELECT * FROM (
+               SELECT 'ingestion', count(*) OVER (), item_key, first_failed_at, error
+               FROM edge.ingest_dead_letter
+               ORDER BY first_failed_at, item_key
+               LIMIT 1) i
+           ORDER BY kind"#,
+    )
+    .fetch_all(pool)
+    .await
+}

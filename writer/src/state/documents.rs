@@ -253,27 +253,46 @@ pub async fn forget_item(
     Ok(())
 }
 
-/// Records a completed write (in the lock's transaction).
+/// A completed write, as [`record_write`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Written<'a> {
+    pub version: i64,
+    /// None: the document's items were deleted.
+    pub content_hash: Option<&'a str>,
+    pub source_time: DateTime<Utc>,
+    pub next_projection_at: Option<DateTime<Utc>>,
+    /// The write put the document's items at `version` (false: it only deleted items).
+    pub put_items: bool,
+    /// Capture time of the oldest queued change the write covered (None: not a queued
+    /// change), for the replication lag in `edge.write_log`.
+    pub first_change_at: Option<DateTime<Utc>>,
+}
+
+/// Records a completed write (in the lock's transaction), and appends it to
+/// `edge.write_log` in the same statement.
 pub async fn record_write(
     conn: &mut PgConnection,
     doc_key: &str,
-    version: i64,
-    content_hash: Option<&str>,
-    source_time: DateTime<Utc>,
-    next_projection_at: Option<DateTime<Utc>>,
+    written: &Written<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        r#"UPDATE edge.document
-           SET version = $2, content_hash = $3, deleted = ($3 IS NULL), written_at = now(),
-               source_time = $4, next_projection_at = $5, foreign_since = NULL,
-               foreign_state = NULL
-           WHERE doc_key = $1"#,
+        r#"WITH w AS (
+               UPDATE edge.document
+               SET version = $2, content_hash = $3, deleted = ($3 IS NULL), written_at = now(),
+                   source_time = $4, next_projection_at = $5, foreign_since = NULL,
+                   foreign_state = NULL
+               WHERE doc_key = $1
+               RETURNING doc_key)
+           INSERT INTO edge.write_log (doc_key, version, put_items, first_change_at)
+           SELECT doc_key, $2, $6, $7 FROM w"#,
     )
     .bind(doc_key)
-    .bind(version)
-    .bind(content_hash)
-    .bind(source_time)
-    .bind(next_projection_at)
+    .bind(written.version)
+    .bind(written.content_hash)
+    .bind(written.source_time)
+    .bind(written.next_projection_at)
+    .bind(written.put_items)
+    .bind(written.first_change_at)
     .execute(conn)
     .await?;
     Ok(())

@@ -4,6 +4,9 @@
 pub mod dead_letters;
 pub mod documents;
 pub mod foreign;
+pub mod identity_migrations;
 pub mod leases;
 pub mod pending;
 pub mod prune;
+pub mod verify_runs;
+pub mod write_log;

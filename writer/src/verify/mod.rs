@@ -139,6 +139,93 @@ impl Report {
     }
 }
 
+/// What a run found, as its exit code and its record in `edge.verify_run` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No drift.
+    Clean,
+    /// Drift found (and not every drifting document re-written).
+    Drift,
+    /// Drift found and every drifting document re-written (`--repair`).
+    Repaired,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Clean => "clean",
+            Outcome::Drift => "drift",
+            Outcome::Repaired => "repaired",
+        }
+    }
+
+    /// `writer verify`'s exit code: 0 clean, 2 drift, 3 repaired.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Clean => 0,
+            Outcome::Drift => 2,
+            Outcome::Repaired => 3,
+        }
+    }
+}
+
+impl Report {
+    pub fn outcome(&self, repair: bool) -> Outcome {
+        if self.clean() {
+            Outcome::Clean
+        } else if repair && self.repaired() {
+            Outcome::Repaired
+        } else {
+            Outcome::Drift
+        }
+    }
+}
+
+/// Records a run (what it found, or why it failed) in `edge.verify_run`, where `writer status`
+/// reads the last one.
+pub async fn record_run(
+    pool: &PgPool,
+    started_at: chrono::DateTime<Utc>,
+    regions: &[Region],
+    repair: bool,
+    result: Result<&Report, &VerifyError>,
+) -> Result<(), sqlx::Error> {
+    let mut run = crate::state::verify_runs::VerifyRun {
+        started_at,
+        finished_at: Utc::now(),
+        outcome: "failed".into(),
+        regions: regions.iter().map(|r| r.name.clone()).collect(),
+        repair,
+        expected_items: 0,
+        drift_counts: BTreeMap::new(),
+        unprojectable: 0,
+        repair_failures: 0,
+        error: None,
+    };
+    match result {
+        Ok(report) => {
+            run.outcome = report.outcome(repair).as_str().into();
+            run.expected_items = report.expected_items as i64;
+            run.drift_counts = report
+                .counts
+                .iter()
+                .map(|(k, n)| (drift_kind_name(*k), *n as i64))
+                .collect();
+            run.unprojectable = report.unprojectable.len() as i64;
+            run.repair_failures = report.repair_failures.len() as i64;
+        }
+        Err(e) => run.error = Some(error_chain(e)),
+    }
+    crate::state::verify_runs::record(pool, &run).await
+}
+
+fn drift_kind_name(kind: DriftKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{kind:?}"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error(transparent)]
