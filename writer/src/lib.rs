@@ -24,6 +24,7 @@ pub mod replicate;
 pub mod state;
 pub mod store;
 pub mod sync;
+pub mod sync_wait;
 pub mod verify;
 
 pub use doc_key::DocKey;
