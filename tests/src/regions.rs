@@ -34,12 +34,13 @@ pub struct TwoRegions {
     pub b: TestTables,
     pub relay: Relay,
     pub handled: Arc<Mutex<Vec<Handled>>>,
-    consumers: Vec<JoinHandle<()>>,
+    /// Each region's consumer, by region name.
+    consumers: Vec<(String, JoinHandle<()>)>,
 }
 
 impl Drop for TwoRegions {
     fn drop(&mut self) {
-        for c in &self.consumers {
+        for (_, c) in &self.consumers {
             c.abort();
         }
     }
@@ -90,7 +91,10 @@ impl TwoRegions {
             // Ingestion failures are retried until they succeed (as Lambda does within its
             // retry budget); verification failures are given up after 3.
             let max_attempts = if ingest.is_some() { 0 } else { 3 };
-            consumers.push(spawn_poller(consumer, tables, max_attempts, on_batch));
+            consumers.push((
+                name.to_string(),
+                spawn_poller(consumer, tables, max_attempts, on_batch),
+            ));
         }
         TwoRegions {
             a,
@@ -99,6 +103,19 @@ impl TwoRegions {
             handled,
             consumers,
         }
+    }
+
+    /// Stops the stream consumer of `region` (the relay goes on: the region still receives
+    /// the writes, nothing acknowledges them there any more). Returns once it has stopped.
+    pub async fn stop_consumer(&mut self, region: &str) {
+        let i = self
+            .consumers
+            .iter()
+            .position(|(name, _)| name == region)
+            .unwrap_or_else(|| panic!("no consumer in region {region}"));
+        let (_, handle) = self.consumers.remove(i);
+        handle.abort();
+        let _ = handle.await;
     }
 
     /// The acknowledgements of an item, by region (consistent read of the home ledger).

@@ -1042,6 +1042,13 @@ const CALLS: &[(&str, &str, &str, &[On], &str)] = &[
     ),
     (
         "writer",
+        "writer/src/sync_wait.rs",
+        "query",
+        &[On::HomeLedger],
+        "`writer sync --wait-regions` and `/v1/sync` with a wait: the regions' acknowledgements",
+    ),
+    (
+        "writer",
         "writer/src/store/tables.rs",
         "create_table",
         &[],

@@ -5,9 +5,14 @@
 //! request gets 429 at once instead of waiting), answers within a time limit (the sync goes on
 //! after a 504 and keeps its place in the budget until it ends), and never returns internal
 //! errors: the answer carries a request id, and the writer's log has the error under it.
+//!
+//! With `"wait": {"regions": [...], "timeout_secs": N}` it also waits until every region named
+//! acknowledged what the sync wrote ([`crate::sync_wait`]): 200 when all did, 202 with the same
+//! per-region answer when some did not in time. The wait ends before the request's own time
+//! limit (whichever is shorter bounds it) and holds no place in the budget of syncs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -26,6 +31,7 @@ use crate::metrics as m;
 use crate::replicate::{error_chain, FailureKind, Replicator};
 use crate::store::ItemStore;
 use crate::sync::{sync_environment, SyncError};
+use crate::sync_wait::{self, AckReader, WaitFor};
 
 /// Who may call `/v1/sync`.
 #[derive(Clone)]
@@ -48,9 +54,11 @@ impl std::fmt::Debug for SyncAuth {
     }
 }
 
-/// `/v1/sync`: its replicator (on its own small pool), its budget and its time limit.
+/// `/v1/sync`: its replicator (on its own small pool), the ledger its waits read, its budget
+/// and its time limit.
 pub struct SyncService<S> {
     pub replicator: Replicator<S>,
+    pub ledger: AckReader,
     pub auth: SyncAuth,
     permits: Arc<Semaphore>,
     timeout: Duration,
@@ -60,16 +68,25 @@ impl<S> SyncService<S> {
     /// `concurrency` syncs at once at most (at least one).
     pub fn new(
         replicator: Replicator<S>,
+        ledger: AckReader,
         auth: SyncAuth,
         concurrency: usize,
         timeout: Duration,
     ) -> Self {
         SyncService {
             replicator,
+            ledger,
             auth,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             timeout,
         }
+    }
+
+    /// The end of a wait that starts a request begun at `started`: a little before the
+    /// request's time limit, so that the answer (and not a 504) reaches the caller.
+    fn wait_deadline(&self, started: Instant) -> Instant {
+        let margin = (self.timeout / 5).min(Duration::from_secs(1));
+        started + self.timeout - margin
     }
 }
 
@@ -96,6 +113,19 @@ impl<S: Clone> Clone for AppState<S> {
 pub struct SyncRequest {
     /// Environment id or client-side api_key.
     pub environment: String,
+    /// Wait for the acknowledgements of these regions.
+    #[serde(default)]
+    pub wait: Option<WaitRequest>,
+}
+
+/// `"wait": {"regions": ["eu-west-2", ...], "timeout_secs": 10}`; without `timeout_secs` the
+/// wait lasts at most what the request's time limit leaves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitRequest {
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 pub fn router<S: ItemStore>(state: AppState<S>) -> Router {
@@ -166,7 +196,7 @@ fn failure(e: &SyncError) -> (StatusCode, &'static str) {
             StatusCode::UNPROCESSABLE_ENTITY,
             "the environment could not be replicated; the writer's log has the reason",
         ),
-        SyncError::Replicate(_) | SyncError::Lookup(..) => (
+        SyncError::Replicate(_) | SyncError::Lookup(..) | SyncError::ReadBack(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the sync failed for a temporary reason; retry",
         ),
@@ -196,6 +226,7 @@ async fn sync<S: ItemStore>(
         }
         return response;
     }
+    let started = Instant::now();
     let req: SyncRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(_) => {
@@ -203,8 +234,25 @@ async fn sync<S: ItemStore>(
             return refuse(
                 StatusCode::BAD_REQUEST,
                 &request_id,
-                r#"the body must be JSON {"environment": "<id or api_key>"}"#,
+                r#"the body must be JSON {"environment": "<id or api_key>"}, optionally with "wait": {"regions": ["<region>", ...], "timeout_secs": <seconds>}"#,
             );
+        }
+    };
+    let wait = match &req.wait {
+        None => None,
+        Some(w) => {
+            let timeout = Duration::from_secs(w.timeout_secs.unwrap_or(service.timeout.as_secs()));
+            match WaitFor::new(&w.regions, timeout) {
+                Ok(w) => Some(w),
+                Err(problem) => {
+                    m::record_sync("bad_request");
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        &request_id,
+                        &format!("invalid wait: {problem}"),
+                    );
+                }
+            }
         }
     };
     let Ok(permit) = service.permits.clone().try_acquire_owned() else {
@@ -222,18 +270,40 @@ async fn sync<S: ItemStore>(
     };
     // The sync runs in its own task holding its permit: a caller that gives up (or a 504)
     // never cancels it between a DynamoDB write and its bookkeeping.
+    // A wait holds no permit: once the targets are read it only polls the ledger.
     let replicator = service.replicator.clone();
+    let ledger = service.ledger.clone();
     let environment = req.environment.clone();
+    let request_deadline = service.wait_deadline(started);
     let work = tokio::spawn(async move {
-        let _permit = permit;
+        let permit = permit;
         crate::failpoint::hang_point(crate::failpoint::SYNC_STARTS).await;
-        sync_environment(&replicator, &environment).await
+        let mut result = sync_environment(&replicator, &environment).await?;
+        if let Some(wait) = wait {
+            let targets = sync_wait::targets(&replicator, &result).await?;
+            drop(permit);
+            let asked = Instant::now() + wait.timeout;
+            let limited = request_deadline < asked;
+            let deadline = if limited { request_deadline } else { asked };
+            result.wait = Some(
+                sync_wait::wait_for_acks(&ledger, &targets, &wait.regions, deadline, limited).await,
+            );
+        }
+        Ok::<_, SyncError>(result)
     });
     match tokio::time::timeout(service.timeout, work).await {
-        Ok(Ok(Ok(result))) => {
-            m::record_sync("ok");
-            answer(StatusCode::OK, &request_id, json!(result))
-        }
+        Ok(Ok(Ok(result))) => match &result.wait {
+            Some(report) if !report.complete => {
+                m::record_sync("unconfirmed");
+                tracing::warn!(%request_id, environment = %req.environment,
+                    unconfirmed = ?report.unconfirmed(), "sync written; not every region acknowledged it in time");
+                answer(StatusCode::ACCEPTED, &request_id, json!(result))
+            }
+            _ => {
+                m::record_sync("ok");
+                answer(StatusCode::OK, &request_id, json!(result))
+            }
+        },
         Ok(Ok(Err(e))) => {
             let (status, message) = failure(&e);
             m::record_sync(if status == StatusCode::NOT_FOUND {

@@ -25,6 +25,7 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod sync_wait;
 pub mod verify;
 
 pub use doc_key::DocKey;

@@ -134,11 +134,20 @@ enum Command {
     Status(StatusArgs),
     /// Run the replication daemon until SIGTERM / Ctrl-C.
     Run(RunArgs),
-    /// Replicate one environment now and print the versions written.
+    /// Replicate one environment now and print the versions written; with --wait-regions,
+    /// also wait until those regions acknowledged them (exit code 2 if one did not in time).
     Sync {
         /// Environment id or client-side api_key.
         #[arg(long)]
         environment: String,
+        /// Wait until these regions (comma-separated, as their stream consumers name
+        /// themselves in the replication ledger) acknowledged every item written.
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        wait_regions: Vec<String>,
+        /// Longest wait for the acknowledgements, in seconds (with --wait-regions).
+        #[arg(long, default_value_t = 60, requires = "wait_regions",
+              value_parser = clap::value_parser!(u64).range(1..=edge_writer::sync_wait::MAX_TIMEOUT_SECS))]
+        wait_timeout_secs: u64,
         #[command(flatten)]
         replication: ReplicationArgs,
     },
@@ -731,15 +740,18 @@ async fn dispatch(
         }
         Command::Sync {
             environment,
+            wait_regions,
+            wait_timeout_secs,
             replication,
         } => {
-            let pool = pool(&cli, 4).await?;
-            let replicator = Replicator::new(pool, dynamo(&cli).await, replication.settings());
-            let result = sync::sync_environment(&replicator, environment)
-                .await
-                .map_err(|e| anyhow::anyhow!(error_chain(&e)))
-                .with_context(|| format!("syncing environment {environment:?}"))?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            sync_command(
+                &cli,
+                environment,
+                wait_regions,
+                *wait_timeout_secs,
+                replication,
+            )
+            .await?
         }
         Command::DeadLetters {
             command: DeadLettersCommand::Replay { doc, all },
@@ -1311,6 +1323,65 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     std::process::exit(report.outcome(args.repair).exit_code());
 }
 
+/// `writer sync`: exit code 0 when written (and acknowledged by every region waited for), 2
+/// when written but a region waited for did not acknowledge in time, 1 on an error.
+async fn sync_command(
+    cli: &Cli,
+    environment: &str,
+    wait_regions: &[String],
+    wait_timeout_secs: u64,
+    replication: &ReplicationArgs,
+) -> Result<()> {
+    use edge_writer::sync_wait::{self, AckReader, WaitFor};
+    let wait = if wait_regions.is_empty() {
+        None
+    } else {
+        Some(
+            WaitFor::new(wait_regions, Duration::from_secs(wait_timeout_secs))
+                .map_err(|e| anyhow::anyhow!("--wait-regions: {e}"))?,
+        )
+    };
+    let pool = pool(cli, 4).await?;
+    let store = dynamo(cli).await;
+    let ledger = AckReader::new(store.client().clone(), store.tables().acks.clone());
+    let replicator = Replicator::new(pool, store, replication.settings());
+    let mut result = sync::sync_environment(&replicator, environment)
+        .await
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+        .with_context(|| format!("syncing environment {environment:?}"))?;
+    if let Some(wait) = &wait {
+        let targets = sync_wait::targets(&replicator, &result)
+            .await
+            .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+            .with_context(|| format!("reading back what the sync of {environment:?} wrote"))?;
+        let deadline = std::time::Instant::now() + wait.timeout;
+        result.wait =
+            Some(sync_wait::wait_for_acks(&ledger, &targets, &wait.regions, deadline, false).await);
+    }
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    if let Some(report) = &result.wait {
+        if !report.complete {
+            let confirmed: Vec<String> = report
+                .regions
+                .iter()
+                .filter(|r| r.acknowledged)
+                .map(|r| format!("{} (lag {} ms)", r.region, r.lag_ms.unwrap_or_default()))
+                .collect();
+            eprintln!(
+                "environment {environment:?} written, but not acknowledged within {wait_timeout_secs} s by region(s): {}; acknowledged by: {}",
+                report.unconfirmed().join(", "),
+                if confirmed.is_empty() {
+                    "none".to_string()
+                } else {
+                    confirmed.join(", ")
+                }
+            );
+            std::process::exit(2);
+        }
+    }
+    Ok(())
+}
+
 async fn migrate_identities(cli: &Cli, args: &MigrateIdentitiesArgs) -> Result<()> {
     use edge_writer::migrate_identities::{self as job, Options, PageSettings, Scope};
     let concurrency = u32::from(args.concurrency);
@@ -1448,7 +1519,11 @@ async fn run(
         let app = http::router(http::AppState {
             replicator: replicator.clone(),
             sync: Arc::new(http::SyncService::new(
-                Replicator::new(sync_pool, store, args.replication.settings()),
+                Replicator::new(sync_pool, store.clone(), args.replication.settings()),
+                edge_writer::sync_wait::AckReader::new(
+                    store.client().clone(),
+                    store.tables().acks.clone(),
+                ),
                 sync_auth,
                 usize::from(args.sync_concurrency),
                 Duration::from_secs(args.sync_timeout_secs),
@@ -1544,6 +1619,57 @@ mod tests {
         let err =
             Cli::try_parse_from(["writer", "bootstrap", "--region", "a=ftp://x"]).unwrap_err();
         assert!(err.to_string().contains("not an http(s) URL"), "{err}");
+    }
+
+    #[test]
+    fn sync_takes_the_regions_to_wait_for() {
+        let cli = Cli::try_parse_from([
+            "writer",
+            "sync",
+            "--environment",
+            "k",
+            "--wait-regions",
+            "eu-west-2,us-east-1",
+            "--wait-timeout-secs",
+            "15",
+        ])
+        .unwrap();
+        let Command::Sync {
+            wait_regions,
+            wait_timeout_secs,
+            ..
+        } = cli.command
+        else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(wait_regions, vec!["eu-west-2", "us-east-1"]);
+        assert_eq!(wait_timeout_secs, 15);
+        let cli = Cli::try_parse_from(["writer", "sync", "--environment", "k"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Sync { ref wait_regions, .. } if wait_regions.is_empty())
+        );
+        let err = Cli::try_parse_from([
+            "writer",
+            "sync",
+            "--environment",
+            "k",
+            "--wait-timeout-secs",
+            "5",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--wait-regions"), "{err}");
+        let err = Cli::try_parse_from([
+            "writer",
+            "sync",
+            "--environment",
+            "k",
+            "--wait-regions",
+            "a",
+            "--wait-timeout-secs",
+            "0",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--wait-timeout-secs"), "{err}");
     }
 
     fn run_args(args: &[&str]) -> RunArgs {

@@ -108,8 +108,9 @@ pub fn record_task_restart(task: &str) {
     metrics::counter!(TASK_RESTARTS_TOTAL, "task" => task.to_string()).increment(1);
 }
 
-/// `POST /v1/sync` answers by result: `ok`, `unauthorized`, `disabled`, `bad_request`, `busy`,
-/// `timeout`, `not_found`, `failed`.
+/// `POST /v1/sync` answers by result: `ok`, `unconfirmed` (written, a region waited for did not
+/// acknowledge in time), `unauthorized`, `disabled`, `bad_request`, `busy`, `timeout`,
+/// `not_found`, `failed`.
 pub fn record_sync(result: &'static str) {
     metrics::counter!(SYNC_REQUESTS_TOTAL, "result" => result).increment(1);
 }

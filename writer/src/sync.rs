@@ -1,11 +1,15 @@
 //! Write-through on save: replicate one environment's documents now, for callers that need
 //! read-your-writes (`writer sync`, `POST /v1/sync`).
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::doc_key::DocKey;
 use crate::replicate::{Outcome, ReplicateError, Replicator};
-use crate::store::ItemStore;
+use crate::store::{ItemStore, StoreError};
+use crate::sync_wait::WaitReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -15,14 +19,25 @@ pub enum SyncError {
     Lookup(String, #[source] sqlx::Error),
     #[error(transparent)]
     Replicate(#[from] ReplicateError),
+    /// Reading back what the sync wrote, to wait for its acknowledgements.
+    #[error("reading the items written back: {0}")]
+    ReadBack(#[from] StoreError),
 }
 
-/// What a sync wrote: the environment document and its API key documents.
+/// What a sync wrote: the environment document and its API key documents; with a wait, what
+/// the regions acknowledged.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SyncResult {
     pub environment_id: i32,
     pub environment: Outcome,
     pub api_keys: Vec<Outcome>,
+    /// Present when the caller asked to wait for the regions' acknowledgements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitReport>,
+    /// When the sync began writing each document (by document key): the start of the lag of
+    /// its acknowledgements.
+    #[serde(skip)]
+    pub write_started: HashMap<String, DateTime<Utc>>,
 }
 
 /// Finds an environment by numeric id or by its client-side api_key.
@@ -49,6 +64,8 @@ pub async fn sync_environment<S: ItemStore>(
     ident: &str,
 ) -> Result<SyncResult, SyncError> {
     let id = find_environment(replicator.pool(), ident).await?;
+    let mut write_started = HashMap::new();
+    write_started.insert(DocKey::Environment(id).to_string(), Utc::now());
     let environment = replicator.replicate_now(DocKey::Environment(id)).await?;
     let keys: Vec<i32> = sqlx::query_scalar(
         "SELECT id FROM environments_environmentapikey WHERE environment_id = $1 ORDER BY id",
@@ -59,11 +76,14 @@ pub async fn sync_environment<S: ItemStore>(
     .map_err(|e| SyncError::Lookup(ident.to_string(), e))?;
     let mut api_keys = Vec::with_capacity(keys.len());
     for key in keys {
+        write_started.insert(DocKey::ApiKey(key).to_string(), Utc::now());
         api_keys.push(replicator.replicate_now(DocKey::ApiKey(key)).await?);
     }
     Ok(SyncResult {
         environment_id: id,
         environment,
         api_keys,
+        wait: None,
+        write_started,
     })
 }
