@@ -528,3 +528,52 @@ async fn the_writers_sessions_have_statement_and_idle_transaction_timeouts() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// What a row trigger records for an UPDATE: the new key columns always, the old ones only
+/// when a key column changed (a row that moved leaves documents that must be re-projected;
+/// a toggled flag does not), and nothing for an UPDATE that changed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_record_the_old_keys_only_when_a_key_column_changed() {
+    let db = TestDb::new().await;
+    let core = Core::new(db.pool.clone());
+    let (_, project, env) = basic_project(&core, "oldKeys").await;
+    let feature = core
+        .create_feature(project, "f", "STANDARD", false, Val::str("v"))
+        .await;
+    let state = core.default_state(env, feature).await;
+    let identity = core.create_identity(env, "alice").await;
+    core.exec("TRUNCATE edge.change_log").await;
+    for sql in [
+        // non-key columns only
+        format!("UPDATE features_featurestate SET enabled = NOT enabled WHERE id = {state}"),
+        format!("UPDATE environments_identity SET created_date = created_date + interval '1 s' WHERE id = {identity}"),
+        // a key column
+        format!("UPDATE environments_identity SET identifier = 'bob' WHERE id = {identity}"),
+        // nothing at all
+        format!("UPDATE features_featurestate SET enabled = enabled WHERE id = {state}"),
+    ] {
+        core.exec(&sql).await;
+    }
+    let rows: Vec<(String, Value, Option<Value>)> =
+        sqlx::query_as("SELECT table_name, new_keys, old_keys FROM edge.change_log ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows.len(),
+        3,
+        "one row per UPDATE that changed something: {rows:?}"
+    );
+    assert_eq!(rows[0].0, "features_featurestate");
+    assert_eq!(rows[0].1["id"], state);
+    assert_eq!(rows[0].2, None, "a toggle moves no key");
+    assert_eq!(rows[1].0, "environments_identity");
+    assert_eq!(rows[1].2, None, "created_date is not a key column");
+    assert_eq!(rows[2].1["identifier"], "bob");
+    assert_eq!(
+        rows[2].2.as_ref().map(|o| o["identifier"].clone()),
+        Some(Value::from("alice")),
+        "a renamed identity records its old identifier"
+    );
+    db.drop_db().await;
+}
