@@ -11,7 +11,10 @@
 //! Modes: `off` (triggers disabled), `on` (capture as deployed with a busy or absent writer:
 //! the triggers do not NOTIFY), `on+idle-writer` (a session holds the wake lock the way an
 //! idle writer does, so every transaction NOTIFYs: the worst case, which lasts only until
-//! the writer wakes).
+//! the writer wakes). Two floors put `on` in proportion: `paused` (the kill switch: the
+//! triggers fire and their functions return at once, the cost of any row trigger at all) and
+//! `insert-only` (each function inserts one constant change row and nothing else, the cost of
+//! any capture that records a row per change).
 //!
 //! Run with `infra/local/bench.sh capture [--rounds N] [--seconds N] [--clients N]`.
 
@@ -71,6 +74,26 @@ UPDATE environments_trait SET string_value = :v::text, value_type = 'unicode' WH
 COMMIT;
 "#;
 
+/// The core tables each script writes (their capture functions are swapped by the floor modes).
+const TABLES: [&str; 2] = ["environments_trait", "features_featurestate"];
+
+/// Puts the capture functions of [`TABLES`] in the state a mode measures, and back (`live`).
+async fn set_functions(pool: &sqlx::PgPool, mode: Mode) {
+    for table in TABLES {
+        let sql = match mode {
+            Mode::Paused => format!("SELECT edge.write_capture_function('{table}', false)"),
+            Mode::InsertOnly => format!(
+                "CREATE OR REPLACE FUNCTION edge.capture_{table}() RETURNS trigger LANGUAGE plpgsql \
+                 SET search_path = pg_catalog, pg_temp AS $$ BEGIN \
+                 INSERT INTO edge.change_log (table_name, op) VALUES ('{table}', TG_OP); \
+                 RETURN NULL; END $$"
+            ),
+            _ => format!("SELECT edge.write_capture_function('{table}', true)"),
+        };
+        sqlx::query(&sql).execute(pool).await.unwrap();
+    }
+}
+
 const TOGGLE: &str = r#"\set f random(1, 20)
 BEGIN;
 UPDATE features_featurestate SET enabled = NOT enabled, updated_at = now()
@@ -81,6 +104,8 @@ COMMIT;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Off,
+    Paused,
+    InsertOnly,
     On,
     OnIdleWriter,
 }
@@ -89,6 +114,8 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Off => "off",
+            Mode::Paused => "paused",
+            Mode::InsertOnly => "insert-only",
             Mode::On => "on",
             Mode::OnIdleWriter => "on+idle-writer",
         }
@@ -180,7 +207,13 @@ async fn main() {
         o.seconds,
         o.rounds
     );
-    let modes = [Mode::Off, Mode::On, Mode::OnIdleWriter];
+    let modes = [
+        Mode::Off,
+        Mode::Paused,
+        Mode::InsertOnly,
+        Mode::On,
+        Mode::OnIdleWriter,
+    ];
     for (name, _) in scripts {
         let script = dir.join(format!("{name}.sql"));
         // Warm-up of both sides, not counted.
@@ -201,6 +234,7 @@ async fn main() {
                     .execute(&db.pool)
                     .await
                     .unwrap();
+                set_functions(&db.pool, modes[m]).await;
                 let holder = if modes[m] == Mode::OnIdleWriter {
                     let mut conn = db.pool.acquire().await.unwrap();
                     sqlx::query("SELECT pg_advisory_lock($1, $2)")
@@ -214,6 +248,7 @@ async fn main() {
                     None
                 };
                 let t = pgbench(&libpq_url, &script, &o, modes[m]);
+                set_functions(&db.pool, Mode::On).await;
                 if let Some(mut conn) = holder {
                     sqlx::query("SELECT pg_advisory_unlock_all()")
                         .execute(&mut *conn)
