@@ -88,12 +88,21 @@ async fn uncreated_tables() -> TestTables {
 }
 
 fn bootstrap(db: &TestDb, tables: &TestTables) -> tokio::process::Command {
+    bootstrap_with(db, tables, 2)
+}
+
+/// `writer bootstrap` with this many identity pages migrated at once.
+fn bootstrap_with(
+    db: &TestDb,
+    tables: &TestTables,
+    identity_concurrency: u16,
+) -> tokio::process::Command {
     let mut cmd = writer_command(&db.url, tables);
     cmd.arg("bootstrap")
         .arg("--json")
         .arg("--no-progress")
         .arg("--page-size=40")
-        .arg("--identity-concurrency=2")
+        .arg(format!("--identity-concurrency={identity_concurrency}"))
         .arg("--lease-secs=4")
         .arg("--recheck-after-secs=1")
         .stdin(Stdio::null())
@@ -217,7 +226,10 @@ async fn bootstrap_adopts_a_core_database_and_a_rerun_writes_nothing() {
     let seed = seed(&db, "bsA").await;
     let tables = uncreated_tables().await;
 
-    let mut first = bootstrap(&db, &tables);
+    // One page at a time: the checkpoint only moves past pages that all finished, so with
+    // two in flight the first page to finish may be the second one, and the run would stop
+    // at a checkpoint that has not moved.
+    let mut first = bootstrap_with(&db, &tables, 1);
     first.arg("--create-tables");
     let summary = run_to_end(first).await;
     eprintln!("first run: {summary}");
@@ -286,16 +298,32 @@ async fn bootstrap_killed_during_the_identity_migration_is_completed_by_a_rerun(
     // it is killed.
     let hang = std::env::temp_dir().join(format!("bootstrap-hang-{}", uuid::Uuid::new_v4()));
     std::fs::write(&hang, b"").unwrap();
-    let mut first = bootstrap(&db, &tables);
+    // One page at a time: the checkpoint only moves past pages that all finished, so with
+    // two in flight the first page to finish may be the second one, and the run would stop
+    // at a checkpoint that has not moved.
+    let mut first = bootstrap_with(&db, &tables, 1);
     first.arg("--create-tables").env(
         "EDGE_WRITER_HANG_AT",
         format!("identity-page-checkpointed:{}", hang.display()),
     );
-    let mut child = first.spawn().expect("start writer bootstrap");
+    // Its output goes to a file: a pipe nobody reads while we wait would fill up and block
+    // the process before it reaches the checkpoint.
+    let log = std::env::temp_dir().join(format!("bootstrap-killed-{}.log", uuid::Uuid::new_v4()));
+    first
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("create the log file"));
+    let child = std::sync::Mutex::new(first.spawn().expect("start writer bootstrap"));
     let checkpoint: i32 = wait::until(
         "the identity migration's first checkpoint",
         Duration::from_secs(240),
         || async {
+            let exited = child.lock().unwrap().try_wait().expect("poll bootstrap");
+            if let Some(status) = exited {
+                panic!(
+                    "bootstrap ended ({status}) before its first checkpoint:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
             sqlx::query_scalar(
                 "SELECT checkpoint_id FROM edge.identity_migration
                   WHERE project_id = $1 AND environment_id = 0 AND checkpoint_id > 0",
@@ -308,8 +336,10 @@ async fn bootstrap_killed_during_the_identity_migration_is_completed_by_a_rerun(
         },
     )
     .await;
+    let mut child = child.into_inner().unwrap();
     child.kill().await.expect("kill -9 bootstrap");
     std::fs::remove_file(&hang).unwrap();
+    std::fs::remove_file(&log).ok();
     let (state, migrated): (String, i64) = sqlx::query_as(
         "SELECT status, migrated FROM edge.identity_migration WHERE project_id = $1 AND environment_id = 0",
     )
