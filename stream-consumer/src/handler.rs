@@ -449,6 +449,247 @@ mod tests {
         assert!(acks[0].removed && acks[0].version == 6);
     }
 
+    /// An item as the writer writes it, its core commit `age` ago.
+    fn item_committed(version: i64, age: chrono::Duration) -> Item {
+        let meta = ReplicationMeta {
+            version,
+            source_time: (Utc::now() - age).to_rfc3339(),
+            doc_key: "environment:1".into(),
+        };
+        encode(&json!({"api_key": "k", "name": "a", "id": 1}), &meta, None)
+            .unwrap()
+            .item
+    }
+
+    /// The writer's delete intent of the environment item `k`, recorded `age` ago.
+    fn intent(version: i64, age: chrono::Duration) -> Ack {
+        Ack {
+            item_key: "environments|k".into(),
+            region: acks::DELETE_INTENT.into(),
+            version,
+            doc_key: "environment:1".into(),
+            hash: String::new(),
+            removed: true,
+            source_time: String::new(),
+            recorded_at_ms: (Utc::now() - age).timestamp_millis(),
+            lag_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_report_counts_each_kind_of_record() {
+        let consumer = Consumer::new("r1", FakeLedger::default(), Invalidation::none());
+        consumer
+            .ledger
+            .intents
+            .lock()
+            .unwrap()
+            .push(intent(9, chrono::Duration::zero()));
+        // Not the writer's: an item without replication attributes, its removal, and a
+        // removal without an old image.
+        let foreign: Item = [("api_key".to_string(), AttributeValue::S("k".into()))].into();
+        let report = consumer
+            .handle(vec![
+                record("1", Some(item(7, "a")), None),
+                record("2", Some(foreign.clone()), None),
+                record("3", None, Some(foreign)),
+                record("4", None, None),
+                record("5", None, Some(item(8, "a"))),
+            ])
+            .await;
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        assert_eq!(report.records, 5);
+        assert_eq!(report.verified, 1);
+        assert_eq!(report.removals, 1);
+        assert_eq!(report.skipped, 3);
+        assert_eq!((report.ingested, report.ingest_parked), (0, 0));
+        assert_eq!(report.lags_ms.len(), 2, "{:?}", report.lags_ms);
+        // The name metrics are published under.
+        assert_eq!(consumer.region(), "r1");
+    }
+
+    #[tokio::test]
+    async fn lags_run_from_the_core_commit_and_from_the_delete_intent() {
+        let consumer = Consumer::new("r1", FakeLedger::default(), Invalidation::none());
+        consumer
+            .ledger
+            .intents
+            .lock()
+            .unwrap()
+            .push(intent(9, chrono::Duration::seconds(30)));
+        let report = consumer
+            .handle(vec![
+                record(
+                    "1",
+                    Some(item_committed(7, chrono::Duration::seconds(5))),
+                    None,
+                ),
+                record("2", None, Some(item(8, "a"))),
+            ])
+            .await;
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        let &[put, removal] = &report.lags_ms[..] else {
+            panic!("two lags: {:?}", report.lags_ms);
+        };
+        // At least the age, and not much more: the batch took well under a minute.
+        assert!((5_000..65_000).contains(&put), "{put}");
+        assert!((30_000..90_000).contains(&removal), "{removal}");
+        assert_eq!(report.max_lag_ms(), Some(removal));
+        let mut recorded: Vec<Option<i64>> = consumer
+            .ledger
+            .acks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.lag_ms)
+            .collect();
+        recorded.sort();
+        assert_eq!(recorded, vec![Some(put), Some(removal)]);
+    }
+
+    #[test]
+    fn the_largest_lag_of_a_batch_is_its_maximum() {
+        let report = BatchReport {
+            lags_ms: vec![1_200, 40, 7_000, 3],
+            ..BatchReport::default()
+        };
+        assert_eq!(report.max_lag_ms(), Some(7_000));
+        assert_eq!(BatchReport::default().max_lag_ms(), None);
+    }
+
+    #[tokio::test]
+    async fn a_delete_intent_at_the_items_own_version_does_not_cover_its_removal() {
+        let consumer = Consumer::new("r1", FakeLedger::default(), Invalidation::none());
+        consumer
+            .ledger
+            .intents
+            .lock()
+            .unwrap()
+            .push(intent(5, chrono::Duration::zero()));
+        let report = consumer
+            .handle(vec![record("1", None, Some(item(5, "a")))])
+            .await;
+        let (seq, error) = report.failure.expect("an unexpected removal");
+        assert_eq!(seq, "1");
+        assert!(
+            error.contains("removed without a delete of the writer") && error.contains("Some(5)"),
+            "{error}"
+        );
+        assert!(consumer.ledger.acks.lock().unwrap().is_empty());
+    }
+
+    /// Ingestion into a core database that cannot be reached: whatever is routed to it fails
+    /// its record, naming the item, and nothing else touches it.
+    fn unreachable_core(role: ingest::Role) -> Ingestion {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(300))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        Ingestion::from_pool(pool, role)
+    }
+
+    fn identity_record(
+        seq: &str,
+        new: Option<Item>,
+        old: Option<Item>,
+    ) -> Result<ChangeRecord, Malformed> {
+        Ok(ChangeRecord {
+            sequence: seq.into(),
+            table: TableKind::Identities,
+            keys: [(
+                "composite_key".to_string(),
+                AttributeValue::S("envI_alice".into()),
+            )]
+            .into(),
+            new,
+            old,
+            created_at: None,
+        })
+    }
+
+    /// An identity item as the writer writes it.
+    fn writers_identity(version: i64) -> Item {
+        let meta = ReplicationMeta {
+            version,
+            source_time: Utc::now().to_rfc3339(),
+            doc_key: "identity:1".into(),
+        };
+        encode(&edge_identity_json(), &meta, None).unwrap().item
+    }
+
+    fn edge_identity_json() -> serde_json::Value {
+        json!({"composite_key": "envI_alice", "identifier": "alice",
+               "environment_api_key": "envI", "identity_traits": [],
+               "identity_features": []})
+    }
+
+    /// An identity item as the edge writes it: no replication attributes.
+    fn edges_identity() -> Item {
+        serde_dynamo::aws_sdk_dynamodb_1::to_item(edge_identity_json()).unwrap()
+    }
+
+    /// Runs one record through a consumer with ingestion into an unreachable core.
+    async fn routed(role: ingest::Role, record: Result<ChangeRecord, Malformed>) -> BatchReport {
+        let consumer = Consumer::new("r1", FakeLedger::default(), Invalidation::none())
+            .with_ingestion(unreachable_core(role));
+        consumer.handle(vec![record]).await
+    }
+
+    fn ingestion_failure(report: &BatchReport) -> bool {
+        report.failure.as_ref().is_some_and(|(_, e)| {
+            e.contains("ingesting the edge's write") && e.contains("edge item envI_alice")
+        })
+    }
+
+    #[tokio::test]
+    async fn an_edge_write_is_ingested_by_the_home_region_only() {
+        let edge_put = || identity_record("1", Some(edges_identity()), None);
+        let report = routed(ingest::Role::Home, edge_put()).await;
+        assert!(ingestion_failure(&report), "{:?}", report.failure);
+        let report = routed(ingest::Role::Replica, edge_put()).await;
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        assert_eq!(report.skipped, 1);
+    }
+
+    #[tokio::test]
+    async fn an_edge_delete_is_ingested_by_the_home_region_only() {
+        let edge_delete = || identity_record("1", None, Some(edges_identity()));
+        let report = routed(ingest::Role::Home, edge_delete()).await;
+        assert!(ingestion_failure(&report), "{:?}", report.failure);
+        let report = routed(ingest::Role::Replica, edge_delete()).await;
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        assert_eq!(report.skipped, 1);
+        // Only identities are ingested: the same removal in another table is not the edge's.
+        let not_an_identity = Ok(ChangeRecord {
+            table: TableKind::Environments,
+            keys: [("api_key".to_string(), AttributeValue::S("k".into()))].into(),
+            ..identity_record("1", None, Some(edges_identity())).unwrap()
+        });
+        let report = routed(ingest::Role::Home, not_an_identity).await;
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        assert_eq!(report.skipped, 1);
+    }
+
+    #[tokio::test]
+    async fn a_replica_ingests_an_edge_image_the_writer_replaced_and_nothing_else() {
+        // The writer's item replaced an edge image that never replicated.
+        let replaced = || identity_record("1", Some(writers_identity(3)), Some(edges_identity()));
+        let report = routed(ingest::Role::Replica, replaced()).await;
+        assert!(ingestion_failure(&report), "{:?}", report.failure);
+        // The home region saw the edge image itself: it only verifies the writer's item.
+        let report = routed(ingest::Role::Home, replaced()).await;
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        assert_eq!(report.verified, 1);
+        // The writer's item replaced its own earlier item: nothing to ingest anywhere.
+        let report = routed(
+            ingest::Role::Replica,
+            identity_record("1", Some(writers_identity(3)), Some(writers_identity(2))),
+        )
+        .await;
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        assert_eq!(report.verified, 1);
+    }
+
     #[tokio::test]
     async fn an_acknowledgement_that_cannot_be_written_fails_its_record() {
         let ledger = FakeLedger {

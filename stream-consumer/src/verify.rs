@@ -116,6 +116,13 @@ mod tests {
     }
 
     #[test]
+    fn the_same_version_again_verifies() {
+        // A redelivered or re-put item: its version did not go backwards.
+        let meta = verify(&item(2, "a"), Some(&item(2, "b"))).unwrap();
+        assert_eq!(meta.version, 2);
+    }
+
+    #[test]
     fn a_decompression_bomb_in_a_record_fails_it_naming_the_item() {
         use edge_documents::item::MAX_DECOMPRESSED_BYTES;
         use std::io::Write;

@@ -620,6 +620,15 @@ async fn unprojectable_document_is_parked_and_others_carry_on() {
     assert!(error.contains(&format!("condition {cond}")), "{error}");
     assert!(error.contains("BOGUS_OPERATOR"), "{error}");
     assert!(tables.environment("envBad").await.is_none());
+    // Parked means off the queue: it is not tried again until its data changes.
+    let queued =
+        format!("SELECT count(*) FROM edge.pending WHERE doc_key = 'environment:{bad_env}'");
+    wait::until(
+        "the parked document off the queue",
+        wait::DEFAULT,
+        || async { (db.scalar_i64(&queued).await == 0).then_some(()) },
+    )
+    .await;
 
     core.exec(&format!(
         "UPDATE segments_condition SET operator = 'EQUAL' WHERE id = {cond}"
