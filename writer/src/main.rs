@@ -474,7 +474,7 @@ impl StatusArgs {
 struct PlanArgs {
     /// Environment document writes a second (each writes the environment and `_META` items;
     /// plan the peak, as if no change coalesced with another).
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     changes_per_second: f64,
     /// Regions with a replica of the tables, the home region included.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5))]
@@ -483,13 +483,13 @@ struct PlanArgs {
     #[arg(long)]
     identities: u64,
     /// Identity document writes a second (traits, overrides).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     identity_changes_per_second: f64,
     /// Environments at the edge (each has an environment, a `_META` and an API key item).
     #[arg(long, default_value_t = 100)]
     environments: u64,
     /// `writer verify` passes a day.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     verify_passes_per_day: f64,
     /// Feature states per environment document, for its measured size.
     #[arg(long, default_value_t = 20)]
@@ -501,10 +501,11 @@ struct PlanArgs {
     #[arg(long, default_value_t = 5)]
     traits_per_identity: usize,
     /// Records per consumer invocation (the template's `ConsumerBatchSize`).
-    #[arg(long, default_value_t = edge_writer::plan::CONSUMER_BATCH_SIZE)]
+    #[arg(long, default_value_t = edge_writer::plan::CONSUMER_BATCH_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
     consumer_batch_size: u32,
     /// Documents one writer process writes a second (the README's measured figure).
-    #[arg(long, default_value_t = edge_writer::plan::WRITER_DOCUMENTS_PER_SECOND)]
+    #[arg(long, default_value_t = edge_writer::plan::WRITER_DOCUMENTS_PER_SECOND, value_parser = positive)]
     writer_documents_per_second: f64,
     #[command(flatten)]
     prices: PriceArgs,
@@ -518,31 +519,31 @@ struct PlanArgs {
 #[derive(Args, Debug)]
 struct PriceArgs {
     /// Write request units, per million.
-    #[arg(long, default_value_t = edge_writer::plan::prices::WRITE_REQUEST_UNITS_PER_MILLION)]
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::WRITE_REQUEST_UNITS_PER_MILLION)]
     price_wru_per_million: f64,
     /// Replicated write request units, per million.
-    #[arg(long, default_value_t = edge_writer::plan::prices::REPLICATED_WRITE_REQUEST_UNITS_PER_MILLION)]
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::REPLICATED_WRITE_REQUEST_UNITS_PER_MILLION)]
     price_rwru_per_million: f64,
     /// Read request units, per million.
-    #[arg(long, default_value_t = edge_writer::plan::prices::READ_REQUEST_UNITS_PER_MILLION)]
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::READ_REQUEST_UNITS_PER_MILLION)]
     price_rru_per_million: f64,
     /// Storage, per GB-month.
-    #[arg(long, default_value_t = edge_writer::plan::prices::STORAGE_PER_GB_MONTH)]
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::STORAGE_PER_GB_MONTH)]
     price_storage_gb_month: f64,
     /// Point-in-time recovery, per GB-month.
-    #[arg(long, default_value_t = edge_writer::plan::prices::PITR_PER_GB_MONTH)]
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::PITR_PER_GB_MONTH)]
     price_pitr_gb_month: f64,
     /// DynamoDB Streams read request units, per million (shown only: free for Lambda).
-    #[arg(long, default_value_t = edge_writer::plan::prices::STREAMS_READ_REQUEST_UNITS_PER_MILLION)]
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::STREAMS_READ_REQUEST_UNITS_PER_MILLION)]
     price_streams_rru_per_million: f64,
     /// Lambda requests, per million.
-    #[arg(long, default_value_t = edge_writer::plan::prices::LAMBDA_REQUESTS_PER_MILLION)]
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::LAMBDA_REQUESTS_PER_MILLION)]
     price_lambda_requests_per_million: f64,
     /// Lambda duration, per GB-second (arm64).
-    #[arg(long, default_value_t = edge_writer::plan::prices::LAMBDA_ARM64_PER_GB_SECOND)]
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::LAMBDA_ARM64_PER_GB_SECOND)]
     price_lambda_gb_second: f64,
     /// Data transfer to another region, per GB.
-    #[arg(long, default_value_t = edge_writer::plan::prices::INTER_REGION_TRANSFER_PER_GB)]
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::INTER_REGION_TRANSFER_PER_GB)]
     price_transfer_gb: f64,
 }
 
@@ -559,6 +560,22 @@ impl PriceArgs {
             lambda_per_gb_second: self.price_lambda_gb_second,
             inter_region_transfer_per_gb: self.price_transfer_gb,
         }
+    }
+}
+
+/// A finite number >= 0.
+fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number >= 0")),
+    }
+}
+
+/// A finite number > 0.
+fn positive(s: &str) -> std::result::Result<f64, String> {
+    match non_negative(s)? {
+        x if x > 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number > 0")),
     }
 }
 
