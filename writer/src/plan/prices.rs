@@ -1,8 +1,10 @@
 //! List prices used by `writer plan`.
 //!
 //! Region us-east-1 (US East, N. Virginia), public on-demand list prices as published since
-//! the DynamoDB on-demand price reduction of 2024-11-01, written down here on 2026-12-01.
-//! They are list prices: no free tier, no savings plans or reserved capacity, no taxes.
+//! the DynamoDB on-demand price reduction of 2024-11-01 (on-demand and replicated write
+//! units halved and cut by two thirds respectively), written down here on 2026-12-01 without
+//! re-reading the live pricing pages that day. They are list prices: no free tier, no
+//! savings plans or reserved capacity, no taxes.
 //! Check them against the AWS pricing pages for your region and pass `--price-*` to
 //! `writer plan` to use others.
 
