@@ -19,6 +19,7 @@ pub mod http;
 pub mod lag_window;
 pub mod metrics;
 pub mod migrate_identities;
+pub mod plan;
 pub mod projection;
 pub mod replicate;
 pub mod state;

@@ -187,6 +187,10 @@ enum Command {
         #[command(subcommand)]
         command: IngestionCommand,
     },
+    /// Capacity and monthly cost of a workload across regions, at on-demand list prices:
+    /// write and read units, stream reads, Lambda invocations, storage, and the writer
+    /// processes the rate needs. Pure calculation: reads no database, calls no AWS API.
+    Plan(PlanArgs),
     /// Show an environment's items in DynamoDB with their replication metadata.
     Inspect {
         /// Environment client-side api_key.
@@ -464,6 +468,145 @@ impl StatusArgs {
             },
         }
     }
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    /// Environment document writes a second (each writes the environment and `_META` items;
+    /// plan the peak, as if no change coalesced with another).
+    #[arg(long, value_parser = non_negative)]
+    changes_per_second: f64,
+    /// Regions with a replica of the tables, the home region included.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5))]
+    regions: u32,
+    /// Identities stored at the edge.
+    #[arg(long)]
+    identities: u64,
+    /// Identity document writes a second (traits, overrides).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    identity_changes_per_second: f64,
+    /// Environments at the edge (each has an environment, a `_META` and an API key item).
+    #[arg(long, default_value_t = 100)]
+    environments: u64,
+    /// `writer verify` passes a day.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
+    verify_passes_per_day: f64,
+    /// Feature states per environment document, for its measured size.
+    #[arg(long, default_value_t = 20)]
+    features_per_environment: usize,
+    /// Segments per project, for the environment document's measured size.
+    #[arg(long, default_value_t = 2)]
+    segments_per_project: usize,
+    /// Traits per identity, for the identity document's measured size.
+    #[arg(long, default_value_t = 5)]
+    traits_per_identity: usize,
+    /// Records per consumer invocation (the template's `ConsumerBatchSize`).
+    #[arg(long, default_value_t = edge_writer::plan::CONSUMER_BATCH_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    consumer_batch_size: u32,
+    /// Documents one writer process writes a second (the README's measured figure).
+    #[arg(long, default_value_t = edge_writer::plan::WRITER_DOCUMENTS_PER_SECOND, value_parser = positive)]
+    writer_documents_per_second: f64,
+    #[command(flatten)]
+    prices: PriceArgs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prices in US dollars; the defaults are us-east-1 on-demand list prices
+/// (`writer/src/plan/prices.rs`).
+#[derive(Args, Debug)]
+struct PriceArgs {
+    /// Write request units, per million.
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::WRITE_REQUEST_UNITS_PER_MILLION)]
+    price_wru_per_million: f64,
+    /// Replicated write request units, per million.
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::REPLICATED_WRITE_REQUEST_UNITS_PER_MILLION)]
+    price_rwru_per_million: f64,
+    /// Read request units, per million.
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::READ_REQUEST_UNITS_PER_MILLION)]
+    price_rru_per_million: f64,
+    /// Storage, per GB-month.
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::STORAGE_PER_GB_MONTH)]
+    price_storage_gb_month: f64,
+    /// Point-in-time recovery, per GB-month.
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::PITR_PER_GB_MONTH)]
+    price_pitr_gb_month: f64,
+    /// DynamoDB Streams read request units, per million (shown only: free for Lambda).
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::STREAMS_READ_REQUEST_UNITS_PER_MILLION)]
+    price_streams_rru_per_million: f64,
+    /// Lambda requests, per million.
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::LAMBDA_REQUESTS_PER_MILLION)]
+    price_lambda_requests_per_million: f64,
+    /// Lambda duration, per GB-second (arm64).
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::LAMBDA_ARM64_PER_GB_SECOND)]
+    price_lambda_gb_second: f64,
+    /// Data transfer to another region, per GB.
+    #[arg(long, value_parser = non_negative, default_value_t = edge_writer::plan::prices::INTER_REGION_TRANSFER_PER_GB)]
+    price_transfer_gb: f64,
+}
+
+impl PriceArgs {
+    fn prices(&self) -> edge_writer::plan::Prices {
+        edge_writer::plan::Prices {
+            write_request_units_per_million: self.price_wru_per_million,
+            replicated_write_request_units_per_million: self.price_rwru_per_million,
+            read_request_units_per_million: self.price_rru_per_million,
+            storage_per_gb_month: self.price_storage_gb_month,
+            pitr_per_gb_month: self.price_pitr_gb_month,
+            streams_read_request_units_per_million: self.price_streams_rru_per_million,
+            lambda_requests_per_million: self.price_lambda_requests_per_million,
+            lambda_per_gb_second: self.price_lambda_gb_second,
+            inter_region_transfer_per_gb: self.price_transfer_gb,
+        }
+    }
+}
+
+/// A finite number >= 0.
+fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number >= 0")),
+    }
+}
+
+/// A finite number > 0.
+fn positive(s: &str) -> std::result::Result<f64, String> {
+    match non_negative(s)? {
+        x if x > 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number > 0")),
+    }
+}
+
+fn plan_command(args: &PlanArgs) -> Result<()> {
+    use edge_writer::plan;
+    let shape = plan::Shape {
+        features_per_environment: args.features_per_environment,
+        segments_per_project: args.segments_per_project,
+        traits_per_identity: args.traits_per_identity,
+    };
+    let workload = plan::Workload {
+        changes_per_second: args.changes_per_second,
+        identity_changes_per_second: args.identity_changes_per_second,
+        regions: args.regions,
+        environments: args.environments,
+        identities: args.identities,
+        verify_passes_per_day: args.verify_passes_per_day,
+    };
+    let deployment = plan::Deployment {
+        batch_size: args.consumer_batch_size,
+        writer_documents_per_second: args.writer_documents_per_second,
+        ..plan::Deployment::default()
+    };
+    let sizes = plan::sizes::measure(&shape);
+    let result = plan::plan(&workload, &deployment, shape, sizes, args.prices.prices());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", plan::render_text(&result));
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -778,6 +921,7 @@ async fn dispatch(
         }
         Command::Ingestion { command } => ingestion(&cli, command).await?,
         Command::Inspect { environment } => inspect(&cli, environment).await?,
+        Command::Plan(args) => plan_command(args)?,
         Command::Status(args) => status(&cli, args).await?,
         Command::MigrateIdentities(args) => migrate_identities(&cli, args).await?,
         Command::Run(args) => run(&cli, args, metrics_handle).await?,
