@@ -1339,14 +1339,7 @@ fn print_bootstrap(s: &edge_writer::bootstrap::Summary) {
         v.report.counts
     );
     for d in v.report.drifts.iter().take(50) {
-        println!(
-            "  {}\t{:?}\t{}\t{}\t{}",
-            d.region,
-            d.kind,
-            redact::item_key(&d.item_key),
-            d.doc_key.as_deref().unwrap_or("-"),
-            d.detail
-        );
+        println!("  {}", drift_line(d));
     }
     for note in &s.notes {
         println!("note: {note}");
@@ -1390,6 +1383,18 @@ async fn status(cli: &Cli, args: &StatusArgs) -> Result<()> {
     std::process::exit(report.exit_code());
 }
 
+/// One drift as `writer verify` prints it: region, kind, item key (redacted), document, detail.
+fn drift_line(d: &edge_writer::verify::Drift) -> String {
+    format!(
+        "{}\t{:?}\t{}\t{}\t{}",
+        d.region,
+        d.kind,
+        redact::item_key(&d.item_key),
+        d.doc_key.as_deref().unwrap_or("-"),
+        d.detail
+    )
+}
+
 async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     use edge_writer::verify::{self, Options};
     let pool = pool(cli, 4).await?;
@@ -1424,14 +1429,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for d in &report.drifts {
-            println!(
-                "{}\t{:?}\t{}\t{}\t{}",
-                d.region,
-                d.kind,
-                redact::item_key(&d.item_key),
-                d.doc_key.as_deref().unwrap_or("-"),
-                d.detail
-            );
+            println!("{}", drift_line(d));
         }
         for p in &report.pending_ingestion {
             println!(
