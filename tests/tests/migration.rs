@@ -189,7 +189,11 @@ async fn a_crash_between_the_batch_writes_and_the_bookkeeping_loses_nothing() {
         .scalar_i64("SELECT count(*) FROM edge.document WHERE version IS NOT NULL")
         .await;
     assert_eq!(recorded, 0);
-    // Its leases outlive it; wait for them to pass, then resume.
+    // Its leases outlive it (taken before the writes); wait for them to pass, then resume.
+    assert!(
+        db.scalar_i64("SELECT count(*) FROM edge.write_lease").await > 0,
+        "the crashed job left its leases"
+    );
     wait::until("leases expired", Duration::from_secs(30), || async {
         (db.scalar_i64("SELECT count(*) FROM edge.write_lease WHERE until > now()")
             .await
@@ -390,5 +394,81 @@ async fn bad_identities_are_skipped_into_dead_letters_and_one_environment_can_be
         .await
         .unwrap();
     assert_eq!(meta.status(), status::MigrationStatus::NotStarted);
+    db.drop_db().await;
+}
+
+/// An identity whose recorded items include one its projection no longer has (an item to
+/// delete) is left to the live path: queued, not written by the job. The pages it did write
+/// release their leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_with_an_item_to_delete_is_left_to_the_live_path() {
+    edge_tests::init_logging();
+    let db = TestDb::new().await;
+    let tables = TestTables::without_streams().await;
+    let core = Core::new(db.pool.clone());
+    let org = core.create_organisation("Stale").await;
+    let project = core.create_project(org, "P", true, "COMPLETE").await;
+    let env = core.create_environment(project, "E", "staleMig").await;
+    let flag = core
+        .create_feature(project, "flag", "STANDARD", false, Val::None)
+        .await;
+    let ids = core.generate_identities(env, "s-", 5, flag, 2, false).await;
+    // As a write of an earlier projection would have left it: an item the identity no
+    // longer projects.
+    let stale_doc = format!("identity:{}", ids[2]);
+    sqlx::query("INSERT INTO edge.document (doc_key) VALUES ($1) ON CONFLICT DO NOTHING;")
+        .bind(&stale_doc)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        r#"INSERT INTO edge.document_item (doc_key, table_kind, item_key)
+           VALUES ($1, 'identities', '{"composite_key": "staleMig_gone"}')"#,
+    )
+    .bind(&stale_doc)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let summary = migrate_identities::run(
+        &db.pool,
+        &tables.store(),
+        Scope {
+            project_id: project,
+            environment_id: None,
+        },
+        &Options {
+            progress_bar: false,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("migration");
+    assert_eq!(summary.deferred, 1, "{summary:?}");
+    assert_eq!(summary.migrated, 4, "{summary:?}");
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM edge.document WHERE doc_key = $1")
+            .bind(&stale_doc)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        version, None,
+        "the job wrote the identity with an item to delete"
+    );
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM edge.pending WHERE doc_key = '{stale_doc}'"
+        ))
+        .await,
+        1,
+        "queued for the live path"
+    );
+    assert_eq!(tables.scan(TableKind::Identities).await.len(), 4);
+    // Every written document's lease is released: the live path may write them at once.
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM edge.write_lease").await,
+        0
+    );
     db.drop_db().await;
 }

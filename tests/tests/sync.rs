@@ -74,6 +74,25 @@ async fn sync_command_writes_now_and_reports_the_version() {
         "b"
     );
 
+    // Nothing changed since: a second sync sends nothing and reports the same version.
+    let out = writer_cmd(&db, &tables)
+        .args(["sync", "--environment", "envSync"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["environment"]["unchanged"], true, "{again}");
+    assert_eq!(
+        again["environment"]["version"],
+        version_of(&item),
+        "{again}"
+    );
+
     // Unknown environment: a clear error and a non-zero exit.
     let out = writer_cmd(&db, &tables)
         .args(["sync", "--environment", "noSuchKey"])
