@@ -233,6 +233,7 @@ async fn a_committed_change_is_acknowledged_by_both_regions_and_invalidated() {
     );
     assert!(regions.failures().is_empty(), "{:?}", regions.failures());
     writer.stop().await;
+    db.drop_db().await;
 }
 
 /// Runs `writer verify` for both regions; returns (exit code, stdout).
@@ -366,6 +367,7 @@ async fn corruption_in_a_replica_is_detected_by_the_consumer_and_by_verify_and_r
         "tampered"
     );
     writer.stop().await;
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,6 +406,7 @@ async fn writes_no_region_confirmed_are_listed_as_unconfirmed() {
             "{item} is unconfirmed:\n{out}"
         );
     }
+    db.drop_db().await;
 }
 
 async fn get(

@@ -244,6 +244,7 @@ async fn an_edge_edit_is_never_clobbered_by_core_or_repair_and_is_merged_after_i
     assert!(out.contains("0 pending ingestion"), "{out}");
     consumer.abort();
     writer.stop().await;
+    db.drop_db().await;
 }
 
 fn record(
@@ -449,6 +450,7 @@ async fn edge_identities_reach_core_typed_once_and_poison_items_are_parked() {
         erin["identity_uuid"]
     );
     writer.stop().await;
+    db.drop_db().await;
 }
 
 /// `writer verify` of both regions; returns (exit code, stdout).
@@ -663,6 +665,7 @@ async fn edge_and_core_writing_the_same_identities_at_once_lose_nothing_in_any_r
         .collect();
     assert!(failures.is_empty(), "verification failures: {failures:?}");
     writer.stop().await;
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -745,6 +748,7 @@ async fn without_a_consumer_the_writer_ingests_the_edge_item_itself_and_leaves_i
     );
     assert_eq!(code, 0, "{out}");
     writer.stop().await;
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -769,4 +773,5 @@ async fn merge_state_older_than_the_streams_retention_is_pruned() {
         .await;
     assert_eq!(left, 0, "only the recent rows are left");
     assert_eq!(edge_ingest::clock::prune(&db.pool, 100).await.unwrap(), 0);
+    db.drop_db().await;
 }
