@@ -127,6 +127,9 @@ pub struct MigrationStep {
     pub open_gaps: usize,
 }
 
+/// How long tables just created get to become readable.
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Step 2.
 #[derive(Debug, Clone, Serialize)]
 pub struct TablesStep {
@@ -466,18 +469,18 @@ async fn tables_step(store: &DynamoStore, mode: TablesMode) -> Result<TablesStep
         }
         TablesMode::Check => Vec::new(),
     };
-    // Every edge table is read once, in both modes: a table just created may take a moment
-    // to become active, and a check must say which table is missing.
+    // Every edge table is read once, in both modes: a table just created may take a while to
+    // become active (DynamoDB answers ResourceNotFound until then; in AWS that can be a
+    // minute), and a check must say which table is missing.
+    let active_by = Instant::now() + TABLE_ACTIVE_TIMEOUT;
     let mut checked = Vec::new();
     for kind in TableKind::ALL {
         let name = store.tables().name(kind).to_string();
-        let mut attempt = 0;
         loop {
             match store.get(kind, probe_key(kind)).await {
                 Ok(_) => break,
-                Err(e) if attempt < 20 && !created.is_empty() => {
+                Err(e) if !created.is_empty() && Instant::now() < active_by => {
                     tracing::debug!(table = %name, error = %e, "table not ready yet");
-                    attempt += 1;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(source) => {

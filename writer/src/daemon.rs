@@ -355,8 +355,18 @@ async fn gauge_loop(pool: sqlx::PgPool, mut shutdown: watch::Receiver<bool>) {
                         ),
                     }
                     // The write log beyond the longest window `writer status` looks at.
-                    if let Err(e) = crate::state::write_log::prune(&pool, 100_000).await {
-                        tracing::warn!(error = %e, "pruning the write log failed");
+                    // In batches until nothing older is left, so a busy minute cannot make
+                    // the log outgrow its hour.
+                    const BATCH: i64 = 100_000;
+                    loop {
+                        match crate::state::write_log::prune(&pool, BATCH).await {
+                            Ok(n) if n < BATCH as u64 => break,
+                            Ok(_) => continue,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "pruning the write log failed");
+                                break;
+                            }
+                        }
                     }
                     // The merge rule's state of edge writes that can no longer arrive.
                     match edge_ingest::clock::prune(&pool, 10_000).await {

@@ -396,12 +396,10 @@ struct BootstrapArgs {
     /// region (the DynamoDB written to), content only (no acknowledgements checked).
     #[arg(long = "region", value_parser = parse_region)]
     regions: Vec<(String, Option<String>)>,
-    /// As `writer verify --ack-deadline-secs` (with --region only).
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_209_600))]
-    ack_deadline_secs: u64,
-    /// As `writer verify --recheck-after-secs`.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    recheck_after_secs: u64,
+    /// The verify's timing, as `writer verify`'s (the acknowledgement deadline applies with
+    /// --region only).
+    #[command(flatten)]
+    verify_timing: VerifyTimingArgs,
     /// No progress bars, log lines only.
     #[arg(long)]
     no_progress: bool,
@@ -609,12 +607,9 @@ fn plan_command(args: &PlanArgs) -> Result<()> {
     Ok(())
 }
 
+/// How `writer verify` (and bootstrap's verify) waits on what is in flight.
 #[derive(Args, Debug)]
-struct VerifyArgs {
-    /// A region to verify, as its stream consumer names it: `NAME` (an AWS region, reached at
-    /// the SDK's endpoint for it) or `NAME=ENDPOINT_URL`. Repeat for every replica region.
-    #[arg(long = "region", required = true, value_parser = parse_region)]
-    regions: Vec<(String, Option<String>)>,
+struct VerifyTimingArgs {
     /// A write older than this many seconds without an acknowledgement of a region is
     /// reported as unconfirmed.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_209_600))]
@@ -624,6 +619,16 @@ struct VerifyArgs {
     /// the first look.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
     recheck_after_secs: u64,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// A region to verify, as its stream consumer names it: `NAME` (an AWS region, reached at
+    /// the SDK's endpoint for it) or `NAME=ENDPOINT_URL`. Repeat for every replica region.
+    #[arg(long = "region", required = true, value_parser = parse_region)]
+    regions: Vec<(String, Option<String>)>,
+    #[command(flatten)]
+    timing: VerifyTimingArgs,
     /// Re-write every drifting document through the normal versioned path.
     #[arg(long)]
     repair: bool,
@@ -1269,8 +1274,8 @@ async fn bootstrap(cli: &Cli, args: &BootstrapArgs) -> Result<()> {
         lease_wait: Duration::from_secs(args.lease_secs * 2 + 10),
         verify: VerifyPlan {
             regions: regions(&args.regions).await,
-            ack_deadline: Duration::from_secs(args.ack_deadline_secs),
-            recheck_after: Duration::from_secs(args.recheck_after_secs),
+            ack_deadline: Duration::from_secs(args.verify_timing.ack_deadline_secs),
+            recheck_after: Duration::from_secs(args.verify_timing.recheck_after_secs),
         },
         progress_bar: !args.no_progress,
     };
@@ -1404,8 +1409,8 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     let tables = store.tables().clone();
     let replicator = Replicator::new(pool, store, args.replication.settings());
     let options = Options {
-        ack_deadline: Duration::from_secs(args.ack_deadline_secs),
-        recheck_after: Duration::from_secs(args.recheck_after_secs),
+        ack_deadline: Duration::from_secs(args.timing.ack_deadline_secs),
+        recheck_after: Duration::from_secs(args.timing.recheck_after_secs),
         repair: args.repair,
     };
     let started_at = chrono::Utc::now();
