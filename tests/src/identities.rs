@@ -14,9 +14,8 @@ pub type Items = BTreeMap<(TableKind, String), Value>;
 
 /// What the identities of `environments` should be in DynamoDB, projected from one snapshot.
 pub async fn expected_identity_items(pool: &PgPool, environments: &[i32]) -> Items {
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = edge_writer::projection::snapshot::begin(&mut conn)
         .await
         .unwrap();
     let ids: Vec<i32> = sqlx::query_scalar(

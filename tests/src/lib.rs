@@ -17,6 +17,7 @@ pub mod http;
 pub mod identities;
 pub mod lambda_api;
 pub mod pg;
+pub mod pg_count;
 pub mod pg_tls;
 pub mod proxy;
 pub mod regions;

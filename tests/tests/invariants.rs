@@ -645,9 +645,12 @@ async fn unprojectable_document_is_parked_and_others_carry_on() {
 
 /// Invariant 3: a document is one consistent snapshot. Each commit renames a feature and sets
 /// its value to the same number in one transaction; the name and the value come from
-/// different queries of the projection, so any mix of two commits shows as a mismatch.
+/// different statements of the snapshot read, so any mix of two commits shows as a mismatch.
+/// The statements go to Postgres in one message, so a pause between them (a test hook)
+/// gives commits a window to land in: without REPEATABLE READ they would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_document_is_never_a_mix_of_two_commits() {
+    edge_writer::failpoint::set_snapshot_pause(Duration::from_millis(2));
     let (db, tables, core) = setup().await;
     let (_, project, env) = basic_project(&core, "envSnap").await;
     let feature = core
@@ -693,5 +696,6 @@ async fn a_document_is_never_a_mix_of_two_commits() {
         .unwrap();
     assert!(observed > 1);
     writer.stop().await;
+    edge_writer::failpoint::set_snapshot_pause(Duration::ZERO);
     db.drop_db().await;
 }

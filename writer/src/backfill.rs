@@ -17,7 +17,7 @@ use edge_documents::hash::content_hash;
 use edge_documents::item::{encode, logical_item, stored_meta, ReplicationMeta};
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
-use sqlx::{Acquire, PgPool};
+use sqlx::PgPool;
 
 use crate::doc_key::DocKey;
 use crate::migrate_identities::progress::Progress;
@@ -377,16 +377,9 @@ async fn compare_with_store<S: ItemStore>(
         .acquire()
         .await
         .map_err(|e| e.to_string())?;
-    let projected = {
-        let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| e.to_string())?;
-        let p = projection::project(&mut tx, doc).await;
-        let _ = tx.rollback().await;
-        p.map_err(|e| format!("{key}: {e}"))?
-    };
+    let projected = projection::project(&mut conn, doc)
+        .await
+        .map_err(|e| format!("{key}: {e}"))?;
     drop(conn);
     let meta = ReplicationMeta {
         version: 0,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 /// The project's migrations (`migrations/` at the workspace root), embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -41,6 +41,9 @@ impl SessionLimits {
     }
 }
 
+/// A pooled connection idle for this long is pinged before it is used again.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// A pool to the core database. `max_connections` must allow two connections per worker
 /// (lock and snapshot), plus the listener and the capture task.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
@@ -69,6 +72,18 @@ pub async fn connect_with_limits(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // A connection is pinged before use only when it sat idle (the pool pings every
+        // connection it takes back, too): a hot worker's connections skip a round trip per
+        // document; a broken one is replaced, or fails its statement as transient.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < PING_IF_IDLE_FOR {
+                    return Ok(true);
+                }
+                Ok(conn.ping().await.is_ok())
+            })
+        })
         .connect_with(options)
         .await
 }

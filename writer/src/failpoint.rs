@@ -9,7 +9,7 @@
 //!
 //! Unset in production, where a point costs one comparison with a value read once.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -21,6 +21,19 @@ pub const WORKER_TAKES_DOCUMENT: &str = "worker-takes-document";
 pub const SYNC_STARTS: &str = "sync-starts";
 /// In the identity migration job, after a page's checkpoint was saved.
 pub const IDENTITY_PAGE_CHECKPOINTED: &str = "identity-page-checkpointed";
+
+/// A pause between the statements of a snapshot read (zero: none), set by the snapshot
+/// isolation test: a snapshot's statements go in one message, so the window in which a
+/// commit could land between two of them is otherwise too short for a test to hit.
+static SNAPSHOT_PAUSE_MICROS: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_snapshot_pause(pause: Duration) {
+    SNAPSHOT_PAUSE_MICROS.store(pause.as_micros() as u64, Ordering::SeqCst);
+}
+
+pub fn snapshot_pause() -> Duration {
+    Duration::from_micros(SNAPSHOT_PAUSE_MICROS.load(Ordering::Relaxed))
+}
 
 pub fn crash_point(name: &str) {
     static AT: OnceLock<Option<String>> = OnceLock::new();

@@ -36,7 +36,7 @@ use edge_documents::item::{encode, EncodedItem, Item, ItemError, ReplicationMeta
 use edge_documents::tables::TableKind;
 use futures::future::join_all;
 use serde_json::{json, Value};
-use sqlx::{Acquire, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 use crate::doc_key::{DocKey, InvalidDocKey};
 use crate::metrics as m;
@@ -595,22 +595,17 @@ impl<S: ItemStore> Replicator<S> {
         let t_start = Instant::now();
         // The snapshot, on its own connection, begun after the lock was taken.
         let mut snap = self.pool.acquire().await.map_err(state_err)?;
-        let projected = {
-            let mut tx = snap.begin().await.map_err(state_err)?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await
-                .map_err(state_err)?;
-            let projected = projection::project(&mut tx, doc).await;
-            let _ = tx.rollback().await;
-            projected.map_err(|source| ReplicateError::Projection {
+        let projected = projection::project(&mut snap, doc)
+            .await
+            .map_err(|source| ReplicateError::Projection {
                 doc_key: doc_key.clone(),
                 source,
-            })?
-        };
+            })?;
 
-        // The version, after the snapshot, under the lock.
-        let version = documents::next_version(lock).await.map_err(state_err)?;
+        // The version, after the snapshot, under the lock; with the items recorded so far.
+        let (version, recorded) = documents::next_version_and_items(lock, &doc_key)
+            .await
+            .map_err(state_err)?;
         let source_time = last_change_at.unwrap_or(projected.snapshot_time);
         let meta = ReplicationMeta {
             version,
@@ -624,13 +619,16 @@ impl<S: ItemStore> Replicator<S> {
             })?;
         let doc_hash = document_hash(&encoded);
 
-        let recorded = documents::recorded_items(lock, &doc_key)
-            .await
-            .map_err(state_err)?;
         let desired: HashSet<(TableKind, String)> = projected
             .items
             .iter()
             .map(|d| (d.table, Value::Object(d.key.clone()).to_string()))
+            .collect();
+        // Items recorded and not marked removed: those need not be recorded again.
+        let live: HashSet<(TableKind, String)> = recorded
+            .iter()
+            .filter(|r| r.removed_at.is_none())
+            .map(|r| (r.table, r.key.to_string()))
             .collect();
         let stale: Vec<RecordedItem> = recorded
             .into_iter()
@@ -639,7 +637,15 @@ impl<S: ItemStore> Replicator<S> {
         let content_unchanged = doc_hash == state.content_hash && !force;
 
         if content_unchanged && stale.is_empty() {
-            self.finish_unchanged(lock, &doc_key, queued_seq, projected.next_change_at)
+            let finish = documents::Finish {
+                written: None,
+                next_projection_at: projected.next_change_at,
+                removed: &[],
+                forgotten: &[],
+                claimed_seq: queued_seq,
+                again_at: projected.next_change_at,
+            };
+            documents::finish(lock, &doc_key, &finish)
                 .await
                 .map_err(state_err)?;
             return Ok(Outcome {
@@ -653,15 +659,18 @@ impl<S: ItemStore> Replicator<S> {
             });
         }
 
-        // Record the items before writing them (committed at once, outside the lock).
-        let keys: Vec<(TableKind, Value)> = projected
-            .items
-            .iter()
-            .map(|d| (d.table, Value::Object(d.key.clone())))
-            .collect();
-        documents::record_items(&mut snap, &doc_key, &keys)
-            .await
-            .map_err(state_err)?;
+        // Record the items before writing them (committed at once, outside the lock), unless
+        // every one of them is recorded already and not marked removed.
+        if !desired.is_subset(&live) {
+            let keys: Vec<(TableKind, Value)> = projected
+                .items
+                .iter()
+                .map(|d| (d.table, Value::Object(d.key.clone())))
+                .collect();
+            documents::record_items(&mut snap, &doc_key, &keys)
+                .await
+                .map_err(state_err)?;
+        }
         drop(snap);
 
         // The writes, each conditional on the version. Items with other writers (an identity
@@ -747,57 +756,42 @@ impl<S: ItemStore> Replicator<S> {
         crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);
         let t_bookkeeping = Instant::now();
 
-        // Bookkeeping, in the lock transaction: only now does progress move.
-        documents::record_write(
-            lock,
-            &doc_key,
-            &documents::Written {
+        // Bookkeeping, in the lock transaction, in one statement: only now does progress move.
+        let mut removed = vec![];
+        let mut forgotten = vec![];
+        for item in &stale {
+            let rechecked = item.removed_at.is_some_and(|t| {
+                projected.snapshot_time - t >= chrono_duration(self.settings.delete_recheck_after)
+            });
+            let entry = (item.table, item.key.clone());
+            if rechecked {
+                forgotten.push(entry);
+            } else {
+                removed.push(entry);
+            }
+        }
+        let recheck_at = (!removed.is_empty())
+            .then(|| Utc::now() + chrono_duration(self.settings.delete_recheck_after));
+        let again_at = match (projected.next_change_at, recheck_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let finish = documents::Finish {
+            written: Some(documents::Written {
                 version,
                 content_hash: doc_hash.as_deref(),
                 source_time,
                 next_projection_at: projected.next_change_at,
                 put_items: !puts.is_empty(),
                 first_change_at,
-            },
-        )
-        .await
-        .map_err(state_err)?;
-        let mut recheck = false;
-        for item in &stale {
-            match item.removed_at {
-                Some(t)
-                    if projected.snapshot_time - t
-                        >= chrono_duration(self.settings.delete_recheck_after) =>
-                {
-                    documents::forget_item(lock, &doc_key, item.table, &item.key)
-                        .await
-                        .map_err(state_err)?;
-                }
-                _ => {
-                    documents::mark_removed(lock, &doc_key, item.table, &item.key)
-                        .await
-                        .map_err(state_err)?;
-                    recheck = true;
-                }
-            }
-        }
-        if let Some(seq) = queued_seq {
-            pending::complete(lock, &doc_key, seq)
-                .await
-                .map_err(state_err)?;
-        }
-        if let Some(at) = projected.next_change_at {
-            pending::schedule(lock, &doc_key, at)
-                .await
-                .map_err(state_err)?;
-        }
-        if recheck {
-            let at = Utc::now() + chrono_duration(self.settings.delete_recheck_after);
-            pending::schedule(lock, &doc_key, at)
-                .await
-                .map_err(state_err)?;
-        }
-        dead_letters::clear(lock, &doc_key)
+            }),
+            next_projection_at: projected.next_change_at,
+            removed: &removed,
+            forgotten: &forgotten,
+            claimed_seq: queued_seq,
+            again_at,
+        };
+        documents::finish(lock, &doc_key, &finish)
             .await
             .map_err(state_err)?;
         tracing::debug!(
@@ -818,23 +812,6 @@ impl<S: ItemStore> Replicator<S> {
             unchanged: false,
             absent: projected.items.is_empty(),
         })
-    }
-
-    async fn finish_unchanged(
-        &self,
-        lock: &mut PgConnection,
-        doc_key: &str,
-        queued_seq: Option<i64>,
-        next_change_at: Option<DateTime<Utc>>,
-    ) -> Result<(), sqlx::Error> {
-        documents::record_next_projection(lock, doc_key, next_change_at).await?;
-        if let Some(seq) = queued_seq {
-            pending::complete(lock, doc_key, seq).await?;
-        }
-        if let Some(at) = next_change_at {
-            pending::schedule(lock, doc_key, at).await?;
-        }
-        dead_letters::clear(lock, doc_key).await
     }
 }
 

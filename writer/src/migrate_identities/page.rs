@@ -142,16 +142,7 @@ pub async fn migrate_page<S: ItemStore>(
             _ => None,
         })
         .collect();
-    let (rows, snapshot_time) = {
-        let mut tx = side.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let time = load::snapshot_time(&mut tx).await?;
-        let rows = load::identities(&mut tx, &locked_ids).await?;
-        let _ = tx.rollback().await;
-        (rows, time)
-    };
+    let (snapshot_time, rows) = load::identities_at(&mut side, &locked_ids).await?;
     let version = documents::next_version(&mut lock).await?;
     let t_snapshot = t0.elapsed();
 

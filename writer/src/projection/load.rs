@@ -1,8 +1,10 @@
-//! Reads the core rows of one document. Every function here runs inside the caller's
-//! REPEATABLE READ transaction, so all the rows of a document come from one snapshot.
+//! Reads the core rows of documents: all the rows of a call come from one snapshot
+//! ([`snapshot::fetch`]), read in one message: one round trip per call.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+
+use super::snapshot;
 
 use super::rows::*;
 
@@ -30,7 +32,8 @@ WHERE e.id = $1
 const FEATURES: &str = r#"
 SELECT id, name, type, is_server_key_only
 FROM features_feature
-WHERE project_id = $1 AND deleted_at IS NULL
+WHERE project_id = (SELECT project_id FROM environments_environment WHERE id = $1)
+  AND deleted_at IS NULL
 "#;
 
 const FEATURE_STATES: &str = r#"
@@ -69,27 +72,34 @@ WHERE fs.environment_id = $1 AND fs.identity_id IS NULL AND fs.deleted_at IS NUL
 const SEGMENTS: &str = r#"
 SELECT id, name, feature_id
 FROM segments_segment
-WHERE project_id = $1 AND deleted_at IS NULL AND version_of_id = id
+WHERE project_id = (SELECT project_id FROM environments_environment WHERE id = $1)
+  AND deleted_at IS NULL AND version_of_id = id
 "#;
 
-const RULES: &str = r#"
+/// The rule tree of the project's live segments. `UNION`, not `UNION ALL`: a cycle of rules
+/// (corrupt data) ends when no row is new.
+const RULE_TREE: &str = r#"
 WITH RECURSIVE tree AS (
     SELECT r.id, r.type, r.segment_id, r.rule_id
     FROM segments_segmentrule r
-    WHERE r.segment_id = ANY($1) AND r.deleted_at IS NULL
-  UNION  -- not ALL: a cycle of rules (corrupt data) ends when no row is new
+    WHERE r.deleted_at IS NULL AND r.segment_id IN (
+        SELECT s.id FROM segments_segment s
+        WHERE s.project_id = (SELECT project_id FROM environments_environment WHERE id = $1)
+          AND s.deleted_at IS NULL AND s.version_of_id = s.id)
+  UNION
     SELECT c.id, c.type, c.segment_id, c.rule_id
     FROM segments_segmentrule c
     JOIN tree ON c.rule_id = tree.id
     WHERE c.deleted_at IS NULL
 )
-SELECT id, type, segment_id, rule_id FROM tree
 "#;
+
+const RULES: &str = "SELECT id, type, segment_id, rule_id FROM tree";
 
 const CONDITIONS: &str = r#"
 SELECT id, rule_id, operator, property, value
 FROM segments_condition
-WHERE rule_id = ANY($1) AND deleted_at IS NULL
+WHERE rule_id IN (SELECT id FROM tree) AND deleted_at IS NULL
 "#;
 
 const INTEGRATIONS: &str = r#"
@@ -124,80 +134,64 @@ JOIN organisations_organisation o ON o.id = p.organisation_id
 WHERE k.id = $1
 "#;
 
-/// `now()` of the current transaction: the snapshot's clock.
-pub async fn snapshot_time(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar("SELECT now()").fetch_one(conn).await
+const NOW: &str = "SELECT now()";
+
+/// The statements of an environment document, in the order [`environment`] decodes them.
+fn environment_statements(id: i32) -> Vec<String> {
+    let id = id.to_string();
+    [
+        NOW.to_string(),
+        ENVIRONMENT.replace("$1", &id),
+        FEATURES.replace("$1", &id),
+        FEATURE_STATES.replace("$1", &id),
+        FEATURE_VERSIONS.replace("$1", &id),
+        FEATURE_SEGMENTS.replace("$1", &id),
+        MULTIVARIATE_VALUES.replace("$1", &id),
+        SEGMENTS.replace("$1", &id),
+        format!("{RULE_TREE}{RULES}").replace("$1", &id),
+        format!("{RULE_TREE}{CONDITIONS}").replace("$1", &id),
+        INTEGRATIONS.replace("$1", &id),
+    ]
+    .into()
 }
 
-/// All rows of one environment document, or `None` when the environment row is gone.
+/// The snapshot's time and all rows of one environment document (`None` when the
+/// environment row is gone), in one round trip: the statements go in one simple-protocol
+/// message; the only value in them is the environment's integer id.
 pub async fn environment(
     conn: &mut PgConnection,
     id: i32,
-) -> Result<Option<EnvironmentRows>, sqlx::Error> {
-    let snapshot_time = snapshot_time(conn).await?;
-    let Some(environment) = sqlx::query_as::<_, EnvironmentRow>(ENVIRONMENT)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
-        return Ok(None);
+) -> Result<(DateTime<Utc>, Option<EnvironmentRows>), sqlx::Error> {
+    let mut sets = snapshot::fetch(conn, &environment_statements(id)).await?;
+    let snapshot_time = sets.scalar()?;
+    let Some(environment) = sets.take::<EnvironmentRow>()?.into_iter().next() else {
+        return Ok((snapshot_time, None));
     };
-    let project_id = environment.project_id;
-    let features = sqlx::query_as(FEATURES)
-        .bind(project_id)
-        .fetch_all(&mut *conn)
-        .await?;
-    let feature_states = sqlx::query_as(FEATURE_STATES)
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-    let feature_versions = sqlx::query_as(FEATURE_VERSIONS)
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-    let feature_segments = sqlx::query_as(FEATURE_SEGMENTS)
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-    let multivariate_values = sqlx::query_as(MULTIVARIATE_VALUES)
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-    let segments: Vec<SegmentRow> = sqlx::query_as(SEGMENTS)
-        .bind(project_id)
-        .fetch_all(&mut *conn)
-        .await?;
-    let segment_ids: Vec<i32> = segments.iter().map(|s| s.id).collect();
-    let rules: Vec<RuleRow> = sqlx::query_as(RULES)
-        .bind(&segment_ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    let rule_ids: Vec<i32> = rules.iter().map(|r| r.id).collect();
-    let conditions = sqlx::query_as(CONDITIONS)
-        .bind(&rule_ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    let integrations = sqlx::query_as(INTEGRATIONS)
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(Some(EnvironmentRows {
+    let rows = EnvironmentRows {
         snapshot_time,
         environment,
-        features,
-        feature_states,
-        feature_versions,
-        feature_segments,
-        multivariate_values,
-        segments,
-        rules,
-        conditions,
-        integrations,
-    }))
+        features: sets.take()?,
+        feature_states: sets.take()?,
+        feature_versions: sets.take()?,
+        feature_segments: sets.take()?,
+        multivariate_values: sets.take()?,
+        segments: sets.take()?,
+        rules: sets.take()?,
+        conditions: sets.take()?,
+        integrations: sets.take()?,
+    };
+    Ok((snapshot_time, Some(rows)))
 }
 
-pub async fn api_key(conn: &mut PgConnection, id: i32) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as(API_KEY).bind(id).fetch_optional(conn).await
+/// The snapshot's time and the API key's row (`None`: gone), in one round trip.
+pub async fn api_key(
+    conn: &mut PgConnection,
+    id: i32,
+) -> Result<(DateTime<Utc>, Option<ApiKeyRow>), sqlx::Error> {
+    let statements = [NOW.to_string(), API_KEY.replace("$1", &id.to_string())];
+    let mut sets = snapshot::fetch(conn, &statements).await?;
+    let snapshot_time = sets.scalar()?;
+    Ok((snapshot_time, sets.take()?.into_iter().next()))
 }
 
 const IDENTITIES: &str = r#"
@@ -242,41 +236,47 @@ SELECT mv.id, mv.uuid, mv.feature_state_id, mv.percentage_allocation,
        o.key AS option_key
 FROM multivariate_multivariatefeaturestatevalue mv
 JOIN multivariate_multivariatefeatureoption o ON o.id = mv.multivariate_feature_option_id
-WHERE mv.feature_state_id = ANY($1)
+WHERE mv.feature_state_id IN (
+    SELECT fs.id FROM features_featurestate fs
+    JOIN features_feature f ON f.id = fs.feature_id AND f.deleted_at IS NULL
+    WHERE fs.identity_id = ANY($1) AND fs.deleted_at IS NULL)
 "#;
 
-/// The rows of many identity documents in four queries (the migration job reads a page at
+/// The statements of [`identities`]; `$1` is the ids as an array literal.
+fn identity_statements(ids: &[i32]) -> Vec<String> {
+    let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let ids = format!("ARRAY[{}]::int[]", list.join(","));
+    [
+        NOW,
+        IDENTITIES,
+        TRAITS,
+        IDENTITY_OVERRIDES,
+        IDENTITY_MULTIVARIATE_VALUES,
+    ]
+    .map(|sql| sql.replace("$1", &ids))
+    .into()
+}
+
+/// The rows of many identity documents in one round trip (the migration job reads a page at
 /// a time; the live path a page of one). Identities whose row is gone are left out.
 pub async fn identities(
     conn: &mut PgConnection,
     ids: &[i32],
 ) -> Result<Vec<IdentityRows>, sqlx::Error> {
-    let snapshot_time = snapshot_time(conn).await?;
-    let identities: Vec<IdentityRow> = sqlx::query_as(IDENTITIES)
-        .bind(ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    if identities.is_empty() {
-        return Ok(vec![]);
-    }
-    let found: Vec<i32> = identities.iter().map(|i| i.id).collect();
-    let traits: Vec<TraitRow> = sqlx::query_as(TRAITS)
-        .bind(&found)
-        .fetch_all(&mut *conn)
-        .await?;
-    let overrides: Vec<IdentityOverrideRow> = sqlx::query_as(IDENTITY_OVERRIDES)
-        .bind(&found)
-        .fetch_all(&mut *conn)
-        .await?;
-    let state_ids: Vec<i32> = overrides.iter().map(|o| o.state.id).collect();
-    let multivariate_values: Vec<MultivariateValueRow> = if state_ids.is_empty() {
-        vec![]
-    } else {
-        sqlx::query_as(IDENTITY_MULTIVARIATE_VALUES)
-            .bind(&state_ids)
-            .fetch_all(&mut *conn)
-            .await?
-    };
+    Ok(identities_at(conn, ids).await?.1)
+}
+
+/// [`identities`] with the snapshot's time (which the rows carry too, when there are any).
+pub async fn identities_at(
+    conn: &mut PgConnection,
+    ids: &[i32],
+) -> Result<(DateTime<Utc>, Vec<IdentityRows>), sqlx::Error> {
+    let mut sets = snapshot::fetch(conn, &identity_statements(ids)).await?;
+    let snapshot_time = sets.scalar()?;
+    let identities: Vec<IdentityRow> = sets.take()?;
+    let traits: Vec<TraitRow> = sets.take()?;
+    let overrides: Vec<IdentityOverrideRow> = sets.take()?;
+    let multivariate_values: Vec<MultivariateValueRow> = sets.take()?;
 
     let mut traits_of: std::collections::HashMap<i32, Vec<TraitRow>> = Default::default();
     for t in traits {
@@ -291,7 +291,7 @@ pub async fn identities(
     for mv in multivariate_values {
         mv_of.entry(mv.feature_state_id).or_default().push(mv);
     }
-    Ok(identities
+    let rows = identities
         .into_iter()
         .map(|identity| {
             let overrides = overrides_of.remove(&identity.id).unwrap_or_default();
@@ -307,5 +307,6 @@ pub async fn identities(
                 identity,
             }
         })
-        .collect())
+        .collect();
+    Ok((snapshot_time, rows))
 }

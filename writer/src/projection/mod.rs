@@ -1,6 +1,6 @@
 //! Projection: core rows to the DynamoDB items of one document.
 //!
-//! [`load`] reads the rows inside the caller's REPEATABLE READ snapshot; [`environment`] and
+//! [`load`] reads the rows of a document from one snapshot in one round trip ([`snapshot`]); [`environment`] and
 //! [`api_key`] turn them into documents without I/O; this module lays the documents out as
 //! the items they become (the environments item, the environments_v2 `_META` item, the API
 //! key item), each with its table and key.
@@ -10,6 +10,7 @@ pub mod environment;
 pub mod identity;
 pub mod load;
 pub mod rows;
+pub mod snapshot;
 
 use chrono::{DateTime, Utc};
 use edge_documents::tables::TableKind;
@@ -56,18 +57,19 @@ pub struct Projected {
     pub snapshot_time: DateTime<Utc>,
 }
 
-/// Projects one document inside the caller's snapshot transaction.
+/// Projects one document from one snapshot of the core rows (its own, or the caller's
+/// transaction begun with [`snapshot::begin`]).
 pub async fn project(conn: &mut PgConnection, doc: DocKey) -> Result<Projected, ProjectionError> {
     match doc {
         DocKey::Environment(id) => {
-            let Some(rows) = load::environment(conn, id).await? else {
+            let (snapshot_time, rows) = load::environment(conn, id).await?;
+            let Some(rows) = rows else {
                 return Ok(Projected {
                     items: vec![],
                     next_change_at: None,
-                    snapshot_time: load::snapshot_time(conn).await?,
+                    snapshot_time,
                 });
             };
-            let snapshot_time = rows.snapshot_time;
             Ok(match environment::project_environment(&rows)? {
                 EnvironmentProjection::Absent => Projected {
                     items: vec![],
@@ -86,8 +88,7 @@ pub async fn project(conn: &mut PgConnection, doc: DocKey) -> Result<Projected, 
             })
         }
         DocKey::Identity(id) => {
-            let snapshot_time = load::snapshot_time(conn).await?;
-            let rows = load::identities(conn, &[id]).await?;
+            let (snapshot_time, rows) = load::identities_at(conn, &[id]).await?;
             let Some(rows) = rows.first() else {
                 return Ok(Projected {
                     items: vec![],
@@ -98,8 +99,7 @@ pub async fn project(conn: &mut PgConnection, doc: DocKey) -> Result<Projected, 
             Ok(identity_projected(rows)?)
         }
         DocKey::ApiKey(id) => {
-            let snapshot_time = load::snapshot_time(conn).await?;
-            let row = load::api_key(conn, id).await?;
+            let (snapshot_time, row) = load::api_key(conn, id).await?;
             let items = row
                 .and_then(|r| api_key::project_api_key(&r))
                 .map(|doc| {

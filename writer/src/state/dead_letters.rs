@@ -37,11 +37,6 @@ pub async fn park(
     Ok(())
 }
 
-/// Removes a document from dead letters after a successful write.
-pub async fn clear(conn: &mut PgConnection, doc_key: &str) -> Result<(), sqlx::Error> {
-    clear_many(conn, &[doc_key]).await
-}
-
 pub async fn clear_many(conn: &mut PgConnection, doc_keys: &[&str]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM edge.dead_letter WHERE doc_key = ANY($1)")
         .bind(doc_keys)

@@ -167,7 +167,8 @@ pub async fn lock_many_skip_locked(
     .await
 }
 
-/// [`record_write`] for many documents written with one version from one snapshot.
+/// The state of many documents written with one version from one snapshot (the
+/// migration page; [`finish`] records one document).
 pub async fn record_writes(
     conn: &mut PgConnection,
     doc_keys: &[String],
@@ -216,44 +217,7 @@ pub async fn recorded_items(
         .collect())
 }
 
-/// Marks an item as removed (keeps the first removal time).
-pub async fn mark_removed(
-    conn: &mut PgConnection,
-    doc_key: &str,
-    table: TableKind,
-    key: &Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        r#"UPDATE edge.document_item SET removed_at = COALESCE(removed_at, now())
-           WHERE doc_key = $1 AND table_kind = $2 AND item_key = $3"#,
-    )
-    .bind(doc_key)
-    .bind(table.as_str())
-    .bind(key)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Forgets an item whose removal has been re-checked.
-pub async fn forget_item(
-    conn: &mut PgConnection,
-    doc_key: &str,
-    table: TableKind,
-    key: &Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "DELETE FROM edge.document_item WHERE doc_key = $1 AND table_kind = $2 AND item_key = $3",
-    )
-    .bind(doc_key)
-    .bind(table.as_str())
-    .bind(key)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A completed write, as [`record_write`] records it.
+/// A completed write, as [`finish`] records it.
 #[derive(Debug, Clone, Copy)]
 pub struct Written<'a> {
     pub version: i64,
@@ -268,46 +232,126 @@ pub struct Written<'a> {
     pub first_change_at: Option<DateTime<Utc>>,
 }
 
-/// Records a completed write (in the lock's transaction), and appends it to
-/// `edge.write_log` in the same statement.
-pub async fn record_write(
+/// Everything a replication records under the lock once DynamoDB accepted its writes (or
+/// once it found nothing to write), for [`finish`].
+#[derive(Debug, Clone)]
+pub struct Finish<'a> {
+    /// The write (None: nothing was written; only the re-projection time is recorded).
+    pub written: Option<Written<'a>>,
+    pub next_projection_at: Option<DateTime<Utc>>,
+    /// Items whose delete was applied: marked removed (the first removal time is kept).
+    pub removed: &'a [(TableKind, Value)],
+    /// Items whose removal has been re-checked: forgotten.
+    pub forgotten: &'a [(TableKind, Value)],
+    /// The queue row's `seq` when the document was taken: the row is done unless a new change
+    /// arrived since.
+    pub claimed_seq: Option<i64>,
+    /// Project the document again at this time (or earlier if it already is due earlier).
+    pub again_at: Option<DateTime<Utc>>,
+}
+
+/// Records the end of a replication in one statement, in the lock's transaction: the
+/// document's state and its write log entry, its items' removals, its queue row (done, or
+/// due again) and its dead letter (cleared).
+pub async fn finish(
     conn: &mut PgConnection,
     doc_key: &str,
-    written: &Written<'_>,
+    f: &Finish<'_>,
 ) -> Result<(), sqlx::Error> {
+    let (removed_kinds, removed_keys): (Vec<&str>, Vec<&Value>) =
+        f.removed.iter().map(|(t, k)| (t.as_str(), k)).unzip();
+    let (forgotten_kinds, forgotten_keys): (Vec<&str>, Vec<&Value>) =
+        f.forgotten.iter().map(|(t, k)| (t.as_str(), k)).unzip();
+    let w = f.written.as_ref();
     sqlx::query(
         r#"WITH w AS (
                UPDATE edge.document
                SET version = $2, content_hash = $3, deleted = ($3 IS NULL), written_at = now(),
                    source_time = $4, next_projection_at = $5, foreign_since = NULL,
                    foreign_state = NULL
-               WHERE doc_key = $1
-               RETURNING doc_key)
-           INSERT INTO edge.write_log (doc_key, version, put_items, first_change_at)
-           SELECT doc_key, $2, $6, $7 FROM w"#,
+               WHERE doc_key = $1 AND $2::bigint IS NOT NULL
+               RETURNING doc_key),
+           logged AS (
+               INSERT INTO edge.write_log (doc_key, version, put_items, first_change_at)
+               SELECT doc_key, $2, $6, $7 FROM w),
+           unwritten AS (
+               UPDATE edge.document SET next_projection_at = $5
+               WHERE doc_key = $1 AND $2::bigint IS NULL),
+           removed AS (
+               UPDATE edge.document_item i SET removed_at = COALESCE(i.removed_at, now())
+               FROM unnest($8::text[], $9::jsonb[]) AS x(t, k)
+               WHERE i.doc_key = $1 AND i.table_kind = x.t AND i.item_key = x.k),
+           forgotten AS (
+               DELETE FROM edge.document_item i
+               USING unnest($10::text[], $11::jsonb[]) AS x(t, k)
+               WHERE i.doc_key = $1 AND i.table_kind = x.t AND i.item_key = x.k),
+           done AS (
+               DELETE FROM edge.pending
+               WHERE doc_key = $1 AND seq = $12 AND $13::timestamptz IS NULL),
+           again AS (
+               INSERT INTO edge.pending (doc_key, seq, not_before)
+               SELECT $1, nextval('edge.pending_seq'), $13 WHERE $13::timestamptz IS NOT NULL
+               ON CONFLICT (doc_key) DO UPDATE SET
+                   -- the row taken is done: it becomes a fresh row, due at $13
+                   seq = CASE WHEN edge.pending.seq = $12 THEN excluded.seq
+                              ELSE edge.pending.seq END,
+                   not_before = CASE WHEN edge.pending.seq = $12 THEN excluded.not_before
+                                     ELSE LEAST(edge.pending.not_before, excluded.not_before) END,
+                   first_change_at = CASE WHEN edge.pending.seq = $12 THEN NULL
+                                          ELSE edge.pending.first_change_at END,
+                   last_change_at = CASE WHEN edge.pending.seq = $12 THEN NULL
+                                         ELSE edge.pending.last_change_at END,
+                   attempts = CASE WHEN edge.pending.seq = $12 THEN 0
+                                   ELSE edge.pending.attempts END,
+                   last_error = CASE WHEN edge.pending.seq = $12 THEN NULL
+                                     ELSE edge.pending.last_error END)
+           DELETE FROM edge.dead_letter WHERE doc_key = $1"#,
     )
     .bind(doc_key)
-    .bind(written.version)
-    .bind(written.content_hash)
-    .bind(written.source_time)
-    .bind(written.next_projection_at)
-    .bind(written.put_items)
-    .bind(written.first_change_at)
+    .bind(w.map(|w| w.version))
+    .bind(w.and_then(|w| w.content_hash))
+    .bind(w.map(|w| w.source_time))
+    .bind(f.next_projection_at)
+    .bind(w.map(|w| w.put_items))
+    .bind(w.and_then(|w| w.first_change_at))
+    .bind(&removed_kinds)
+    .bind(&removed_keys)
+    .bind(&forgotten_kinds)
+    .bind(&forgotten_keys)
+    .bind(f.claimed_seq)
+    .bind(f.again_at)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Updates only the scheduled re-projection time (nothing was written).
-pub async fn record_next_projection(
+/// version, table_kind, item_key, removed_at (the item columns are NULL when none is recorded).
+type VersionAndItemRow = (i64, Option<String>, Option<Value>, Option<DateTime<Utc>>);
+
+/// A new version from the global sequence and the items recorded for the document, in one
+/// statement. Called after the snapshot, under the lock.
+pub async fn next_version_and_items(
     conn: &mut PgConnection,
     doc_key: &str,
-    next_projection_at: Option<DateTime<Utc>>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE edge.document SET next_projection_at = $2 WHERE doc_key = $1")
-        .bind(doc_key)
-        .bind(next_projection_at)
-        .execute(conn)
-        .await?;
-    Ok(())
+) -> Result<(i64, Vec<RecordedItem>), sqlx::Error> {
+    let rows: Vec<VersionAndItemRow> = sqlx::query_as(
+        r#"WITH v AS MATERIALIZED (SELECT nextval('edge.document_version_seq') AS version)
+           SELECT v.version, i.table_kind, i.item_key, i.removed_at
+           FROM v LEFT JOIN edge.document_item i ON i.doc_key = $1"#,
+    )
+    .bind(doc_key)
+    .fetch_all(conn)
+    .await?;
+    let version = rows.first().map(|r| r.0).ok_or(sqlx::Error::RowNotFound)?;
+    let items = rows
+        .into_iter()
+        .filter_map(|(_, t, key, removed_at)| {
+            Some(RecordedItem {
+                table: TableKind::parse(&t?)?,
+                key: key?,
+                removed_at,
+            })
+        })
+        .collect();
+    Ok((version, items))
 }

@@ -118,16 +118,6 @@ pub async fn current(
         .await
 }
 
-/// Removes the queue row after success, unless a new change arrived since it was claimed.
-pub async fn complete(conn: &mut PgConnection, doc_key: &str, seq: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM edge.pending WHERE doc_key = $1 AND seq = $2")
-        .bind(doc_key)
-        .bind(seq)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Makes sure the document is projected again at `at` (or earlier, if it already is due
 /// earlier). Durable: a restarted writer finds it.
 pub async fn schedule(

@@ -1,5 +1,5 @@
 //! `edge.write_log`: the writes of the last hour (appended by
-//! [`crate::state::documents::record_write`]), for `writer status`: the replication lag over
+//! [`crate::state::documents::finish`]), for `writer status`: the replication lag over
 //! the last minutes, and the recent writes whose acknowledgements it checks.
 
 use std::time::Duration;

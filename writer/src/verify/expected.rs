@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use edge_documents::acks;
 use edge_documents::hash::content_hash;
 use edge_documents::tables::TableKind;
-use sqlx::{Acquire, PgPool};
+use sqlx::PgPool;
 
 use super::scan::{digest, Digest};
 use crate::doc_key::DocKey;
@@ -76,12 +76,7 @@ pub async fn expected_of(
             identities.push(*id);
             continue;
         }
-        let mut tx = conn.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let projected = projection::project(&mut tx, *doc).await;
-        tx.rollback().await?;
+        let projected = projection::project(&mut conn, *doc).await;
         match projected {
             Ok(p) => add(&mut out, &doc.to_string(), &p.items),
             Err(ProjectionError::Db(e)) => return Err(e.into()),
@@ -92,13 +87,7 @@ pub async fn expected_of(
         }
     }
     for chunk in identities.chunks(IDENTITY_BATCH) {
-        let mut tx = conn.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let rows = load::identities(&mut tx, chunk).await;
-        tx.rollback().await?;
-        for rows in rows? {
+        for rows in load::identities(&mut conn, chunk).await? {
             let doc = DocKey::Identity(rows.identity.id).to_string();
             match projection::identity_projected(&rows) {
                 Ok(p) => add(&mut out, &doc, &p.items),

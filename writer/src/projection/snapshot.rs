@@ -1,0 +1,118 @@
+//! The one way core rows are read: from one snapshot, in one round trip.
+//!
+//! A document is projected from rows read in one REPEATABLE READ, READ ONLY transaction, so
+//! every row comes from one snapshot, taken at the transaction's first statement.
+//! [`fetch`] sends the statements of a read in one simple-protocol message, wrapped in
+//! `BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY` ... `COMMIT` unless the connection is
+//! already in a transaction (one begun with [`begin`], for a caller that reads more than one
+//! call's worth from one snapshot). The statements carry no parameters: callers inline only
+//! integers they hold as integers.
+
+use futures::future::BoxFuture;
+use futures::TryStreamExt;
+use sqlx::postgres::PgRow;
+use sqlx::{Connection, Either, FromRow, PgConnection, Postgres, Row, Transaction};
+
+/// The statement that begins a snapshot transaction.
+pub const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
+/// Begins a snapshot transaction on `conn`, for reads that span several calls. Dropping it
+/// rolls back.
+pub async fn begin(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    conn.begin_with(BEGIN_SNAPSHOT).await
+}
+
+/// Runs `statements` in one message and returns their rows, a set per statement. Outside a
+/// transaction, the statements run in a snapshot transaction of their own, begun and
+/// committed in the same message. On an error that transaction is rolled back before the
+/// error is returned, so the connection goes back to its pool clean.
+pub fn fetch<'c>(
+    conn: &'c mut PgConnection,
+    statements: &'c [String],
+) -> BoxFuture<'c, Result<ResultSets, sqlx::Error>> {
+    Box::pin(async move {
+        let pause = crate::failpoint::snapshot_pause();
+        let message = if pause.is_zero() {
+            statements.join(";\n")
+        } else {
+            let sleep = format!(";\nSELECT pg_sleep({})\n;", pause.as_secs_f64());
+            statements.join(&sleep)
+        };
+        let in_transaction = conn.is_in_transaction();
+        let message = if in_transaction {
+            message
+        } else {
+            format!("{BEGIN_SNAPSHOT};\n{message};\nCOMMIT")
+        };
+        let mut sets = match collect(&mut *conn, &message).await {
+            Ok(sets) => sets,
+            Err(e) if !in_transaction => {
+                // The message stopped at the failed statement, inside the transaction it
+                // began.
+                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    tracing::debug!(error = %rollback, "rolling back a failed snapshot read");
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if !in_transaction {
+            // The sets of BEGIN and COMMIT.
+            sets.0.pop_front();
+            sets.0.pop_back();
+        }
+        if !pause.is_zero() {
+            // Every other set is a pause's.
+            sets.0 = std::mem::take(&mut sets.0).into_iter().step_by(2).collect();
+        }
+        Ok(sets)
+    })
+}
+
+/// Boxed, so that the future's `Send` is proven here, once, rather than inferred through
+/// every caller (the stream's lifetimes otherwise defeat the inference in spawned tasks).
+fn collect<'c>(
+    conn: &'c mut PgConnection,
+    statements: &'c str,
+) -> BoxFuture<'c, Result<ResultSets, sqlx::Error>> {
+    Box::pin(async move {
+        let mut sets = std::collections::VecDeque::new();
+        let mut current = vec![];
+        let mut stream = sqlx::raw_sql(statements).fetch_many(conn);
+        while let Some(step) = stream.try_next().await? {
+            match step {
+                // The end of one statement.
+                Either::Left(_done) => sets.push_back(std::mem::take(&mut current)),
+                Either::Right(row) => current.push(row),
+            }
+        }
+        Ok(ResultSets(sets))
+    })
+}
+
+/// The rows of the statements of one [`fetch`], a set per statement, taken in order.
+pub struct ResultSets(std::collections::VecDeque<Vec<PgRow>>);
+
+impl ResultSets {
+    fn rows(&mut self) -> Result<Vec<PgRow>, sqlx::Error> {
+        self.0.pop_front().ok_or_else(|| {
+            sqlx::Error::Protocol("a statement of the snapshot returned no result".into())
+        })
+    }
+
+    /// The next statement's rows, decoded.
+    pub fn take<T: for<'r> FromRow<'r, PgRow>>(&mut self) -> Result<Vec<T>, sqlx::Error> {
+        self.rows()?.iter().map(T::from_row).collect()
+    }
+
+    /// The next statement's single value (first column of its first row).
+    pub fn scalar<T>(&mut self) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+    {
+        self.rows()?
+            .first()
+            .ok_or(sqlx::Error::RowNotFound)?
+            .try_get(0)
+    }
+}
