@@ -18,6 +18,7 @@
 
 pub mod page;
 pub mod progress;
+pub mod slots;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -120,12 +121,15 @@ pub enum MigrateError {
     },
 }
 
-/// One page, retried on transient errors. After a timeout, batches may still be in flight
-/// under the page's leases: the retry waits for the leases to pass, as any writer would.
+/// One page, retried on transient errors, each attempt in one of the run's page slots.
+/// After a timeout, batches may still be in flight under the page's leases: the retry waits
+/// for the leases to pass, as any writer would, and the run keeps one page fewer in flight
+/// ([`slots::PageSlots::shrink`]).
 async fn migrate_page_with_retries<S: ItemStore>(
     pool: &PgPool,
     store: &S,
     settings: &PageSettings,
+    slots: &slots::PageSlots,
     ids: &[i32],
     attempts: usize,
 ) -> Result<PageStats, page::PageError> {
@@ -136,8 +140,18 @@ async fn migrate_page_with_retries<S: ItemStore>(
         .with_jitter()
         .build();
     loop {
+        let slot = slots.acquire().await;
         let err = match page::migrate_page(pool, store, settings, ids).await {
-            Ok(stats) => return Ok(stats),
+            Ok(stats) => {
+                drop(slot);
+                if let Some(in_flight) = slots.succeeded() {
+                    tracing::info!(
+                        pages_in_flight = in_flight,
+                        "DynamoDB keeps up again; one page more in flight"
+                    );
+                }
+                return Ok(stats);
+            }
             Err(e) if e.is_transient() => e,
             Err(e) => return Err(e),
         };
@@ -145,8 +159,16 @@ async fn migrate_page_with_retries<S: ItemStore>(
             return Err(err);
         };
         let delay = match err {
-            page::PageError::TimedOut(_) => settings.lease + Duration::from_millis(100),
-            _ => delay,
+            page::PageError::TimedOut(_) => {
+                let in_flight = slots.shrink(slot);
+                tracing::warn!(pages_in_flight = in_flight,
+                    "DynamoDB did not take a page's writes in time; fewer pages in flight from now on");
+                settings.lease + Duration::from_millis(100)
+            }
+            _ => {
+                drop(slot);
+                delay
+            }
         };
         tracing::warn!(first = ids[0], last = ids[ids.len() - 1], error = %err,
             retry_in_ms = delay.as_millis() as u64, "page failed; retrying");
@@ -296,12 +318,14 @@ async fn run_locked<S: ItemStore>(
         options.concurrency.max(1) * 2,
     );
     let mut workers = JoinSet::new();
+    let slots = Arc::new(slots::PageSlots::new(options.concurrency));
     for _ in 0..options.concurrency.max(1) {
-        let (pool, store, rx, tx) = (
+        let (pool, store, rx, tx, slots) = (
             pool.clone(),
             store.clone(),
             page_rx.clone(),
             done_tx.clone(),
+            slots.clone(),
         );
         let settings = options.page.clone();
         let attempts = options.page_attempts;
@@ -311,14 +335,15 @@ async fn run_locked<S: ItemStore>(
                     return;
                 };
                 let (first, last) = (ids[0], ids[ids.len() - 1]);
-                let result = migrate_page_with_retries(&pool, &store, &settings, &ids, attempts)
-                    .await
-                    .map(|stats| (seq, last, stats))
-                    .map_err(|source| MigrateError::Page {
-                        first,
-                        last,
-                        source,
-                    });
+                let result =
+                    migrate_page_with_retries(&pool, &store, &settings, &slots, &ids, attempts)
+                        .await
+                        .map(|stats| (seq, last, stats))
+                        .map_err(|source| MigrateError::Page {
+                            first,
+                            last,
+                            source,
+                        });
                 let failed = result.is_err();
                 if tx.send(result).await.is_err() || failed {
                     return;
