@@ -11,6 +11,8 @@
 #       edge -> core ingestion: edge identity writes applied to core per second
 #   infra/local/bench.sh capture [--rounds 4] [--seconds 10] [--clients 4]
 #       what the capture triggers cost Flagsmith's transactions (pgbench, with and without)
+#   infra/local/bench.sh scale [--identities 20000] [--environments 20] [--processes 1,2,4]
+#       horizontal scale: 1, 2, 4 writer processes draining one storm
 #   infra/local/bench.sh soak [--minutes 10] [--rate 50]
 #       the writer process's resident memory over a long steady run (/metrics unscraped)
 set -euo pipefail
@@ -39,6 +41,11 @@ if [[ "${1:-}" == "capture" ]]; then
   command -v pgbench >/dev/null 2>&1 || { echo "bench.sh: pgbench not found; install the PostgreSQL client tools (Debian: postgresql-client)" >&2; exit 1; }
   cargo build --release -p edge-tests --bin bench_capture --quiet
   exec target/release/bench_capture "$@"
+fi
+if [[ "${1:-}" == "scale" ]]; then
+  shift
+  cargo build --release -p edge-tests -p edge-writer --bins --quiet
+  exec target/release/bench_scale "$@"
 fi
 if [[ "${1:-}" == "soak" ]]; then
   shift

@@ -97,10 +97,18 @@ fn events(tables: &TestTables, records: usize, offset: i64) -> Vec<Value> {
             // 1000 distinct items, each written several times at rising versions.
             let n = i % 1000;
             let item = environment_item(n, offset + 1 + i as i64);
-            json!({"eventName": "MODIFY", "eventSourceARN": arn,
+            let mut record = json!({"eventName": "INSERT", "eventSourceARN": arn,
                    "dynamodb": {"SequenceNumber": format!("{i:020}"),
                                 "Keys": {"api_key": {"S": format!("env{n}")}},
-                                "NewImage": lambda_image(&item)}})
+                                "NewImage": lambda_image(&item)}});
+            // A rewrite carries the previous version as its old image (NEW_AND_OLD_IMAGES), so
+            // the consumer's version-order check runs on it as on a real stream.
+            if i >= 1000 {
+                let previous = environment_item(n, offset + 1 + (i - 1000) as i64);
+                record["eventName"] = json!("MODIFY");
+                record["dynamodb"]["OldImage"] = lambda_image(&previous);
+            }
+            record
         })
         .collect();
     all.chunks(BATCH).map(|c| json!({"Records": c})).collect()
@@ -160,7 +168,7 @@ fn verify_only(events: &[Value], tables: &TestTables) -> f64 {
     for event in events {
         for r in event["Records"].as_array().unwrap() {
             let record = stream_consumer::record::from_lambda(r, &tables.names).unwrap();
-            stream_consumer::verify(record.new.as_ref().unwrap(), None).unwrap();
+            stream_consumer::verify(record.new.as_ref().unwrap(), record.old.as_ref()).unwrap();
             n += 1;
         }
     }

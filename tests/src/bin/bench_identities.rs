@@ -3,23 +3,31 @@
 //! tables without streams):
 //!
 //! - identities migrated per second (`writer migrate-identities`, release build, as a child
-//!   process) as a ratio to the raw BatchWriteItem ceiling: identity-shaped items written
-//!   with the same number of batches in flight, nothing else;
+//!   process) as a ratio to the raw BatchWriteItem ceiling: the same number of items as the
+//!   job writes, copies of the job's own items (projected from the same identities, overrides
+//!   included, into the same tables), with the same number of batches in flight, nothing
+//!   else; measured right before and right after the job, after a warm-up of the JVM, and
+//!   the faster of the two is the one compared with;
 //! - the job's peak RSS for each size (it should be flat: memory is bounded by pages);
 //! - backfill throughput in environments per second (`writer backfill --project`), as a
-//!   ratio to raw conditional PutItem of the same documents at the same concurrency;
+//!   ratio to raw conditional PutItem of the same items (each environment's item and its
+//!   `_META` item, in parallel) at the same concurrency, measured warm before and after the
+//!   job, the faster compared with;
 //! - `writer verify` over the migrated project (one region): wall time and peak RSS.
 //!
 //! Run with `infra/local/bench.sh identities [--counts 100000,1000000] [--environments 200]`.
 
 use std::time::{Duration, Instant};
 
-use edge_documents::item::{encode, Item, ReplicationMeta};
+use aws_sdk_dynamodb::types::AttributeValue;
+use edge_documents::item::{encode, Item, ReplicationMeta, DEFAULT_COMPRESS_ABOVE_BYTES};
 use edge_documents::tables::TableKind;
 use edge_tests::core::{Core, Val};
 use edge_tests::dynamo::{start_instance, TestTables};
 use edge_tests::pg::TestDb;
+use edge_writer::doc_key::DocKey;
 use edge_writer::store::{Guard, ItemStore, BATCH_MAX_ITEMS};
+use futures::future::join_all;
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
@@ -129,50 +137,97 @@ async fn run_measured(mut cmd: tokio::process::Command) -> (Value, Duration, u64
     )
 }
 
-/// An identity item as the job writes it, keyed by `n`.
-fn identity_item(n: usize) -> Item {
-    let body = json!({
-        "composite_key": format!("refEnv_user-{n}"),
-        "identifier": format!("user-{n}"),
-        "environment_api_key": "refEnv",
-        "identity_uuid": uuid::Uuid::new_v4().to_string(),
-        "created_date": "2026-01-01T00:00:00.123456+00:00",
-        "django_id": n,
-        "identity_traits": [
-            {"trait_key": "age", "trait_value": n},
-            {"trait_key": "plan", "trait_value": format!("plan-{}", n % 5)},
-            {"trait_key": "beta", "trait_value": n % 2 == 0}
-        ],
-        "identity_features": [],
-    });
+/// The items of a document as the writer writes them, from one snapshot.
+async fn items_of(pool: &sqlx::PgPool, doc: DocKey) -> Vec<(TableKind, Item)> {
+    let mut conn = pool.acquire().await.expect("a connection");
+    let projected = edge_writer::projection::project(&mut conn, doc)
+        .await
+        .expect("a projection");
     let meta = ReplicationMeta {
         version: 1,
         source_time: "2026-01-01T00:00:00+00:00".into(),
-        doc_key: format!("identity:{n}"),
+        doc_key: doc.to_string(),
     };
-    encode(&body, &meta, None).expect("an item").item
+    projected
+        .items
+        .iter()
+        .map(|d| {
+            let threshold = d.compressible.then_some(DEFAULT_COMPRESS_ABOVE_BYTES);
+            let item = encode(&d.body, &meta, threshold).expect("an item").item;
+            (d.table, item)
+        })
+        .collect()
 }
 
-/// Reference: raw BatchWriteItem of `n` identity items, with as many batches in flight as
-/// the job keeps (pages x batches per page).
-async fn raw_batch_ceiling(tables: &TestTables, n: usize) -> f64 {
+/// A copy of an item under a key of its own: every string key attribute gets `tag` in front.
+fn rekeyed(table: TableKind, item: &Item, tag: &str) -> Item {
+    let mut item = item.clone();
+    for attr in table.key_attributes() {
+        if let Some(AttributeValue::S(v)) = item.get(attr) {
+            let v = format!("{tag}{v}");
+            item.insert(attr.to_string(), AttributeValue::S(v));
+        }
+    }
+    item
+}
+
+/// Templates: the items of the first identities of the environment, as the job writes them.
+async fn identity_templates(pool: &sqlx::PgPool, env: i32, n: i64) -> Vec<Vec<(TableKind, Item)>> {
+    let ids: Vec<i32> = sqlx::query_scalar(
+        "SELECT id FROM environments_identity WHERE environment_id = $1 ORDER BY id LIMIT $2",
+    )
+    .bind(env)
+    .bind(n)
+    .fetch_all(pool)
+    .await
+    .expect("identity ids");
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(items_of(pool, DocKey::Identity(id)).await);
+    }
+    out
+}
+
+/// Reference: raw BatchWriteItem of copies of the job's items, identity `n` taking the items
+/// of template `n % templates`, with as many batches in flight as the job keeps (pages x
+/// batches per page). Items are made as batches are sent, so memory stays flat. Returns
+/// items written and items per second.
+async fn raw_batch_ceiling(
+    tables: &TestTables,
+    templates: &[Vec<(TableKind, Item)>],
+    identities: usize,
+    tag: &str,
+) -> (usize, f64) {
     let store = tables.store();
-    let items: Vec<Item> = (0..n).map(identity_item).collect();
-    let batches: Vec<Vec<(TableKind, Item)>> = items
-        .chunks(BATCH_MAX_ITEMS)
-        .map(|c| {
-            c.iter()
-                .map(|i| (TableKind::Identities, i.clone()))
-                .collect()
-        })
-        .collect();
+    let mut batch = Vec::with_capacity(BATCH_MAX_ITEMS);
+    let mut next = 0usize;
+    let batches = std::iter::from_fn(move || {
+        while next < identities {
+            for (table, item) in &templates[next % templates.len()] {
+                batch.push((*table, rekeyed(*table, item, &format!("{tag}{next}-"))));
+            }
+            next += 1;
+            if batch.len() >= BATCH_MAX_ITEMS {
+                let rest = batch.split_off(BATCH_MAX_ITEMS);
+                return Some(std::mem::replace(&mut batch, rest));
+            }
+        }
+        (!batch.is_empty()).then(|| std::mem::take(&mut batch))
+    });
     let started = Instant::now();
-    stream::iter(batches)
-        .map(|b| store.batch_put(b))
+    let written = stream::iter(batches)
+        .map(|b| {
+            let n = b.len();
+            let store = store.clone();
+            async move {
+                store.batch_put(b).await.expect("raw batch");
+                n
+            }
+        })
         .buffer_unordered(CONCURRENCY * BATCH_CONCURRENCY)
-        .for_each(|r| async move { r.expect("raw batch") })
+        .fold(0usize, |acc, n| async move { acc + n })
         .await;
-    n as f64 / started.elapsed().as_secs_f64()
+    (written, written as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn migration_case(count: i32) {
@@ -204,9 +259,15 @@ async fn migration_case(count: i32) {
         t.elapsed().as_secs_f64()
     );
 
-    let reference_n = (count as usize).min(100_000);
-    let ceiling = raw_batch_ceiling(&reference_tables, reference_n).await;
-    eprintln!("bench: raw BatchWriteItem ceiling {ceiling:.0} items/s ({reference_n} items)");
+    // The JVM warms up first (on tables of its own), then the reference, the job, and the
+    // reference again, each on fresh tables.
+    let templates = identity_templates(&db.pool, env, 1000).await;
+    let warm_tables = TestTables::on_with(&dynamo.endpoint, false).await;
+    let (warm_items, warm_rate) = raw_batch_ceiling(&warm_tables, &templates, 50_000, "w").await;
+    eprintln!("bench: warm-up, {warm_items} items at {warm_rate:.0} items/s");
+    let (ref_items, before) =
+        raw_batch_ceiling(&reference_tables, &templates, count as usize, "a").await;
+    eprintln!("bench: raw BatchWriteItem before the job: {before:.0} items/s ({ref_items} items)");
 
     let mut cmd = writer(&db, &tables);
     cmd.arg("migrate-identities")
@@ -217,13 +278,18 @@ async fn migration_case(count: i32) {
     let (summary, wall, peak_kb) = run_measured(cmd).await;
     let migrated = summary["migrated"].as_f64().unwrap_or(0.0);
     let items = summary["items_written"].as_f64().unwrap_or(0.0);
+    let after_tables = TestTables::on_with(&dynamo.endpoint, false).await;
+    let (_, after) = raw_batch_ceiling(&after_tables, &templates, count as usize, "b").await;
+    eprintln!("bench: raw BatchWriteItem after the job: {after:.0} items/s");
+    let ceiling = before.max(after);
     let rate = migrated / wall.as_secs_f64();
+    let items_rate = items / wall.as_secs_f64();
     println!(
         "identities={count} migrated={migrated} items={items} wall_s={:.1} identities_per_s={rate:.0} \
-         items_per_s={:.0} raw_batch_items_per_s={ceiling:.0} ratio={:.2} peak_rss_mb={:.1}",
+         items_per_s={items_rate:.0} raw_batch_items={ref_items} raw_batch_items_per_s_before={before:.0} \
+         raw_batch_items_per_s_after={after:.0} ratio_items={:.2} peak_rss_mb={:.1}",
         wall.as_secs_f64(),
-        items / wall.as_secs_f64(),
-        rate / ceiling,
+        items_rate / ceiling,
         peak_kb as f64 / 1024.0
     );
 
@@ -275,38 +341,66 @@ async fn backfill_case(environments: i32) {
         core.create_environment(project, &format!("E{e}"), &format!("bf{e}"))
             .await;
     }
-    // Reference: raw conditional PutItem of the same documents, 4 at a time.
+    // The same items as the job writes (each environment's item and its `_META` item).
+    let env_ids: Vec<i32> = sqlx::query_scalar(
+        "SELECT id FROM environments_environment WHERE project_id = $1 ORDER BY id",
+    )
+    .bind(project)
+    .fetch_all(&db.pool)
+    .await
+    .expect("environment ids");
+    let mut docs = Vec::with_capacity(env_ids.len());
+    for id in &env_ids {
+        docs.push(items_of(&db.pool, DocKey::Environment(*id)).await);
+    }
+    let items_per_env = docs.iter().map(Vec::len).sum::<usize>() as f64 / docs.len() as f64;
+    // Warm-up, reference, job, reference: each on fresh tables of the same DynamoDB Local.
+    let warm = TestTables::on_with(&dynamo.endpoint, false).await;
+    raw_puts(&warm, &docs, "w").await;
+    let before = raw_puts(&reference_tables, &docs, "a").await;
     let mut cmd = writer(&db, &tables);
     cmd.arg("backfill")
         .arg(format!("--project={project}"))
         .arg("--concurrency=4");
     let (summary, wall, _) = run_measured(cmd).await;
-    let docs: Vec<Item> = tables.scan(TableKind::Environments).await;
-    let store = reference_tables.store();
-    let started = Instant::now();
-    stream::iter(docs.into_iter().enumerate())
-        .map(|(i, mut item)| {
-            item.insert(
-                "api_key".into(),
-                aws_sdk_dynamodb::types::AttributeValue::S(format!("ref{i}")),
-            );
-            store.put(TableKind::Environments, item, 1, &Guard::Version)
-        })
-        .buffer_unordered(4)
-        .for_each(|r| async move {
-            r.expect("raw put");
-        })
-        .await;
-    let raw = environments as f64 / started.elapsed().as_secs_f64();
+    let after_tables = TestTables::on_with(&dynamo.endpoint, false).await;
+    let after = raw_puts(&after_tables, &docs, "b").await;
+    let raw = before.max(after);
     let rate = environments as f64 / wall.as_secs_f64();
     println!(
-        "backfill environments={environments} written={} wall_s={:.1} environments_per_s={rate:.1} \
-         raw_put_per_s={raw:.1} ratio={:.2}",
+        "backfill environments={environments} written={} items_per_environment={items_per_env:.1} \
+         wall_s={:.1} environments_per_s={rate:.1} raw_put_environments_per_s_before={before:.1} \
+         raw_put_environments_per_s_after={after:.1} ratio={:.2}",
         summary["written"],
         wall.as_secs_f64(),
         rate / raw
     );
     db.drop_db().await;
+}
+
+/// Reference: conditional PutItem of each document's items (in parallel), 4 documents at a
+/// time, as the backfill writes them. Returns documents per second.
+async fn raw_puts(tables: &TestTables, docs: &[Vec<(TableKind, Item)>], tag: &str) -> f64 {
+    let store = tables.store();
+    let started = Instant::now();
+    stream::iter(docs.iter())
+        .map(|items| {
+            let store = store.clone();
+            async move {
+                join_all(items.iter().map(|(table, item)| {
+                    store.put(*table, rekeyed(*table, item, tag), 1, &Guard::Version)
+                }))
+                .await
+                .into_iter()
+                .for_each(|r| {
+                    r.expect("raw put");
+                });
+            }
+        })
+        .buffer_unordered(4)
+        .for_each(|()| async {})
+        .await;
+    docs.len() as f64 / started.elapsed().as_secs_f64()
 }
 
 #[tokio::main]

@@ -1,0 +1,302 @@
+//! Horizontal scale: 1, 2 and 4 `writer run` processes (release build) on one core database
+//! draining the same storm, a trait change on every identity of many environments, committed
+//! while no writer runs. Throughput per process count as a ratio of the single process, and
+//! where the CPU went (DynamoDB Local, Postgres, the writers), to say where it stops scaling.
+//!
+//! Each round gets fresh DynamoDB tables (every document is written in full each round, into
+//! an empty table), after a warm-up round that is not recorded; the single process runs
+//! first and last, and the faster of its two runs is the base of the ratios.
+//!
+//! Run with `infra/local/bench.sh scale [--identities N] [--environments N]
+//! [--processes 1,2,4] [--workers N]`.
+
+use std::time::{Duration, Instant};
+
+use edge_tests::core::{Core, Val};
+use edge_tests::dynamo::{start_instance, TestTables};
+use edge_tests::pg::TestDb;
+use edge_tests::writer::writer_command_for;
+
+struct Options {
+    identities: i32,
+    environments: i32,
+    processes: Vec<usize>,
+    workers: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        identities: 20_000,
+        environments: 20,
+        processes: vec![1, 2, 4],
+        workers: 8,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = || -> ! {
+        eprintln!("usage: bench_scale [--identities N] [--environments N] [--processes N[,N...]] [--workers N] (positive integers)");
+        std::process::exit(2)
+    };
+    let positive = |v: &str| v.trim().parse::<usize>().ok().filter(|n| *n > 0);
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_else(|| usage());
+        match args[i].as_str() {
+            "--identities" => o.identities = positive(&value).unwrap_or_else(|| usage()) as i32,
+            "--environments" => o.environments = positive(&value).unwrap_or_else(|| usage()) as i32,
+            "--workers" => o.workers = positive(&value).unwrap_or_else(|| usage()),
+            "--processes" => {
+                o.processes = value
+                    .split(',')
+                    .map(|v| positive(v).unwrap_or_else(|| usage()))
+                    .collect()
+            }
+            _ => usage(),
+        }
+        i += 2;
+    }
+    o
+}
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line; 12 and 13 after the name and state.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Processes whose command line contains `needle`.
+fn pids_matching(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// CPU seconds of DynamoDB Local, of Postgres (every backend) and of the given writers.
+fn cpu_of(dynamo_port: &str, writers: &[u32]) -> (f64, f64, f64) {
+    let dynamo: f64 = pids_matching(&format!("-port\0{dynamo_port}"))
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("DynamoDBLocal.jar"))
+                .unwrap_or(false)
+        })
+        .map(cpu_seconds)
+        .sum();
+    let postgres: f64 = pids_matching("postgres")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|c| c.trim() == "postgres")
+                .unwrap_or(false)
+        })
+        .map(cpu_seconds)
+        .sum();
+    let writers: f64 = writers.iter().map(|p| cpu_seconds(*p)).sum();
+    (dynamo, postgres, writers)
+}
+
+struct Round {
+    processes: usize,
+    documents: i64,
+    seconds: f64,
+    cpu: (f64, f64, f64),
+}
+
+/// Commits the storm (writers stopped), starts `processes` writers on fresh tables, and
+/// waits until every change is captured and every due document written.
+#[allow(clippy::too_many_arguments)]
+async fn round(
+    db: &TestDb,
+    core: &Core,
+    endpoint: &str,
+    dynamo_port: &str,
+    project: i32,
+    processes: usize,
+    workers: usize,
+    n: i32,
+) -> Round {
+    core.exec(&format!(
+        "UPDATE environments_trait t SET integer_value = {n} FROM environments_identity i \
+         JOIN environments_environment e ON e.id = i.environment_id \
+         WHERE t.identity_id = i.id AND t.trait_key = 'age' AND e.project_id = {project}"
+    ))
+    .await;
+    let tables = TestTables::on(endpoint).await;
+    let binary = edge_tests::target_binary("writer");
+    let documents = db
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM environments_identity i JOIN environments_environment e \
+             ON e.id = i.environment_id WHERE e.project_id = {project}"
+        ))
+        .await;
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        let mut cmd = writer_command_for(&binary, &db.url, &tables);
+        cmd.args([
+            "run",
+            &format!("--workers={workers}"),
+            "--http-addr=127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+        children.push(cmd.spawn().expect("start a writer"));
+    }
+    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let cpu_before = cpu_of(dynamo_port, &pids);
+    edge_tests::wait::until("the storm drained", Duration::from_secs(1800), || async {
+        let left = db
+            .scalar_i64(
+                "SELECT (SELECT count(*) FROM edge.change_log) \
+                 + (SELECT count(*) FROM edge.pending WHERE not_before <= now())",
+            )
+            .await;
+        (left == 0).then_some(())
+    })
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_of(dynamo_port, &pids);
+    for mut c in children {
+        c.kill().await.ok();
+    }
+    Round {
+        processes,
+        documents,
+        seconds,
+        cpu: (
+            cpu_after.0 - cpu_before.0,
+            cpu_after.1 - cpu_before.1,
+            cpu_after.2 - cpu_before.2,
+        ),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    edge_tests::init_logging();
+    let dynamo = start_instance();
+    let dynamo_port = dynamo
+        .endpoint
+        .rsplit(':')
+        .next()
+        .expect("a port")
+        .to_string();
+    let db = TestDb::new().await;
+    let core = Core::new(db.pool.clone());
+    let org = core.create_organisation("Scale").await;
+    let project = core.create_project(org, "Scale", true, "COMPLETE").await;
+    let flag = core
+        .create_feature(project, "flag", "STANDARD", false, Val::None)
+        .await;
+    let per_env = o.identities / o.environments;
+    for e in 0..o.environments {
+        let env = core
+            .create_environment(project, &format!("E{e}"), &format!("scale{e}"))
+            .await;
+        core.generate_identities(env, &format!("e{e}-"), per_env, flag, 10, false)
+            .await;
+    }
+    core.exec("ANALYZE").await;
+    println!(
+        "machine: {}; {} identities over {} environments; writers of {} workers each (release)",
+        edge_tests::machine(),
+        per_env * o.environments,
+        o.environments,
+        o.workers
+    );
+
+    eprintln!("bench: warm-up round");
+    let mut n = 1;
+    round(
+        &db,
+        &core,
+        &dynamo.endpoint,
+        &dynamo_port,
+        project,
+        2,
+        o.workers,
+        n,
+    )
+    .await;
+    let mut order = o.processes.clone();
+    if order.first() == Some(&1) {
+        order.push(1);
+    }
+    let mut rounds = Vec::new();
+    for processes in order {
+        n += 1;
+        eprintln!("bench: {processes} writer process(es)");
+        let r = round(
+            &db,
+            &core,
+            &dynamo.endpoint,
+            &dynamo_port,
+            project,
+            processes,
+            o.workers,
+            n,
+        )
+        .await;
+        println!(
+            "processes={} documents={} seconds={:.1} documents_per_s={:.0} cpu_s dynamodb={:.1} postgres={:.1} writers={:.1} machine_busy={:.0}%",
+            r.processes,
+            r.documents,
+            r.seconds,
+            r.documents as f64 / r.seconds,
+            r.cpu.0,
+            r.cpu.1,
+            r.cpu.2,
+            100.0 * (r.cpu.0 + r.cpu.1 + r.cpu.2)
+                / (r.seconds * std::thread::available_parallelism().map_or(1, |p| p.get()) as f64)
+        );
+        rounds.push(r);
+    }
+    let base = rounds
+        .iter()
+        .filter(|r| r.processes == 1)
+        .map(|r| r.documents as f64 / r.seconds)
+        .fold(0.0, f64::max);
+    println!();
+    println!("| writer processes | documents/s | ratio to 1 process | CPU s: DynamoDB Local / Postgres / writers |");
+    println!("|---|---|---|---|");
+    for r in &rounds {
+        let rate = r.documents as f64 / r.seconds;
+        println!(
+            "| {} | {:.0} ({} documents in {:.1} s) | {} | {:.0} / {:.0} / {:.0} |",
+            r.processes,
+            rate,
+            r.documents,
+            r.seconds,
+            if base > 0.0 {
+                format!("{:.2}", rate / base)
+            } else {
+                "-".into()
+            },
+            r.cpu.0,
+            r.cpu.1,
+            r.cpu.2
+        );
+    }
+    db.drop_db().await;
+}
