@@ -134,35 +134,79 @@ JOIN organisations_organisation o ON o.id = p.organisation_id
 WHERE k.id = $1
 "#;
 
+/// Every statement of a snapshot read, by name: prepared once per connection
+/// ([`snapshot::Prepared`]) and executed by name, so Postgres plans each once per
+/// connection rather than on every read.
+static STATEMENTS: std::sync::LazyLock<Vec<snapshot::Prepared>> = std::sync::LazyLock::new(|| {
+    let env = |name: &'static str, sql: String| snapshot::Prepared {
+        name,
+        arg_type: "int",
+        sql,
+    };
+    let ids = |name: &'static str, sql: &str| snapshot::Prepared {
+        name,
+        arg_type: "int[]",
+        sql: sql.to_string(),
+    };
+    vec![
+        env("edge_snap_environment", ENVIRONMENT.into()),
+        env("edge_snap_features", FEATURES.into()),
+        env("edge_snap_feature_states", FEATURE_STATES.into()),
+        env("edge_snap_feature_versions", FEATURE_VERSIONS.into()),
+        env("edge_snap_feature_segments", FEATURE_SEGMENTS.into()),
+        env("edge_snap_multivariate_values", MULTIVARIATE_VALUES.into()),
+        env("edge_snap_segments", SEGMENTS.into()),
+        env("edge_snap_rules", format!("{RULE_TREE}{RULES}")),
+        env("edge_snap_conditions", format!("{RULE_TREE}{CONDITIONS}")),
+        env("edge_snap_integrations", INTEGRATIONS.into()),
+        env("edge_snap_api_key", API_KEY.into()),
+        ids("edge_snap_identities", IDENTITIES),
+        ids("edge_snap_traits", TRAITS),
+        ids("edge_snap_identity_overrides", IDENTITY_OVERRIDES),
+        ids(
+            "edge_snap_identity_multivariate_values",
+            IDENTITY_MULTIVARIATE_VALUES,
+        ),
+    ]
+});
+
 const NOW: &str = "SELECT now()";
+
+/// `SELECT now()` and `EXECUTE <name>(<arg>)` of each name; `arg` is an integer or an
+/// array literal of integers, made here from integers.
+fn executions(names: &[&str], arg: &str) -> Vec<String> {
+    std::iter::once(NOW.to_string())
+        .chain(names.iter().map(|n| format!("EXECUTE {n}({arg})")))
+        .collect()
+}
 
 /// The statements of an environment document, in the order [`environment`] decodes them.
 fn environment_statements(id: i32) -> Vec<String> {
-    let id = id.to_string();
-    [
-        NOW.to_string(),
-        ENVIRONMENT.replace("$1", &id),
-        FEATURES.replace("$1", &id),
-        FEATURE_STATES.replace("$1", &id),
-        FEATURE_VERSIONS.replace("$1", &id),
-        FEATURE_SEGMENTS.replace("$1", &id),
-        MULTIVARIATE_VALUES.replace("$1", &id),
-        SEGMENTS.replace("$1", &id),
-        format!("{RULE_TREE}{RULES}").replace("$1", &id),
-        format!("{RULE_TREE}{CONDITIONS}").replace("$1", &id),
-        INTEGRATIONS.replace("$1", &id),
-    ]
-    .into()
+    executions(
+        &[
+            "edge_snap_environment",
+            "edge_snap_features",
+            "edge_snap_feature_states",
+            "edge_snap_feature_versions",
+            "edge_snap_feature_segments",
+            "edge_snap_multivariate_values",
+            "edge_snap_segments",
+            "edge_snap_rules",
+            "edge_snap_conditions",
+            "edge_snap_integrations",
+        ],
+        &id.to_string(),
+    )
 }
 
 /// The snapshot's time and all rows of one environment document (`None` when the
-/// environment row is gone), in one round trip: the statements go in one simple-protocol
-/// message; the only value in them is the environment's integer id.
+/// environment row is gone), in one round trip: the executions of the prepared statements go
+/// in one simple-protocol message; the only value in them is the environment's integer id.
 pub async fn environment(
     conn: &mut PgConnection,
     id: i32,
 ) -> Result<(DateTime<Utc>, Option<EnvironmentRows>), sqlx::Error> {
-    let mut sets = snapshot::fetch(conn, &environment_statements(id)).await?;
+    let mut sets = snapshot::fetch(conn, &environment_statements(id), &STATEMENTS).await?;
     let snapshot_time = sets.scalar()?;
     let Some(environment) = sets.take::<EnvironmentRow>()?.into_iter().next() else {
         return Ok((snapshot_time, None));
@@ -188,8 +232,8 @@ pub async fn api_key(
     conn: &mut PgConnection,
     id: i32,
 ) -> Result<(DateTime<Utc>, Option<ApiKeyRow>), sqlx::Error> {
-    let statements = [NOW.to_string(), API_KEY.replace("$1", &id.to_string())];
-    let mut sets = snapshot::fetch(conn, &statements).await?;
+    let statements = executions(&["edge_snap_api_key"], &id.to_string());
+    let mut sets = snapshot::fetch(conn, &statements, &STATEMENTS).await?;
     let snapshot_time = sets.scalar()?;
     Ok((snapshot_time, sets.take()?.into_iter().next()))
 }
@@ -242,19 +286,18 @@ WHERE mv.feature_state_id IN (
     WHERE fs.identity_id = ANY($1) AND fs.deleted_at IS NULL)
 "#;
 
-/// The statements of [`identities`]; `$1` is the ids as an array literal.
+/// The statements of [`identities`].
 fn identity_statements(ids: &[i32]) -> Vec<String> {
     let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    let ids = format!("ARRAY[{}]::int[]", list.join(","));
-    [
-        NOW,
-        IDENTITIES,
-        TRAITS,
-        IDENTITY_OVERRIDES,
-        IDENTITY_MULTIVARIATE_VALUES,
-    ]
-    .map(|sql| sql.replace("$1", &ids))
-    .into()
+    executions(
+        &[
+            "edge_snap_identities",
+            "edge_snap_traits",
+            "edge_snap_identity_overrides",
+            "edge_snap_identity_multivariate_values",
+        ],
+        &format!("'{{{}}}'::int[]", list.join(",")),
+    )
 }
 
 /// The rows of many identity documents in one round trip (the migration job reads a page at
@@ -271,7 +314,7 @@ pub async fn identities_at(
     conn: &mut PgConnection,
     ids: &[i32],
 ) -> Result<(DateTime<Utc>, Vec<IdentityRows>), sqlx::Error> {
-    let mut sets = snapshot::fetch(conn, &identity_statements(ids)).await?;
+    let mut sets = snapshot::fetch(conn, &identity_statements(ids), &STATEMENTS).await?;
     let snapshot_time = sets.scalar()?;
     let identities: Vec<IdentityRow> = sets.take()?;
     let traits: Vec<TraitRow> = sets.take()?;
