@@ -182,6 +182,24 @@ impl TestTables {
         }
     }
 
+    /// Deletes the tables (and their streams): DynamoDB Local slows down with every item and
+    /// stream record it holds, so a benchmark that makes fresh tables per round deletes the
+    /// last round's first.
+    pub async fn delete(&self) {
+        let names = TableKind::ALL
+            .iter()
+            .map(|k| self.names.name(*k).to_string())
+            .chain(std::iter::once(self.names.acks.clone()));
+        for name in names {
+            self.client
+                .delete_table()
+                .table_name(&name)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("DeleteTable {name}: {e:?}"));
+        }
+    }
+
     pub fn store(&self) -> DynamoStore {
         DynamoStore::new(self.client.clone(), self.names.clone())
     }

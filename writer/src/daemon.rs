@@ -27,6 +27,9 @@ use crate::store::ItemStore;
 pub struct DaemonConfig {
     /// Documents replicated concurrently.
     pub workers: usize,
+    /// Identity documents a worker takes together when many are due
+    /// ([`Replicator::replicate_due`]).
+    pub batch: usize,
     /// Polling interval: the fallback when notifications are lost.
     pub poll_interval: Duration,
     /// Change rows claimed per capture transaction.
@@ -44,6 +47,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             workers: 8,
+            batch: 25,
             poll_interval: Duration::from_secs(1),
             capture_batch: 1000,
             stuck_after: Duration::from_secs(300),
@@ -102,10 +106,12 @@ pub async fn run_with_health<S: ItemStore>(
             let (replicator, wake, shutdown) =
                 (replicator.clone(), wake_workers.clone(), shutdown.clone());
             let (health, poll_interval) = (health.clone(), config.poll_interval);
+            let batch = config.batch;
             move || {
                 worker_loop(
                     replicator.clone(),
                     index,
+                    batch,
                     health.clone(),
                     poll_interval,
                     wake.clone(),
@@ -275,6 +281,7 @@ async fn capture_loop(
 async fn worker_loop<S: ItemStore>(
     replicator: Replicator<S>,
     index: usize,
+    batch: usize,
     health: Arc<Health>,
     poll_interval: Duration,
     wake: Arc<Notify>,
@@ -291,18 +298,19 @@ async fn worker_loop<S: ItemStore>(
         let busy = health.busy(index);
         failpoint::hang_point(failpoint::WORKER_TAKES_DOCUMENT).await;
         failpoint::panic_point(failpoint::WORKER_TAKES_DOCUMENT);
-        let next = replicator.replicate_next().await;
+        let next = replicator.replicate_due(batch).await;
         busy.done();
         match next {
-            Ok(Some(Ok(outcome))) => {
-                tracing::debug!(doc = %outcome.doc_key, version = ?outcome.version,
-                    written = outcome.written, deleted = outcome.deleted,
-                    unchanged = outcome.unchanged, "replicated");
+            Ok(done) if !done.is_empty() => {
+                for outcome in done.iter().flatten() {
+                    tracing::debug!(doc = %outcome.doc_key, version = ?outcome.version,
+                        written = outcome.written, deleted = outcome.deleted,
+                        unchanged = outcome.unchanged, "replicated");
+                }
+                // Failures were logged and rescheduled or parked by the replicator.
                 continue;
             }
-            // Failures were logged and rescheduled or parked by the replicator.
-            Ok(Some(Err(_))) => continue,
-            Ok(None) => health.idle(index),
+            Ok(_) => health.idle(index),
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "cannot reach the writer's state in Postgres; retrying");
             }

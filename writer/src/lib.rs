@@ -28,6 +28,7 @@ pub mod store;
 pub mod sync;
 pub mod sync_wait;
 pub mod verify;
+pub mod write_plan;
 
 pub use doc_key::DocKey;
 pub use replicate::{Outcome, Replicator, Settings};

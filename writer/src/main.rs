@@ -699,6 +699,11 @@ struct RunArgs {
     /// Documents replicated concurrently.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
+    /// Identity documents a worker takes together when many are due (a fan-out storm):
+    /// one snapshot, one version, their writes concurrently, one commit. Environment and
+    /// API key documents are always taken one at a time.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u16).range(1..=500))]
+    batch: u16,
     /// Polling interval in milliseconds (the fallback for lost notifications).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     poll_interval_ms: u64,
@@ -1631,6 +1636,7 @@ async fn run(
     let replicator = Replicator::new(daemon_pool, store.clone(), args.replication.settings());
     let config = DaemonConfig {
         workers: usize::from(args.workers),
+        batch: usize::from(args.batch),
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         stuck_after: Duration::from_secs(args.stuck_after_secs),
         ..DaemonConfig::default()

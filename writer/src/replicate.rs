@@ -1,6 +1,10 @@
-//! Replicating one document: lock, snapshot, version, conditional write, bookkeeping.
+//! Replicating one document, or a batch of them: lock, snapshot, version, conditional write,
+//! bookkeeping. A batch (identity documents of a fan-out storm, [`Replicator::replicate_due`])
+//! is the same procedure with each step done once for all of its documents: every lock is
+//! taken by the claim, then one snapshot, one version, one statement recording the item keys,
+//! the documents' writes concurrently, and each document's bookkeeping before one commit.
 //!
-//! How this keeps the invariants of the design:
+//! How this keeps the invariants of the design (for each document of a batch):
 //!
 //! - **Serialised per document.** The document's `edge.document` row is locked
 //!   (`FOR NO KEY UPDATE`) in a READ COMMITTED transaction (the *lock transaction*) before
@@ -25,26 +29,25 @@
 //!   before the write, so an item whose key later changes is found and deleted even if the
 //!   writer died before its bookkeeping.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use edge_documents::hash::content_hash;
-use edge_documents::item::{encode, EncodedItem, Item, ItemError, ReplicationMeta};
+use edge_documents::item::{Item, ItemError};
 use edge_documents::tables::TableKind;
-use futures::future::join_all;
-use serde_json::{json, Value};
+use futures::future::{join_all, BoxFuture};
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use crate::doc_key::{DocKey, InvalidDocKey};
 use crate::metrics as m;
-use crate::projection::environment::iso;
-use crate::projection::{self, DesiredItem, ProjectionError};
-use crate::state::documents::{self, DocState, RecordedItem};
+use crate::projection::{self, ProjectionError};
+use crate::state::documents::{self, DocState};
 use crate::state::{dead_letters, foreign, pending};
 use crate::store::{Guard, ItemStore, StoreError, WriteOutcome};
+use crate::write_plan::{self, WritePlan};
 
 /// Tuning of the replication of one document.
 #[derive(Debug, Clone)]
@@ -148,6 +151,20 @@ pub enum ReplicateError {
         /// The item found (None: it changed or vanished meanwhile).
         item: Option<Box<Item>>,
     },
+    /// Committing the bookkeeping failed: the writes are done, progress is not recorded
+    /// (the document is written again, at a higher version).
+    #[error("writer state in Postgres: commit: {source}")]
+    Commit {
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A step that the documents of a batch share failed (its error is the source).
+    #[error("{doc_key}: a step of its batch failed: {source}")]
+    Batch {
+        doc_key: String,
+        #[source]
+        source: Arc<ReplicateError>,
+    },
     /// A bulk writer that died may still have a write in flight for the document.
     #[error("{doc_key}: a bulk write lease holds the document until {until}; retrying after it")]
     Leased {
@@ -179,6 +196,8 @@ impl ReplicateError {
             ReplicateError::State { source, .. } => classify_sqlx(source),
             ReplicateError::InvalidKey(_) => FailureKind::InvalidData,
             ReplicateError::Leased { .. } => FailureKind::Transient,
+            ReplicateError::Commit { source } => classify_sqlx(source),
+            ReplicateError::Batch { source, .. } => source.kind(),
             ReplicateError::Foreign { .. } => FailureKind::AwaitingIngestion,
         }
     }
@@ -262,51 +281,80 @@ impl<S: ItemStore> Replicator<S> {
     pub async fn replicate_next(
         &self,
     ) -> Result<Option<Result<Outcome, ReplicateError>>, sqlx::Error> {
+        Ok(self.replicate_due(1).await?.into_iter().next())
+    }
+
+    /// Claims the next due document whose lock is free and, when it is an identity document
+    /// and more are due, up to `max` documents in all (see [`pending::claim_due`]), and
+    /// replicates them together: one snapshot, one version, their writes concurrently, one
+    /// commit. Empty when nothing is due. Failed documents are rescheduled or parked here;
+    /// their errors are returned for logging.
+    pub async fn replicate_due(
+        &self,
+        max: usize,
+    ) -> Result<Vec<Result<Outcome, ReplicateError>>, sqlx::Error> {
         let mut lock = self.pool.begin().await?;
-        let Some(claim) = pending::claim_next(&mut lock).await? else {
-            return Ok(None);
-        };
+        let claims = pending::claim_due(&mut lock, max.max(1)).await?;
+        if claims.is_empty() {
+            return Ok(vec![]);
+        }
         let started = Instant::now();
-        let result = match (claim.doc_key.parse::<DocKey>(), claim.state.leased_until) {
-            (Ok(_), Some(until)) => Err(ReplicateError::Leased {
-                doc_key: claim.doc_key.clone(),
-                until,
-            }),
-            (Ok(doc), None) => {
-                let queued = Queued {
-                    seq: Some(claim.seq),
-                    first_change_at: claim.first_change_at,
-                    last_change_at: claim.last_change_at,
-                };
-                self.replicate_locked(&mut lock, doc, &claim.state, queued, false)
-                    .await
+        let mut results: Vec<Option<Result<Outcome, ReplicateError>>> =
+            claims.iter().map(|_| None).collect();
+        let mut jobs = Vec::with_capacity(claims.len());
+        let mut slots = Vec::with_capacity(claims.len());
+        for (slot, claim) in claims.iter().enumerate() {
+            match (claim.doc_key.parse::<DocKey>(), claim.state.leased_until) {
+                (Ok(_), Some(until)) => {
+                    results[slot] = Some(Err(ReplicateError::Leased {
+                        doc_key: claim.doc_key.clone(),
+                        until,
+                    }))
+                }
+                (Ok(doc), None) => {
+                    slots.push(slot);
+                    jobs.push(Job {
+                        doc,
+                        doc_key: claim.doc_key.clone(),
+                        state: claim.state.clone(),
+                        queued: Queued {
+                            seq: Some(claim.seq),
+                            first_change_at: claim.first_change_at,
+                            last_change_at: claim.last_change_at,
+                        },
+                        force: false,
+                    })
+                }
+                (Err(e), _) => results[slot] = Some(Err(e.into())),
             }
-            (Err(e), _) => Err(e.into()),
-        };
-        let result = match result {
-            Ok(outcome) => match lock.commit().await {
-                Ok(()) => Ok(outcome),
-                Err(source) => Err(ReplicateError::State {
-                    doc_key: claim.doc_key.clone(),
-                    source,
-                }),
+        }
+        let done = match self.replicate_locked(&mut lock, &jobs).await {
+            Ok(done) => match lock.commit().await {
+                Ok(()) => done,
+                Err(source) => fail_all(&jobs, ReplicateError::Commit { source }),
             },
             Err(e) => {
-                // Releases the lock; nothing of this attempt is recorded.
+                // Releases the locks; nothing of this attempt is recorded.
                 let _ = lock.rollback().await;
-                Err(e)
+                fail_all(&jobs, e)
             }
         };
-        match &result {
-            Ok(outcome) => {
-                m::record_outcome(outcome, started.elapsed());
-                if let (false, Some(first)) = (outcome.unchanged, claim.first_change_at) {
-                    m::record_lag(first);
-                }
-            }
-            Err(err) => self.handle_failure(&claim, err).await?,
+        for (slot, result) in slots.into_iter().zip(done) {
+            results[slot] = Some(result);
         }
-        Ok(Some(result))
+        let results: Vec<Result<Outcome, ReplicateError>> = results.into_iter().flatten().collect();
+        for (claim, result) in claims.iter().zip(&results) {
+            match result {
+                Ok(outcome) => {
+                    m::record_outcome(outcome, started.elapsed());
+                    if let (false, Some(first)) = (outcome.unchanged, claim.first_change_at) {
+                        m::record_lag(first);
+                    }
+                }
+                Err(err) => self.handle_failure(claim, err).await?,
+            }
+        }
+        Ok(results)
     }
 
     /// Replicates one document now, waiting for its lock (write-through for callers that
@@ -346,20 +394,30 @@ impl<S: ItemStore> Replicator<S> {
             return Err(ReplicateError::Leased { doc_key, until });
         }
         let started = Instant::now();
-        let result = self
-            .replicate_locked(
-                &mut lock,
-                doc,
-                &state,
-                // Not a replication of queued changes: no lag is recorded for it.
-                Queued {
-                    seq: queued.map(|q| q.0),
-                    first_change_at: None,
-                    last_change_at: queued.and_then(|q| q.1),
-                },
-                force,
-            )
-            .await;
+        let job = Job {
+            doc,
+            doc_key: doc_key.clone(),
+            state,
+            // Not a replication of queued changes: no lag is recorded for it.
+            queued: Queued {
+                seq: queued.map(|q| q.0),
+                first_change_at: None,
+                last_change_at: queued.and_then(|q| q.1),
+            },
+            force,
+        };
+        let result = match self
+            .replicate_locked(&mut lock, std::slice::from_ref(&job))
+            .await
+        {
+            Ok(mut done) => done.pop().unwrap_or_else(|| {
+                Err(ReplicateError::State {
+                    doc_key: doc_key.clone(),
+                    source: sqlx::Error::RowNotFound,
+                })
+            }),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(outcome) => {
                 lock.commit().await.map_err(state_err)?;
@@ -573,118 +631,196 @@ impl<S: ItemStore> Replicator<S> {
         }
     }
 
+    /// The procedure, for one document or a batch, under the documents' locks (held by
+    /// `lock`'s transaction, which the caller commits): the snapshot, then the version, the
+    /// plans, the item keys recorded, the writes, the bookkeeping. A failure of a step all
+    /// documents share is the outer error; a document's own failure is its result, and the
+    /// others carry on.
     async fn replicate_locked(
         &self,
         lock: &mut PgConnection,
-        doc: DocKey,
-        state: &DocState,
-        queued: Queued,
-        force: bool,
-    ) -> Result<Outcome, ReplicateError> {
-        let Queued {
-            seq: queued_seq,
-            first_change_at,
-            last_change_at,
-        } = queued;
-        let doc_key = doc.to_string();
-        let state_err = |source| ReplicateError::State {
-            doc_key: doc_key.clone(),
+        jobs: &[Job],
+    ) -> Result<Vec<Result<Outcome, ReplicateError>>, ReplicateError> {
+        let Some(first) = jobs.first() else {
+            return Ok(vec![]);
+        };
+        let shared_state = |source| ReplicateError::State {
+            doc_key: first.doc_key.clone(),
             source,
         };
-
         let t_start = Instant::now();
-        // The snapshot, on its own connection, begun after the lock was taken.
-        let mut snap = self.pool.acquire().await.map_err(state_err)?;
-        let projected = projection::project(&mut snap, doc)
+        // The snapshot, on its own connection, begun after the locks were taken.
+        let mut snap = self.pool.acquire().await.map_err(shared_state)?;
+        let docs: Vec<DocKey> = jobs.iter().map(|j| j.doc).collect();
+        let projected = projection::project_many(&mut snap, &docs)
             .await
             .map_err(|source| ReplicateError::Projection {
-                doc_key: doc_key.clone(),
+                doc_key: first.doc_key.clone(),
                 source,
             })?;
 
-        // The version, after the snapshot, under the lock; with the items recorded so far.
-        let (version, recorded) = documents::next_version_and_items(lock, &doc_key)
+        // The version, after the snapshot, under the locks; with the items recorded so far.
+        let keys: Vec<String> = jobs.iter().map(|j| j.doc_key.clone()).collect();
+        let (version, mut recorded) = documents::next_version_and_items(lock, &keys)
             .await
-            .map_err(state_err)?;
-        let source_time = last_change_at.unwrap_or(projected.snapshot_time);
-        let meta = ReplicationMeta {
-            version,
-            source_time: iso(source_time),
-            doc_key: doc_key.clone(),
-        };
-        let encoded = encode_all(&projected.items, &meta, self.settings.compress_above_bytes)
-            .map_err(|source| ReplicateError::Item {
-                doc_key: doc_key.clone(),
-                source,
-            })?;
-        let doc_hash = document_hash(&encoded);
-
-        let desired: HashSet<(TableKind, String)> = projected
-            .items
+            .map_err(shared_state)?;
+        let plans: Vec<Result<WritePlan, ReplicateError>> = jobs
             .iter()
-            .map(|d| (d.table, Value::Object(d.key.clone()).to_string()))
+            .zip(projected)
+            .map(|(job, projected)| {
+                let projected = projected.map_err(|source| ReplicateError::Projection {
+                    doc_key: job.doc_key.clone(),
+                    source,
+                })?;
+                write_plan::plan(write_plan::Inputs {
+                    doc_key: &job.doc_key,
+                    projected,
+                    recorded: recorded.remove(&job.doc_key).unwrap_or_default(),
+                    version,
+                    last_hash: job.state.content_hash.as_deref(),
+                    last_change_at: job.queued.last_change_at,
+                    force: job.force,
+                    compress_above: self.settings.compress_above_bytes,
+                })
+                .map_err(|source| ReplicateError::Item {
+                    doc_key: job.doc_key.clone(),
+                    source,
+                })
+            })
             .collect();
-        // Items recorded and not marked removed: those need not be recorded again.
-        let live: HashSet<(TableKind, String)> = recorded
-            .iter()
-            .filter(|r| r.removed_at.is_none())
-            .map(|r| (r.table, r.key.to_string()))
-            .collect();
-        let stale: Vec<RecordedItem> = recorded
-            .into_iter()
-            .filter(|r| !desired.contains(&(r.table, r.key.to_string())))
-            .collect();
-        let content_unchanged = doc_hash == state.content_hash && !force;
 
-        if content_unchanged && stale.is_empty() {
-            let finish = documents::Finish {
-                written: None,
-                next_projection_at: projected.next_change_at,
-                removed: &[],
-                forgotten: &[],
-                claimed_seq: queued_seq,
-                again_at: projected.next_change_at,
-            };
-            documents::finish(lock, &doc_key, &finish)
-                .await
-                .map_err(state_err)?;
-            return Ok(Outcome {
-                doc_key,
-                version: state.version,
-                written: 0,
-                deleted: 0,
-                superseded: 0,
-                unchanged: true,
-                absent: projected.items.is_empty(),
-            });
+        // The item keys, recorded before they are written (committed at once, outside the
+        // locks), for every document in one statement.
+        let mut docs = Vec::new();
+        let mut tables = Vec::new();
+        let mut item_keys = Vec::new();
+        for (job, plan) in jobs.iter().zip(&plans) {
+            if let Ok(plan) = plan {
+                for (table, key) in &plan.to_record {
+                    docs.push(job.doc_key.clone());
+                    tables.push(*table);
+                    item_keys.push(key.clone());
+                }
+            }
         }
-
-        // Record the items before writing them (committed at once, outside the lock), unless
-        // every one of them is recorded already and not marked removed.
-        if !desired.is_subset(&live) {
-            let keys: Vec<(TableKind, Value)> = projected
-                .items
-                .iter()
-                .map(|d| (d.table, Value::Object(d.key.clone())))
-                .collect();
-            documents::record_items(&mut snap, &doc_key, &keys)
-                .await
-                .map_err(state_err)?;
-        }
+        documents::record_item_keys(&mut snap, docs, tables, item_keys)
+            .await
+            .map_err(shared_state)?;
         drop(snap);
 
-        // The writes, each conditional on the version. Items with other writers (an identity
-        // document's identity item: the edge writes it too) go first, one at a time, under
-        // [`Guard::Owned`]; the rest only once those are the writer's, all in parallel.
+        // The writes: each document's in order (see [`Self::write`]), documents concurrently.
         let t_write = Instant::now();
-        let puts = if content_unchanged { vec![] } else { encoded };
+        let writes: Vec<BoxFuture<'_, Result<usize, ReplicateError>>> = jobs
+            .iter()
+            .zip(&plans)
+            .map(
+                |(job, plan)| -> BoxFuture<'_, Result<usize, ReplicateError>> {
+                    match plan {
+                        Ok(plan) if !plan.nothing_to_write => {
+                            Box::pin(self.write(&job.doc_key, plan))
+                        }
+                        _ => Box::pin(async { Ok(0) }),
+                    }
+                },
+            )
+            .collect();
+        let written: Vec<Result<usize, ReplicateError>> = stream::iter(writes)
+            .buffered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+
+        crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);
+        let t_bookkeeping = Instant::now();
+
+        // Bookkeeping, in the lock transaction, one statement per document: only now does
+        // progress move.
+        let now = Utc::now();
+        let mut out = Vec::with_capacity(jobs.len());
+        for ((job, plan), written) in jobs.iter().zip(plans).zip(written) {
+            let (plan, superseded) = match (plan, written) {
+                (Ok(plan), Ok(superseded)) => (plan, superseded),
+                (Err(e), _) | (_, Err(e)) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            let outcome = if plan.nothing_to_write {
+                let finish = documents::Finish {
+                    written: None,
+                    next_projection_at: plan.next_change_at,
+                    removed: &[],
+                    forgotten: &[],
+                    claimed_seq: job.queued.seq,
+                    again_at: plan.next_change_at,
+                };
+                documents::finish(lock, &job.doc_key, &finish)
+                    .await
+                    .map_err(shared_state)?;
+                Outcome {
+                    doc_key: job.doc_key.clone(),
+                    version: job.state.version,
+                    written: 0,
+                    deleted: 0,
+                    superseded: 0,
+                    unchanged: true,
+                    absent: plan.absent,
+                }
+            } else {
+                let removals = plan.removals(self.settings.delete_recheck_after, now);
+                let finish = documents::Finish {
+                    written: Some(documents::Written {
+                        version: plan.version,
+                        content_hash: plan.content_hash.as_deref(),
+                        source_time: plan.source_time,
+                        next_projection_at: plan.next_change_at,
+                        put_items: !plan.puts.is_empty(),
+                        first_change_at: job.queued.first_change_at,
+                    }),
+                    next_projection_at: plan.next_change_at,
+                    removed: &removals.removed,
+                    forgotten: &removals.forgotten,
+                    claimed_seq: job.queued.seq,
+                    again_at: removals.again_at,
+                };
+                documents::finish(lock, &job.doc_key, &finish)
+                    .await
+                    .map_err(shared_state)?;
+                Outcome {
+                    doc_key: job.doc_key.clone(),
+                    version: Some(plan.version),
+                    written: plan.puts.len(),
+                    deleted: plan.deletes(),
+                    superseded,
+                    unchanged: false,
+                    absent: plan.absent,
+                }
+            };
+            out.push(Ok(outcome));
+        }
+        tracing::debug!(
+            documents = jobs.len(),
+            version,
+            project_ms = (t_write - t_start).as_secs_f64() * 1e3,
+            write_ms = (t_bookkeeping - t_write).as_secs_f64() * 1e3,
+            bookkeeping_ms = t_bookkeeping.elapsed().as_secs_f64() * 1e3,
+            "documents written"
+        );
+        Ok(out)
+    }
+
+    /// One document's writes, each conditional on the version. Items with other writers (an
+    /// identity document's identity item: the edge writes it too) go first, one at a time,
+    /// under [`Guard::Owned`]; the rest only once those are the writer's, all in parallel.
+    /// Returns how many writes DynamoDB refused because a newer version was there.
+    async fn write(&self, doc_key: &str, plan: &WritePlan) -> Result<usize, ReplicateError> {
+        let version = plan.version;
         let owned = |t: TableKind| t == TableKind::Identities;
         let store_err = |source| ReplicateError::Store {
-            doc_key: doc_key.clone(),
+            doc_key: doc_key.to_string(),
             source,
         };
         let mut outcomes: Vec<WriteOutcome> = Vec::new();
-        for (d, e) in puts.iter().filter(|(d, _)| owned(d.table)) {
+        for (d, e) in plan.puts.iter().filter(|(d, _)| owned(d.table)) {
             let outcome = with_retry(|| {
                 self.store
                     .put(d.table, e.item.clone(), version, &Guard::Owned)
@@ -693,37 +829,38 @@ impl<S: ItemStore> Replicator<S> {
             .map_err(store_err)?;
             outcomes.push(match outcome {
                 WriteOutcome::Foreign { item } => {
-                    self.adopt(&doc_key, d.table, Planned::Put(&e.item), version, item)
+                    self.adopt(doc_key, d.table, Planned::Put(&e.item), version, item)
                         .await?
                 }
                 other => other,
             });
         }
-        for r in stale.iter().filter(|r| owned(r.table)) {
+        for r in plan.stale.iter().filter(|r| owned(r.table)) {
             let key = key_item(&r.key);
             let outcome = with_retry(|| {
                 self.store
-                    .delete(r.table, key.clone(), &doc_key, version, &Guard::Owned)
+                    .delete(r.table, key.clone(), doc_key, version, &Guard::Owned)
             })
             .await
             .map_err(store_err)?;
             outcomes.push(match outcome {
                 WriteOutcome::Foreign { item } => {
-                    self.adopt(&doc_key, r.table, Planned::Delete(&key), version, item)
+                    self.adopt(doc_key, r.table, Planned::Delete(&key), version, item)
                         .await?
                 }
                 other => other,
             });
         }
-        let put_results = join_all(puts.iter().filter(|(d, _)| !owned(d.table)).map(|(d, e)| {
-            with_retry(|| {
-                self.store
-                    .put(d.table, e.item.clone(), version, &Guard::Version)
-            })
-        }));
-        let delete_results = join_all(stale.iter().filter(|r| !owned(r.table)).map(|r| {
+        let put_results = join_all(plan.puts.iter().filter(|(d, _)| !owned(d.table)).map(
+            |(d, e)| {
+                with_retry(|| {
+                    self.store
+                        .put(d.table, e.item.clone(), version, &Guard::Version)
+                })
+            },
+        ));
+        let delete_results = join_all(plan.stale.iter().filter(|r| !owned(r.table)).map(|r| {
             let key = key_item(&r.key);
-            let doc_key = doc_key.as_str();
             with_retry(move || {
                 self.store
                     .delete(r.table, key.clone(), doc_key, version, &Guard::Version)
@@ -746,101 +883,46 @@ impl<S: ItemStore> Replicator<S> {
                     // Only owned writes can meet a foreign item, and `adopt` turned those
                     // into an error above.
                     return Err(ReplicateError::Foreign {
-                        doc_key: doc_key.clone(),
+                        doc_key: doc_key.to_string(),
                         item: None,
                     });
                 }
             }
         }
-
-        crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);
-        let t_bookkeeping = Instant::now();
-
-        // Bookkeeping, in the lock transaction, in one statement: only now does progress move.
-        let mut removed = vec![];
-        let mut forgotten = vec![];
-        for item in &stale {
-            let rechecked = item.removed_at.is_some_and(|t| {
-                projected.snapshot_time - t >= chrono_duration(self.settings.delete_recheck_after)
-            });
-            let entry = (item.table, item.key.clone());
-            if rechecked {
-                forgotten.push(entry);
-            } else {
-                removed.push(entry);
-            }
-        }
-        let recheck_at = (!removed.is_empty())
-            .then(|| Utc::now() + chrono_duration(self.settings.delete_recheck_after));
-        let again_at = match (projected.next_change_at, recheck_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let finish = documents::Finish {
-            written: Some(documents::Written {
-                version,
-                content_hash: doc_hash.as_deref(),
-                source_time,
-                next_projection_at: projected.next_change_at,
-                put_items: !puts.is_empty(),
-                first_change_at,
-            }),
-            next_projection_at: projected.next_change_at,
-            removed: &removed,
-            forgotten: &forgotten,
-            claimed_seq: queued_seq,
-            again_at,
-        };
-        documents::finish(lock, &doc_key, &finish)
-            .await
-            .map_err(state_err)?;
-        tracing::debug!(
-            doc = %doc_key,
-            version,
-            project_ms = (t_write - t_start).as_secs_f64() * 1e3,
-            write_ms = (t_bookkeeping - t_write).as_secs_f64() * 1e3,
-            bookkeeping_ms = t_bookkeeping.elapsed().as_secs_f64() * 1e3,
-            "document written"
-        );
-
-        Ok(Outcome {
-            doc_key,
-            version: Some(version),
-            written: puts.len(),
-            deleted: stale.iter().filter(|s| s.removed_at.is_none()).count(),
-            superseded,
-            unchanged: false,
-            absent: projected.items.is_empty(),
-        })
+        Ok(superseded)
     }
 }
 
-pub(crate) fn encode_all(
-    items: &[DesiredItem],
-    meta: &ReplicationMeta,
-    compress_above: usize,
-) -> Result<Vec<(DesiredItem, EncodedItem)>, ItemError> {
-    items
-        .iter()
-        .map(|d| {
-            let threshold = d.compressible.then_some(compress_above);
-            encode(&d.body, meta, threshold).map(|e| (d.clone(), e))
+/// Documents of one batch whose writes are in flight at once.
+const WRITES_IN_FLIGHT: usize = 16;
+
+/// A document taken for replication, its lock held by the lock transaction.
+#[derive(Debug, Clone)]
+struct Job {
+    doc: DocKey,
+    doc_key: String,
+    /// What the writer last wrote for it.
+    state: DocState,
+    queued: Queued,
+    /// Write every item even when the content equals what was last written.
+    force: bool,
+}
+
+/// A failure of a step a batch shares, as each document's result (one document: the error
+/// itself).
+fn fail_all(jobs: &[Job], err: ReplicateError) -> Vec<Result<Outcome, ReplicateError>> {
+    if jobs.len() == 1 {
+        return vec![Err(err)];
+    }
+    let shared = Arc::new(err);
+    jobs.iter()
+        .map(|j| {
+            Err(ReplicateError::Batch {
+                doc_key: j.doc_key.clone(),
+                source: shared.clone(),
+            })
         })
         .collect()
-}
-
-/// Hash of a whole document: its items' tables, keys and content hashes. `None` when the
-/// document has no items.
-pub(crate) fn document_hash(encoded: &[(DesiredItem, EncodedItem)]) -> Option<String> {
-    if encoded.is_empty() {
-        return None;
-    }
-    let mut parts: Vec<Value> = encoded
-        .iter()
-        .map(|(d, e)| json!([d.table.as_str(), Value::Object(d.key.clone()), e.hash]))
-        .collect();
-    parts.sort_by_key(|p| p.to_string());
-    Some(content_hash(&Value::Array(parts)))
 }
 
 /// The document's queue row, as far as a write needs it.
@@ -895,10 +977,6 @@ pub fn backoff_delay(settings: &Settings, attempts: i32) -> Duration {
     let jitter: f64 = rand::random::<f64>();
     // Never less than half the exponential step, so retries still spread out.
     exp.mul_f64(0.5 + jitter / 2.0)
-}
-
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 /// An error and its causes on one line.

@@ -4,11 +4,12 @@
 //! where the CPU went (DynamoDB Local, Postgres, the writers), to say where it stops scaling.
 //!
 //! Each round gets fresh DynamoDB tables (every document is written in full each round, into
-//! an empty table), after a warm-up round that is not recorded; the single process runs
-//! first and last, and the faster of its two runs is the base of the ratios.
+//! an empty table), deleted after it (DynamoDB Local slows down with what it holds), after a
+//! warm-up round that is not recorded; the single process runs first and last, and the
+//! faster of its two runs is the base of the ratios.
 //!
 //! Run with `infra/local/bench.sh scale [--identities N] [--environments N]
-//! [--processes 1,2,4] [--workers N]`.
+//! [--processes 1,2,4] [--workers N] [--batch N]`.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ struct Options {
     environments: i32,
     processes: Vec<usize>,
     workers: usize,
+    batch: usize,
 }
 
 fn options() -> Options {
@@ -30,10 +32,11 @@ fn options() -> Options {
         environments: 20,
         processes: vec![1, 2, 4],
         workers: 8,
+        batch: 25,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: bench_scale [--identities N] [--environments N] [--processes N[,N...]] [--workers N] (positive integers)");
+        eprintln!("usage: bench_scale [--identities N] [--environments N] [--processes N[,N...]] [--workers N] [--batch N] (positive integers)");
         std::process::exit(2)
     };
     let positive = |v: &str| v.trim().parse::<usize>().ok().filter(|n| *n > 0);
@@ -44,6 +47,7 @@ fn options() -> Options {
             "--identities" => o.identities = positive(&value).unwrap_or_else(|| usage()) as i32,
             "--environments" => o.environments = positive(&value).unwrap_or_else(|| usage()) as i32,
             "--workers" => o.workers = positive(&value).unwrap_or_else(|| usage()),
+            "--batch" => o.batch = positive(&value).unwrap_or_else(|| usage()),
             "--processes" => {
                 o.processes = value
                     .split(',')
@@ -131,7 +135,7 @@ async fn round(
     dynamo_port: &str,
     project: i32,
     processes: usize,
-    workers: usize,
+    (workers, batch): (usize, usize),
     n: i32,
 ) -> Round {
     core.exec(&format!(
@@ -140,7 +144,7 @@ async fn round(
          WHERE t.identity_id = i.id AND t.trait_key = 'age' AND e.project_id = {project}"
     ))
     .await;
-    let tables = TestTables::on(endpoint).await;
+    let tables = TestTables::on_with(endpoint, false).await;
     let binary = edge_tests::target_binary("writer");
     let documents = db
         .scalar_i64(&format!(
@@ -155,6 +159,7 @@ async fn round(
         cmd.args([
             "run",
             &format!("--workers={workers}"),
+            &format!("--batch={batch}"),
             "--http-addr=127.0.0.1:0",
         ])
         .env("RUST_LOG", "warn")
@@ -179,6 +184,8 @@ async fn round(
     for mut c in children {
         c.kill().await.ok();
     }
+    // Every round starts on an instance holding only its own tables.
+    tables.delete().await;
     Round {
         processes,
         documents,
@@ -219,11 +226,12 @@ async fn main() {
     }
     core.exec("ANALYZE").await;
     println!(
-        "machine: {}; {} identities over {} environments; writers of {} workers each (release)",
+        "machine: {}; {} identities over {} environments; writers of {} workers each, batches of {} (release)",
         edge_tests::machine(),
         per_env * o.environments,
         o.environments,
-        o.workers
+        o.workers,
+        o.batch
     );
 
     eprintln!("bench: warm-up round");
@@ -235,7 +243,7 @@ async fn main() {
         &dynamo_port,
         project,
         2,
-        o.workers,
+        (o.workers, o.batch),
         n,
     )
     .await;
@@ -254,7 +262,7 @@ async fn main() {
             &dynamo_port,
             project,
             processes,
-            o.workers,
+            (o.workers, o.batch),
             n,
         )
         .await;

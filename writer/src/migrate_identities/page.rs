@@ -39,10 +39,11 @@ use sqlx::{Acquire, PgPool};
 use crate::doc_key::DocKey;
 use crate::projection::environment::iso;
 use crate::projection::{self, load, Projected, ProjectionError};
-use crate::replicate::{document_hash, encode_all, error_chain, FailureKind};
+use crate::replicate::{error_chain, FailureKind};
 use crate::state::documents::{self, LockedDoc};
 use crate::state::{dead_letters, leases, pending};
 use crate::store::{ItemStore, StoreError, BATCH_MAX_ITEMS};
+use crate::write_plan::{document_hash, encode_all};
 
 /// Tuning of a page.
 #[derive(Debug, Clone)]

@@ -121,6 +121,48 @@ pub async fn project(conn: &mut PgConnection, doc: DocKey) -> Result<Projected, 
     }
 }
 
+/// Projects many documents: the identity documents from one snapshot (one round trip for
+/// all of them), the others one at a time, each from its own. A Postgres error fails them
+/// all (the outer error); data that cannot become a document fails only its document.
+pub async fn project_many(
+    conn: &mut PgConnection,
+    docs: &[DocKey],
+) -> Result<Vec<Result<Projected, ProjectionError>>, ProjectionError> {
+    let ids: Vec<i32> = docs
+        .iter()
+        .filter_map(|d| match d {
+            DocKey::Identity(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let mut identities = std::collections::HashMap::new();
+    let mut identity_snapshot = None;
+    if !ids.is_empty() {
+        let (snapshot_time, rows) = load::identities_at(conn, &ids).await?;
+        identity_snapshot = Some(snapshot_time);
+        identities.extend(rows.into_iter().map(|r| (r.identity.id, r)));
+    }
+    let mut out = Vec::with_capacity(docs.len());
+    for doc in docs {
+        out.push(match (doc, identity_snapshot) {
+            (DocKey::Identity(id), Some(snapshot_time)) => match identities.remove(id) {
+                Some(rows) => identity_projected(&rows),
+                // The identity is gone: its document has no items.
+                None => Ok(Projected {
+                    items: vec![],
+                    next_change_at: None,
+                    snapshot_time,
+                }),
+            },
+            _ => match project(conn, *doc).await {
+                Err(ProjectionError::Db(e)) => return Err(ProjectionError::Db(e)),
+                other => other,
+            },
+        });
+    }
+    Ok(out)
+}
+
 /// The items of one identity's projection.
 pub fn identity_projected(rows: &rows::IdentityRows) -> Result<Projected, ProjectionError> {
     Ok(match identity::project_identity(rows)? {

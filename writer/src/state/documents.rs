@@ -88,17 +88,31 @@ pub async fn record_items_of_many(
     if rows.is_empty() {
         return Ok(());
     }
-    let docs: Vec<&str> = rows.iter().map(|(d, _, _)| *d).collect();
-    let kinds: Vec<&str> = rows.iter().map(|(_, t, _)| t.as_str()).collect();
-    let keys: Vec<&Value> = rows.iter().map(|(_, _, k)| *k).collect();
+    let docs: Vec<String> = rows.iter().map(|(d, _, _)| d.to_string()).collect();
+    let tables: Vec<TableKind> = rows.iter().map(|(_, t, _)| *t).collect();
+    let keys: Vec<Value> = rows.iter().map(|(_, _, k)| (*k).clone()).collect();
+    record_item_keys(conn, docs, tables, keys).await
+}
+
+/// [`record_items_of_many`] from owned columns: `docs[i]`, `tables[i]`, `keys[i]` is a row.
+pub async fn record_item_keys(
+    conn: &mut PgConnection,
+    docs: Vec<String>,
+    tables: Vec<TableKind>,
+    keys: Vec<Value>,
+) -> Result<(), sqlx::Error> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<&'static str> = tables.iter().map(|t| t.as_str()).collect();
     sqlx::query(
         r#"INSERT INTO edge.document_item (doc_key, table_kind, item_key)
            SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])
            ON CONFLICT (doc_key, table_kind, item_key) DO UPDATE SET removed_at = NULL"#,
     )
-    .bind(&docs)
-    .bind(&kinds)
-    .bind(&keys)
+    .bind(docs)
+    .bind(kinds)
+    .bind(keys)
     .execute(conn)
     .await?;
     Ok(())
@@ -325,33 +339,44 @@ pub async fn finish(
     Ok(())
 }
 
-/// version, table_kind, item_key, removed_at (the item columns are NULL when none is recorded).
-type VersionAndItemRow = (i64, Option<String>, Option<Value>, Option<DateTime<Utc>>);
+/// version, doc_key, table_kind, item_key, removed_at (the item columns are NULL when none
+/// is recorded).
+type VersionAndItemRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<Value>,
+    Option<DateTime<Utc>>,
+);
 
-/// A new version from the global sequence and the items recorded for the document, in one
-/// statement. Called after the snapshot, under the lock.
+/// A new version from the global sequence and the items recorded for each of the documents,
+/// in one statement. Called after the snapshot, under the documents' locks; the documents of
+/// one batch share the version (versions need only grow per document).
 pub async fn next_version_and_items(
     conn: &mut PgConnection,
-    doc_key: &str,
-) -> Result<(i64, Vec<RecordedItem>), sqlx::Error> {
+    doc_keys: &[String],
+) -> Result<(i64, std::collections::HashMap<String, Vec<RecordedItem>>), sqlx::Error> {
     let rows: Vec<VersionAndItemRow> = sqlx::query_as(
         r#"WITH v AS MATERIALIZED (SELECT nextval('edge.document_version_seq') AS version)
-           SELECT v.version, i.table_kind, i.item_key, i.removed_at
-           FROM v LEFT JOIN edge.document_item i ON i.doc_key = $1"#,
+           SELECT v.version, i.doc_key, i.table_kind, i.item_key, i.removed_at
+           FROM v LEFT JOIN edge.document_item i ON i.doc_key = ANY($1)"#,
     )
-    .bind(doc_key)
+    .bind(doc_keys)
     .fetch_all(conn)
     .await?;
     let version = rows.first().map(|r| r.0).ok_or(sqlx::Error::RowNotFound)?;
-    let items = rows
-        .into_iter()
-        .filter_map(|(_, t, key, removed_at)| {
-            Some(RecordedItem {
-                table: TableKind::parse(&t?)?,
-                key: key?,
+    let mut items: std::collections::HashMap<String, Vec<RecordedItem>> = Default::default();
+    for (_, doc_key, table, key, removed_at) in rows {
+        let (Some(doc_key), Some(table), Some(key)) = (doc_key, table, key) else {
+            continue;
+        };
+        if let Some(table) = TableKind::parse(&table) {
+            items.entry(doc_key).or_default().push(RecordedItem {
+                table,
+                key,
                 removed_at,
-            })
-        })
-        .collect();
+            });
+        }
+    }
     Ok((version, items))
 }

@@ -1,6 +1,6 @@
 //! `edge.write_lease`: bulk-write leases (see the identity capture migration and
 //! `migrate_identities::page`). Writers read them through `documents::lock` and
-//! `pending::claim_next`.
+//! `pending::claim_due`.
 
 use std::time::Duration;
 
