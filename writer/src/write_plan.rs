@@ -361,6 +361,48 @@ mod tests {
     }
 
     #[test]
+    fn new_content_is_written_and_the_same_content_is_not() {
+        let written_before = hash_of(vec![identity_item("k_a", 1)]);
+        let with_last = |items| {
+            let mut i = inputs(projected(items), vec![recorded("k_a", None)]);
+            i.last_hash = Some(written_before.as_str());
+            plan(i).expect("plan")
+        };
+        let changed = with_last(vec![identity_item("k_a", 2)]);
+        assert_eq!(changed.puts.len(), 1);
+        assert!(!changed.nothing_to_write);
+        assert_ne!(
+            changed.content_hash.as_deref(),
+            Some(written_before.as_str())
+        );
+        let same = with_last(vec![identity_item("k_a", 1)]);
+        assert!(same.nothing_to_write);
+        assert_eq!(same.content_hash.as_deref(), Some(written_before.as_str()));
+        // A document without items has no hash: what was written before is deleted.
+        let gone = with_last(vec![]);
+        assert_eq!(gone.content_hash, None);
+        assert!(gone.absent);
+        assert_eq!(gone.deletes(), 1);
+    }
+
+    #[test]
+    fn deletes_count_only_items_not_removed_yet() {
+        let p = plan(inputs(
+            projected(vec![]),
+            vec![
+                recorded("a", None),
+                recorded("b", None),
+                recorded("c", Some(t(-1))),
+            ],
+        ))
+        .expect("plan");
+        assert_eq!(p.stale.len(), 3);
+        assert_eq!(p.deletes(), 2);
+        let p = plan(inputs(projected(vec![identity_item("k_a", 1)]), vec![])).expect("plan");
+        assert_eq!(p.deletes(), 0);
+    }
+
+    #[test]
     fn the_items_carry_the_version_and_the_change_time() {
         let mut i = inputs(projected(vec![identity_item("k_a", 1)]), vec![]);
         i.last_change_at = Some(t(-3));
