@@ -159,8 +159,12 @@ async fn a_storm_of_identity_documents_is_taken_in_batches() {
         .is_empty()
     {}
 
-    // The storm, and an environment change committed before it.
+    // An environment change, captured (due) before the storm: captured in one transaction,
+    // they would share a due time and their order would be the index's.
     core.set_flag(env, feature, false, Val::str("v2")).await;
+    edge_writer::capture::drain_all(&db.pool, 1000)
+        .await
+        .expect("capture");
     core.exec(&format!(
         "UPDATE environments_trait SET integer_value = integer_value + 1000 \
          WHERE trait_key = 'age' AND identity_id IN (SELECT id FROM environments_identity \

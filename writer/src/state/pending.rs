@@ -91,14 +91,17 @@ const PIN_PLAN: &str = "SET LOCAL plan_cache_mode = force_custom_plan; \
 const UNPIN_PLAN: &str = "RESET enable_seqscan; RESET enable_bitmapscan; RESET enable_sort; \
     RESET enable_hashjoin; RESET enable_mergejoin;";
 
+/// What a claim reads of a queued document (`p`) and its state (`d`): a [`ClaimRow`].
+const CLAIM_COLUMNS: &str = "p.doc_key, p.seq, p.attempts, p.first_change_at, p.last_change_at,
+       d.version, d.content_hash, d.deleted,
+       (SELECT l.until FROM edge.write_lease l
+        WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until";
+
 /// The first due document whose lock is free, and whether it is an identity document with
 /// other identity documents due. Locks are `FOR NO KEY UPDATE` on the `edge.document` row,
 /// in the caller's transaction; locked documents are skipped, not waited for.
 const CLAIM_FIRST: &str = r#"
-SELECT p.doc_key, p.seq, p.attempts, p.first_change_at, p.last_change_at,
-       d.version, d.content_hash, d.deleted,
-       (SELECT l.until FROM edge.write_lease l
-        WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until,
+SELECT {columns},
        (p.doc_key LIKE 'identity:%' AND EXISTS (
             SELECT 1 FROM edge.pending o
             WHERE o.not_before <= now() AND o.doc_key LIKE 'identity:%'
@@ -113,11 +116,7 @@ FOR NO KEY UPDATE OF d SKIP LOCKED;
 
 /// Up to `{more}` more due identity documents whose locks are free, other than `{first}`.
 const CLAIM_MORE: &str = r#"
-SELECT p.doc_key, p.seq, p.attempts, p.first_change_at, p.last_change_at,
-       d.version, d.content_hash, d.deleted,
-       (SELECT l.until FROM edge.write_lease l
-        WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until,
-       false AS more_due
+SELECT {columns}, false AS more_due
 FROM edge.pending p
 JOIN edge.document d ON d.doc_key = p.doc_key
 WHERE p.not_before <= now() AND p.doc_key LIKE 'identity:%' AND p.doc_key <> {first}
@@ -135,7 +134,8 @@ FOR NO KEY UPDATE OF d SKIP LOCKED;
 /// Sent with the simple query protocol, so Postgres plans the claims at every execution: a
 /// prepared statement keeps its plan for the life of the connection (see [`PIN_PLAN`]).
 pub async fn claim_due(conn: &mut PgConnection, max: usize) -> Result<Vec<Claim>, sqlx::Error> {
-    let sql = format!("{PIN_PLAN}{CLAIM_FIRST}{UNPIN_PLAN}");
+    let first = CLAIM_FIRST.replace("{columns}", CLAIM_COLUMNS);
+    let sql = format!("{PIN_PLAN}{first}{UNPIN_PLAN}");
     let rows = fetch_simple(&mut *conn, &sql).await?;
     let mut claims = rows.iter().map(claim_of).collect::<Result<Vec<_>, _>>()?;
     let more_due = match rows.first() {
@@ -145,6 +145,7 @@ pub async fn claim_due(conn: &mut PgConnection, max: usize) -> Result<Vec<Claim>
     if more_due && max > 1 {
         let first = claims[0].doc_key.replace('\'', "''");
         let more = CLAIM_MORE
+            .replace("{columns}", CLAIM_COLUMNS)
             .replace("{first}", &format!("'{first}'"))
             .replace("{more}", &(max - 1).to_string());
         let sql = format!("{PIN_PLAN}{more}{UNPIN_PLAN}");
