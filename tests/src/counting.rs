@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use edge_documents::item::Item;
 use edge_documents::tables::TableKind;
-use edge_writer::store::{Guard, ItemStore, StoreError, WriteOutcome};
+use edge_writer::store::{BatchPutError, Guard, ItemStore, StoreError, WriteOutcome};
 
 #[derive(Clone)]
 pub struct CountingStore<S> {
@@ -77,7 +77,7 @@ impl<S: ItemStore> ItemStore for CountingStore<S> {
         self.count_applied(outcome)
     }
 
-    async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), StoreError> {
+    async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), BatchPutError> {
         self.puts.fetch_add(items.len(), Ordering::SeqCst);
         let envs = items
             .iter()

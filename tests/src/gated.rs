@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use edge_documents::item::Item;
 use edge_documents::tables::TableKind;
-use edge_writer::store::{Guard, ItemStore, StoreError, WriteOutcome};
+use edge_writer::store::{BatchPutError, Guard, ItemStore, StoreError, WriteOutcome};
 use tokio::sync::watch;
 
 #[derive(Clone)]
@@ -75,7 +75,7 @@ impl<S: ItemStore> ItemStore for GatedStore<S> {
         self.inner.delete(table, key, doc_key, version, guard).await
     }
 
-    async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), StoreError> {
+    async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), BatchPutError> {
         self.pass().await;
         self.inner.batch_put(items).await
     }

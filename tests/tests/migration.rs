@@ -15,6 +15,7 @@ use edge_tests::pg::TestDb;
 use edge_tests::wait;
 use edge_tests::writer::{writer_command, InProcessWriter};
 use edge_writer::migrate_identities::{self, status, Options, Scope};
+use edge_writer::store::ItemStore;
 use rand::Rng;
 use serde_json::Value;
 
@@ -26,6 +27,7 @@ fn migrate_command(db: &TestDb, tables: &TestTables, project: i32) -> tokio::pro
         .arg(format!("--project={project}"))
         .arg("--no-progress")
         .arg("--lease-secs=20")
+        .arg("--late-write-secs=20")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
@@ -133,6 +135,16 @@ async fn a_project_of_100k_identities_migrates_while_core_writes_and_resumes_aft
         updates.load(Ordering::SeqCst) > 100,
         "the core API kept writing during the migration"
     );
+    // Leases the killed run (or a timed-out page) left end and settle, and the live path
+    // writes those identities again when they do.
+    wait::until(
+        "every lease settled and removed",
+        Duration::from_secs(180),
+        || async {
+            (db.scalar_i64("SELECT count(*) FROM edge.write_lease").await == 0).then_some(())
+        },
+    )
+    .await;
     wait::writer_idle(&db.pool, Duration::from_secs(120)).await;
     writer.stop().await;
     eprintln!("drained after {:?}", started.elapsed());
@@ -178,6 +190,7 @@ async fn a_crash_between_the_batch_writes_and_the_bookkeeping_loses_nothing() {
         .arg("migrate-identities")
         .arg(format!("--project={project}"))
         .arg("--lease-secs=8")
+        .arg("--late-write-secs=2")
         .env("EDGE_WRITER_CRASH_AT", "after-dynamodb-write")
         .status()
         .await
@@ -189,13 +202,14 @@ async fn a_crash_between_the_batch_writes_and_the_bookkeeping_loses_nothing() {
         .scalar_i64("SELECT count(*) FROM edge.document WHERE version IS NOT NULL")
         .await;
     assert_eq!(recorded, 0);
-    // Its leases outlive it (taken before the writes); wait for them to pass, then resume.
+    // Its leases outlive it (taken before the writes); wait for them to end and settle, then
+    // resume: the resumed run writes those identities in full.
     assert!(
         db.scalar_i64("SELECT count(*) FROM edge.write_lease").await > 0,
         "the crashed job left its leases"
     );
-    wait::until("leases expired", Duration::from_secs(30), || async {
-        (db.scalar_i64("SELECT count(*) FROM edge.write_lease WHERE until > now()")
+    wait::until("leases settled", Duration::from_secs(30), || async {
+        (db.scalar_i64("SELECT count(*) FROM edge.write_lease WHERE settled_at > now()")
             .await
             == 0)
             .then_some(())
@@ -470,5 +484,320 @@ async fn an_identity_with_an_item_to_delete_is_left_to_the_live_path() {
         db.scalar_i64("SELECT count(*) FROM edge.write_lease").await,
         0
     );
+    db.drop_db().await;
+}
+
+/// The item of identity `id` (composite key from the core rows).
+async fn identity_item(
+    db: &TestDb,
+    tables: &TestTables,
+    id: i32,
+) -> Option<edge_documents::item::Item> {
+    let key: String = sqlx::query_scalar(
+        "SELECT e.api_key || '_' || i.identifier FROM environments_identity i
+           JOIN environments_environment e ON e.id = i.environment_id WHERE i.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    tables
+        .get(TableKind::Identities, &[("composite_key", &key)])
+        .await
+}
+
+fn trait_count(item: &edge_documents::item::Item) -> usize {
+    edge_tests::dynamo::document_of(item)["identity_traits"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// A migration page gave up on a batch (it timed out) whose request DynamoDB still applies,
+/// after the lease ended and after the live path wrote a newer version: the live path wrote
+/// every item when the lease had ended, came back when the lease settled, and wrote them
+/// again, so the late batch is overwritten and the lease is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_landing_after_its_lease_ended_is_overwritten_when_the_lease_settles() {
+    let (db, tables, core) = edge_tests::setup().await;
+    let (_, _, env) = edge_tests::core::basic_project(&core, "settleEnv").await;
+    let erin = core.create_identity(env, "erin").await;
+    let writer = InProcessWriter::start_on(&db.pool, &tables, 2);
+    // What the page sent for erin and gave up on: her item as it is now.
+    let abandoned = wait::until("erin written", wait::DEFAULT, || {
+        identity_item(&db, &tables, erin)
+    })
+    .await;
+    assert_eq!(trait_count(&abandoned), 0);
+    let doc_key = format!("identity:{erin}");
+    // The page's lease ended without being released; it settles in an hour.
+    sqlx::query(
+        "INSERT INTO edge.write_lease (doc_key, until, settled_at)
+         VALUES ($1, now() - interval '1 second', now() + interval '1 hour')",
+    )
+    .bind(&doc_key)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // A change: written at once, and due again when the lease settles.
+    core.set_trait(erin, "k", TraitVal::Int(1)).await;
+    let written = wait::until("erin's trait", wait::DEFAULT, || async {
+        let item = identity_item(&db, &tables, erin).await?;
+        (trait_count(&item) == 1).then_some(item)
+    })
+    .await;
+    wait::until(
+        "erin due again when the lease settles",
+        wait::DEFAULT,
+        || async {
+            let n = db
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM edge.pending p JOIN edge.write_lease l USING (doc_key)
+                 WHERE doc_key = '{doc_key}' AND p.not_before = l.settled_at"
+                ))
+                .await;
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+
+    // The abandoned batch lands now, over the newer version.
+    tables
+        .store()
+        .batch_put(vec![(TableKind::Identities, abandoned)])
+        .await
+        .unwrap();
+    let stale = identity_item(&db, &tables, erin).await.unwrap();
+    assert_eq!(trait_count(&stale), 0, "the late batch overwrote erin");
+
+    // The lease settles (as time passing would): erin is written again, whatever the
+    // recorded content says, and the lease goes.
+    let mut tx = db.pool.begin().await.unwrap();
+    for sql in [
+        "UPDATE edge.write_lease SET settled_at = now() WHERE doc_key = $1",
+        "UPDATE edge.pending SET not_before = now() WHERE doc_key = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(&doc_key)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let rewritten = wait::until("erin written again", wait::DEFAULT, || async {
+        let item = identity_item(&db, &tables, erin).await?;
+        (trait_count(&item) == 1 && version_of(&item) > version_of(&written)).then_some(item)
+    })
+    .await;
+    wait::until("the settled lease removed", wait::DEFAULT, || async {
+        (db.scalar_i64(&format!(
+            "SELECT count(*) FROM edge.write_lease WHERE doc_key = '{doc_key}'"
+        ))
+        .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    let recorded: i64 = sqlx::query_scalar("SELECT version FROM edge.document WHERE doc_key = $1")
+        .bind(&doc_key)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, version_of(&rewritten));
+    writer.stop().await;
+    db.drop_db().await;
+}
+
+/// A later page meets leases an earlier page left: one that has ended but not settled is
+/// left to the live path (queued), one that has settled is written whatever its recorded
+/// content (an abandoned batch may have changed the item) and its lease removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_leaves_a_settling_lease_to_the_live_path_and_rewrites_a_settled_one() {
+    edge_tests::init_logging();
+    let db = TestDb::new().await;
+    let tables = TestTables::without_streams().await;
+    let core = Core::new(db.pool.clone());
+    let org = core.create_organisation("Leases").await;
+    let project = core.create_project(org, "P", true, "COMPLETE").await;
+    let env = core.create_environment(project, "E", "leaseMig").await;
+    let flag = core
+        .create_feature(project, "flag", "STANDARD", false, Val::None)
+        .await;
+    let ids = core.generate_identities(env, "l-", 3, flag, 2, false).await;
+    let (store, options) = (
+        tables.store(),
+        Options {
+            progress_bar: false,
+            ..Options::default()
+        },
+    );
+    let run = || {
+        migrate_identities::run(
+            &db.pool,
+            &store,
+            Scope {
+                project_id: project,
+                environment_id: None,
+            },
+            &options,
+        )
+    };
+    assert_eq!(run().await.expect("first run").migrated, 3);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM edge.write_lease").await,
+        0
+    );
+    let (settling, settled) = (
+        format!("identity:{}", ids[0]),
+        format!("identity:{}", ids[1]),
+    );
+    sqlx::query(
+        "INSERT INTO edge.write_lease (doc_key, until, settled_at) VALUES
+           ($1, now() - interval '2 seconds', now() + interval '1 hour'),
+           ($2, now() - interval '2 seconds', now() - interval '1 second')",
+    )
+    .bind(&settling)
+    .bind(&settled)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // What an abandoned batch may have left for the settled one: other content.
+    let mut item = identity_item(&db, &tables, ids[1]).await.unwrap();
+    assert!(trait_count(&item) > 0);
+    item.insert(
+        "identity_traits".into(),
+        aws_sdk_dynamodb::types::AttributeValue::L(vec![]),
+    );
+    tables
+        .store()
+        .batch_put(vec![(TableKind::Identities, item)])
+        .await
+        .unwrap();
+
+    let second = run().await.expect("second run");
+    assert_eq!(
+        (second.migrated, second.unchanged, second.deferred),
+        (1, 1, 1),
+        "{second:?}"
+    );
+    let expected = expected_identity_items(&db.pool, &[env]).await;
+    assert_same_items(&stored_identity_items(&tables).await, &expected);
+    let leases: Vec<String> = sqlx::query_scalar("SELECT doc_key FROM edge.write_lease")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(leases, vec![settling.clone()]);
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM edge.pending WHERE doc_key = '{settling}'"
+        ))
+        .await,
+        1,
+        "queued for the live path"
+    );
+    db.drop_db().await;
+}
+
+/// Every batch of the page fails, as DynamoDB answered it (`answered`) or not.
+#[derive(Clone)]
+struct FailingBatches {
+    inner: edge_writer::store::DynamoStore,
+    unanswered: bool,
+}
+
+impl ItemStore for FailingBatches {
+    async fn put(
+        &self,
+        table: TableKind,
+        item: edge_documents::item::Item,
+        version: i64,
+        guard: &edge_writer::store::Guard,
+    ) -> Result<edge_writer::store::WriteOutcome, edge_writer::store::StoreError> {
+        self.inner.put(table, item, version, guard).await
+    }
+
+    async fn delete(
+        &self,
+        table: TableKind,
+        key: edge_documents::item::Item,
+        doc_key: &str,
+        version: i64,
+        guard: &edge_writer::store::Guard,
+    ) -> Result<edge_writer::store::WriteOutcome, edge_writer::store::StoreError> {
+        self.inner.delete(table, key, doc_key, version, guard).await
+    }
+
+    async fn batch_put(
+        &self,
+        _items: Vec<(TableKind, edge_documents::item::Item)>,
+    ) -> Result<(), edge_writer::store::BatchPutError> {
+        Err(edge_writer::store::BatchPutError {
+            error: edge_writer::store::StoreError {
+                op: "BatchWriteItem",
+                table: "identities".into(),
+                message: "injected".into(),
+                retryable: true,
+            },
+            unanswered: self.unanswered,
+        })
+    }
+
+    async fn get(
+        &self,
+        table: TableKind,
+        key: edge_documents::item::Item,
+    ) -> Result<Option<edge_documents::item::Item>, edge_writer::store::StoreError> {
+        self.inner.get(table, key).await
+    }
+}
+
+/// A page whose batches all failed releases its leases when DynamoDB answered every request
+/// (nothing can land later) and leaves them to end and settle when one went unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_page_keeps_its_leases_only_when_a_request_went_unanswered() {
+    edge_tests::init_logging();
+    let db = TestDb::new().await;
+    let tables = TestTables::without_streams().await;
+    let core = Core::new(db.pool.clone());
+    let org = core.create_organisation("Fail").await;
+    let project = core.create_project(org, "P", true, "COMPLETE").await;
+    let env = core.create_environment(project, "E", "failMig").await;
+    let flag = core
+        .create_feature(project, "flag", "STANDARD", false, Val::None)
+        .await;
+    core.generate_identities(env, "f-", 4, flag, 2, false).await;
+    for unanswered in [false, true] {
+        let store = FailingBatches {
+            inner: tables.store(),
+            unanswered,
+        };
+        let err = migrate_identities::run(
+            &db.pool,
+            &store,
+            Scope {
+                project_id: project,
+                environment_id: None,
+            },
+            &Options {
+                progress_bar: false,
+                page_attempts: 0,
+                ..Options::default()
+            },
+        )
+        .await
+        .expect_err("every batch fails");
+        assert!(err.to_string().contains("injected"), "{err}");
+        let (leases, settling): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE settled_at > until) FROM edge.write_lease",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if unanswered {
+            assert_eq!((leases, settling), (4, 4), "left to end and settle");
+        } else {
+            assert_eq!(leases, 0, "released: every request was answered");
+        }
+    }
     db.drop_db().await;
 }

@@ -392,6 +392,11 @@ struct BootstrapArgs {
     /// Seconds an identity page's write lease lasts (its batches are abandoned after half).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
     lease_secs: u64,
+    /// Seconds after a lease ends that a batch abandoned under it may still be applied by
+    /// DynamoDB (the longest a request can be in flight): such documents are written again
+    /// then.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    late_write_secs: u64,
     /// Regions to verify at the end, as `writer verify --region`. Without any: the home
     /// region (the DynamoDB written to), content only (no acknowledgements checked).
     #[arg(long = "region", value_parser = parse_region)]
@@ -689,6 +694,11 @@ struct MigrateIdentitiesArgs {
     /// Seconds a page's write lease lasts (its batches are abandoned after half of it).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
     lease_secs: u64,
+    /// Seconds after a lease ends that a batch abandoned under it may still be applied by
+    /// DynamoDB (the longest a request can be in flight): such documents are written again
+    /// then.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    late_write_secs: u64,
     /// No progress bar, log lines only.
     #[arg(long)]
     no_progress: bool,
@@ -1271,6 +1281,7 @@ async fn bootstrap(cli: &Cli, args: &BootstrapArgs) -> Result<()> {
             concurrency: usize::from(args.identity_concurrency),
             page: PageSettings {
                 lease: Duration::from_secs(args.lease_secs),
+                late_writes: Duration::from_secs(args.late_write_secs),
                 batch_concurrency: usize::from(args.batch_concurrency),
                 rewrite_unchanged: false,
             },
@@ -1543,6 +1554,7 @@ async fn migrate_identities(cli: &Cli, args: &MigrateIdentitiesArgs) -> Result<(
         concurrency: usize::from(args.concurrency),
         page: PageSettings {
             lease: Duration::from_secs(args.lease_secs),
+            late_writes: Duration::from_secs(args.late_write_secs),
             batch_concurrency: usize::from(args.batch_concurrency),
             rewrite_unchanged: args.rewrite,
         },

@@ -21,6 +21,11 @@
 //!   older item. A delete cannot carry its version forward (the item is gone), so a late put
 //!   could resurrect it; every applied delete is re-checked after the longest time a write can
 //!   be in flight ([`Settings::delete_recheck_after`]), durably, through the queue.
+//! - **Bulk writes settle.** The identity migration writes without conditions, under a lease
+//!   per document (`edge.write_lease`): a document whose lease has not ended is not written
+//!   (retried after it). One whose lease ended without being released may still receive a
+//!   batch its job abandoned, until the lease settles: it is written in full, then again
+//!   once the lease has settled, and that write removes the lease ([`crate::state::leases`]).
 //! - **Progress only after a durable write.** The queue row is removed, and the state
 //!   advanced, in the lock transaction after DynamoDB accepted every write. A crash anywhere
 //!   before that commit leaves the queue row: the document is projected again (with a new
@@ -679,7 +684,10 @@ impl<S: ItemStore> Replicator<S> {
                     version,
                     last_hash: job.state.content_hash.as_deref(),
                     last_change_at: job.queued.last_change_at,
-                    force: job.force,
+                    // After an abandoned bulk write, what DynamoDB holds is not what was
+                    // recorded: every item is written (and again once the lease settles,
+                    // `documents::finish`).
+                    force: job.force || job.state.lease_settles_at.is_some(),
                     compress_above: self.settings.compress_above_bytes,
                 })
                 .map_err(|source| ReplicateError::Item {

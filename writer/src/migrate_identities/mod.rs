@@ -65,6 +65,7 @@ impl Default for Options {
             concurrency: 8,
             page: PageSettings {
                 lease: Duration::from_secs(60),
+                late_writes: Duration::from_secs(120),
                 batch_concurrency: 4,
                 rewrite_unchanged: false,
             },
@@ -122,8 +123,9 @@ pub enum MigrateError {
 }
 
 /// One page, retried on transient errors, each attempt in one of the run's page slots.
-/// After a timeout, batches may still be in flight under the page's leases: the retry waits
-/// for the leases to pass, as any writer would, and the run keeps one page fewer in flight
+/// After a timeout or an unanswered request, batches may still land under the page's leases:
+/// the retry waits for the leases to end and settle, so that it writes the page itself
+/// rather than leave it to the live path, and the run keeps one page fewer in flight
 /// ([`slots::PageSlots::shrink`]).
 async fn migrate_page_with_retries<S: ItemStore>(
     pool: &PgPool,
@@ -158,17 +160,14 @@ async fn migrate_page_with_retries<S: ItemStore>(
         let Some(delay) = backoff.next() else {
             return Err(err);
         };
-        let delay = match err {
-            page::PageError::TimedOut(_) => {
-                let in_flight = slots.shrink(slot);
-                tracing::warn!(pages_in_flight = in_flight,
-                    "DynamoDB did not take a page's writes in time; fewer pages in flight from now on");
-                settings.lease + Duration::from_millis(100)
-            }
-            _ => {
-                drop(slot);
-                delay
-            }
+        let delay = if err.left_leases() {
+            let in_flight = slots.shrink(slot);
+            tracing::warn!(pages_in_flight = in_flight,
+                "DynamoDB did not answer a page's writes in time; fewer pages in flight from now on");
+            settings.lease + settings.late_writes + Duration::from_millis(100)
+        } else {
+            drop(slot);
+            delay
         };
         tracing::warn!(first = ids[0], last = ids[ids.len() - 1], error = %err,
             retry_in_ms = delay.as_millis() as u64, "page failed; retrying");

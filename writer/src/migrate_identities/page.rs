@@ -14,11 +14,17 @@
 //! - **Unconditional batch writes made safe.** BatchWriteItem takes no condition. While the
 //!   locks are held nobody else writes these documents, and a late conditional write from a
 //!   live writer that lost its lock carries a lower version and is refused after ours lands.
-//!   The remaining hole is ours: if the lock connection dies with a batch still in flight,
-//!   a live writer could write a newer version before our late batch lands. So before
+//!   The remaining hole is ours: a batch request that DynamoDB has received can be applied
+//!   after we gave up on it (the page timed out, the connection broke, the job was killed),
+//!   and if a newer version was written meanwhile, ours would overwrite it. So before
 //!   writing, a lease per document is committed on another connection
-//!   (`edge.write_lease`); writers wait for an unexpired lease to pass, and the batch is
-//!   abandoned well before the lease ends.
+//!   (`edge.write_lease`), with two times: writers wait for `until` to pass (the batches
+//!   are abandoned at half of it), and `settled_at`, `late_writes` later, is when an
+//!   abandoned batch is taken to have landed or gone. A writer of the document between the
+//!   two writes every item and writes them again after `settled_at` (the live path, see
+//!   `replicate`); this job leaves such documents to the live path and writes every item of
+//!   one whose lease has settled. Batches are never sent again by the SDK after a timeout,
+//!   and the leases are released early only when every request was answered.
 //! - **Progress only after the write.** Bookkeeping (versions, hashes, the queue rows the
 //!   snapshot covered, the leases) commits in the lock transaction after every batch was
 //!   accepted. A crash before that commit leaves the items written with a version the
@@ -42,7 +48,7 @@ use crate::projection::{self, load, Projected, ProjectionError};
 use crate::replicate::{error_chain, FailureKind};
 use crate::state::documents::{self, LockedDoc};
 use crate::state::{dead_letters, leases, pending};
-use crate::store::{ItemStore, StoreError, BATCH_MAX_ITEMS};
+use crate::store::{BatchPutError, ItemStore, BATCH_MAX_ITEMS};
 use crate::write_plan::{document_hash, encode_all};
 
 /// Tuning of a page.
@@ -50,6 +56,9 @@ use crate::write_plan::{document_hash, encode_all};
 pub struct PageSettings {
     /// Bulk-write lease per document; batches are abandoned after half of it.
     pub lease: Duration,
+    /// How long after a lease ends a batch abandoned under it may still be applied by
+    /// DynamoDB: the lease settles then (see the module's documentation).
+    pub late_writes: Duration,
     /// BatchWriteItem calls in flight per page.
     pub batch_concurrency: usize,
     /// Write documents whose content equals what was last written, too.
@@ -76,8 +85,10 @@ pub enum PageError {
     #[error("Postgres: {0}")]
     Db(#[from] sqlx::Error),
     #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("batch writes did not finish within {0:?}; the page's leases are left to expire")]
+    Store(#[from] BatchPutError),
+    #[error(
+        "batch writes did not finish within {0:?}; the page's leases are left to end and settle"
+    )]
     TimedOut(Duration),
 }
 
@@ -86,7 +97,16 @@ impl PageError {
     pub fn is_transient(&self) -> bool {
         match self {
             PageError::Db(e) => crate::replicate::classify_sqlx(e) == FailureKind::Transient,
-            PageError::Store(e) => e.retryable,
+            PageError::Store(e) => e.error.retryable,
+            PageError::TimedOut(_) => true,
+        }
+    }
+
+    /// Whether the page's batches may still land: its leases were left to settle.
+    pub fn left_leases(&self) -> bool {
+        match self {
+            PageError::Db(_) => false,
+            PageError::Store(e) => e.unanswered,
             PageError::TimedOut(_) => true,
         }
     }
@@ -134,6 +154,13 @@ pub async fn migrate_page<S: ItemStore>(
             .map(|l| l.doc_key.clone()),
     );
     let locked: Vec<LockedDoc> = locked.into_iter().filter(|l| !l.leased).collect();
+    // An earlier page's lease ended unreleased and has settled: DynamoDB may hold that page's
+    // batch, whatever the recorded hash says, so these are written in full.
+    let rewrite: HashSet<&str> = locked
+        .iter()
+        .filter(|l| l.lease_settled)
+        .map(|l| l.doc_key.as_str())
+        .collect();
 
     // One snapshot for the page, begun after the locks were taken.
     let locked_ids: Vec<i32> = locked
@@ -216,7 +243,10 @@ pub async fn migrate_page<S: ItemStore>(
             }
         };
         let hash = document_hash(&encoded);
-        if hash == l.content_hash && !settings.rewrite_unchanged {
+        if hash == l.content_hash
+            && !settings.rewrite_unchanged
+            && !rewrite.contains(l.doc_key.as_str())
+        {
             unchanged.push((l.doc_key.clone(), l.pending_seq));
             continue;
         }
@@ -242,7 +272,7 @@ pub async fn migrate_page<S: ItemStore>(
             .collect();
         let mut tx = side.begin().await?;
         documents::record_items_of_many(&mut tx, &rows).await?;
-        leases::take(&mut tx, &write_keys, settings.lease).await?;
+        leases::take(&mut tx, &write_keys, settings.lease, settings.late_writes).await?;
         tx.commit().await?;
     }
 
@@ -279,14 +309,20 @@ pub async fn migrate_page<S: ItemStore>(
     let results = match results {
         Ok(r) => r,
         Err(_) => {
+            // Batches may still land: the leases stay, to end and settle.
             let _ = lock.rollback().await;
             return Err(PageError::TimedOut(deadline));
         }
     };
-    if let Some(err) = results.into_iter().find_map(Result::err) {
-        // Every batch has returned: nothing is in flight, so the leases can go now.
+    let errors: Vec<BatchPutError> = results.into_iter().filter_map(Result::err).collect();
+    if let Some(err) = errors.first() {
         let _ = lock.rollback().await;
-        leases::release(&mut side, &write_keys).await?;
+        // Every batch has returned; unless a request went unanswered, nothing can land
+        // later, and the leases can go now.
+        if !errors.iter().any(|e| e.unanswered) {
+            leases::release(&mut side, &write_keys).await?;
+        }
+        let err = errors.iter().find(|e| e.unanswered).unwrap_or(err).clone();
         return Err(err.into());
     }
     crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);

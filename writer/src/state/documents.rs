@@ -14,6 +14,10 @@ pub struct DocState {
     pub deleted: bool,
     /// An unexpired bulk-write lease: no write before this time (see `edge.write_lease`).
     pub leased_until: Option<DateTime<Utc>>,
+    /// A bulk-write lease that ended without being released: batches its job abandoned may
+    /// land until this time (past or future). The document is written in full, and again
+    /// at this time if it is still ahead (see [`crate::state::leases`]).
+    pub lease_settles_at: Option<DateTime<Utc>>,
 }
 
 /// An item recorded for a document.
@@ -26,8 +30,21 @@ pub struct RecordedItem {
     pub removed_at: Option<DateTime<Utc>>,
 }
 
-/// version, content_hash, deleted, leased_until.
-type StateRow = (Option<i64>, Option<String>, bool, Option<DateTime<Utc>>);
+/// version, content_hash, deleted, leased_until, lease_settles_at.
+type StateRow = (
+    Option<i64>,
+    Option<String>,
+    bool,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+/// The lease columns of a document's state (`d`): an unexpired lease's end, and when an
+/// ended, unreleased one settles.
+pub(crate) const LEASE_COLUMNS: &str = "(SELECT l.until FROM edge.write_lease l
+        WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until,
+       (SELECT COALESCE(l.settled_at, l.until) FROM edge.write_lease l
+        WHERE l.doc_key = d.doc_key AND l.until <= now()) AS lease_settles_at";
 
 /// Takes a document's lock in the caller's transaction, waiting for it (bounded by the
 /// transaction's `lock_timeout`), and returns its state.
@@ -39,21 +56,20 @@ pub async fn lock(conn: &mut PgConnection, doc_key: &str) -> Result<DocState, sq
             .bind(doc_key)
             .execute(&mut *conn)
             .await?;
-        let row: Option<StateRow> = sqlx::query_as(
-            r#"SELECT d.version, d.content_hash, d.deleted,
-                          (SELECT l.until FROM edge.write_lease l
-                           WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until
-                   FROM edge.document d WHERE d.doc_key = $1 FOR NO KEY UPDATE OF d"#,
-        )
+        let row: Option<StateRow> = sqlx::query_as(&format!(
+            "SELECT d.version, d.content_hash, d.deleted, {LEASE_COLUMNS}
+             FROM edge.document d WHERE d.doc_key = $1 FOR NO KEY UPDATE OF d"
+        ))
         .bind(doc_key)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some((version, content_hash, deleted, leased_until)) = row {
+        if let Some((version, content_hash, deleted, leased_until, lease_settles_at)) = row {
             return Ok(DocState {
                 version,
                 content_hash,
                 deleted,
                 leased_until,
+                lease_settles_at,
             });
         }
     }
@@ -157,8 +173,13 @@ pub struct LockedDoc {
     pub content_hash: Option<String>,
     /// The queue row's `seq` at lock time, if the document is queued.
     pub pending_seq: Option<i64>,
-    /// An unexpired bulk-write lease holds it.
+    /// A bulk-write lease holds it, or one that ended has not settled yet: left to the
+    /// live path.
     pub leased: bool,
+    /// A lease that ended unreleased has settled: what DynamoDB holds may be an abandoned
+    /// batch's, so the document is written whatever its recorded content (and the lease
+    /// removed with the write's bookkeeping).
+    pub lease_settled: bool,
 }
 
 /// Locks, in the caller's transaction, those of the documents whose lock is free (in key
@@ -169,8 +190,10 @@ pub async fn lock_many_skip_locked(
 ) -> Result<Vec<LockedDoc>, sqlx::Error> {
     sqlx::query_as(
         r#"SELECT d.doc_key, d.content_hash, p.seq AS pending_seq,
-                  EXISTS (SELECT 1 FROM edge.write_lease l
-                          WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased
+                  EXISTS (SELECT 1 FROM edge.write_lease l WHERE l.doc_key = d.doc_key
+                          AND COALESCE(l.settled_at, l.until) > now()) AS leased,
+                  EXISTS (SELECT 1 FROM edge.write_lease l WHERE l.doc_key = d.doc_key
+                          AND COALESCE(l.settled_at, l.until) <= now()) AS lease_settled
            FROM edge.document d LEFT JOIN edge.pending p ON p.doc_key = d.doc_key
            WHERE d.doc_key = ANY($1)
            ORDER BY d.doc_key
@@ -260,13 +283,16 @@ pub struct Finish<'a> {
     /// The queue row's `seq` when the document was taken: the row is done unless a new change
     /// arrived since.
     pub claimed_seq: Option<i64>,
-    /// Project the document again at this time (or earlier if it already is due earlier).
+    /// Project the document again at this time (or earlier if it already is due earlier,
+    /// or an ended bulk-write lease of the document settles earlier: see
+    /// [`crate::state::leases`]).
     pub again_at: Option<DateTime<Utc>>,
 }
 
 /// Records the end of a replication in one statement, in the lock's transaction: the
 /// document's state and its write log entry, its items' removals, its queue row (done, or
-/// due again) and its dead letter (cleared).
+/// due again), its dead letter (cleared) and an ended bulk-write lease (removed once it has
+/// settled; the caller wrote every item, [`DocState::lease_settles_at`]).
 pub async fn finish(
     conn: &mut PgConnection,
     doc_key: &str,
@@ -278,7 +304,18 @@ pub async fn finish(
         f.forgotten.iter().map(|(t, k)| (t.as_str(), k)).unzip();
     let w = f.written.as_ref();
     sqlx::query(
-        r#"WITH w AS (
+        r#"WITH lease AS (
+               -- A bulk write's lease that ended unreleased: the document is due again when
+               -- it settles; once settled, this (full) write removes it.
+               SELECT COALESCE(settled_at, until) AS settles FROM edge.write_lease
+               WHERE doc_key = $1 AND until <= now()),
+           due AS (
+               SELECT LEAST($13::timestamptz,
+                            (SELECT settles FROM lease WHERE settles > now())) AS at),
+           settled AS (
+               DELETE FROM edge.write_lease
+               WHERE doc_key = $1 AND until <= now() AND COALESCE(settled_at, until) <= now()),
+           w AS (
                UPDATE edge.document
                SET version = $2, content_hash = $3, deleted = ($3 IS NULL), written_at = now(),
                    source_time = $4, next_projection_at = $5, foreign_since = NULL,
@@ -301,12 +338,12 @@ pub async fn finish(
                WHERE i.doc_key = $1 AND i.table_kind = x.t AND i.item_key = x.k),
            done AS (
                DELETE FROM edge.pending
-               WHERE doc_key = $1 AND seq = $12 AND $13::timestamptz IS NULL),
+               WHERE doc_key = $1 AND seq = $12 AND (SELECT at FROM due) IS NULL),
            again AS (
                INSERT INTO edge.pending (doc_key, seq, not_before)
-               SELECT $1, nextval('edge.pending_seq'), $13 WHERE $13::timestamptz IS NOT NULL
+               SELECT $1, nextval('edge.pending_seq'), at FROM due WHERE at IS NOT NULL
                ON CONFLICT (doc_key) DO UPDATE SET
-                   -- the row taken is done: it becomes a fresh row, due at $13
+                   -- the row taken is done: it becomes a fresh row, due again
                    seq = CASE WHEN edge.pending.seq = $12 THEN excluded.seq
                               ELSE edge.pending.seq END,
                    not_before = CASE WHEN edge.pending.seq = $12 THEN excluded.not_before

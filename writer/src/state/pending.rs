@@ -34,6 +34,7 @@ struct ClaimRow {
     content_hash: Option<String>,
     deleted: bool,
     leased_until: Option<DateTime<Utc>>,
+    lease_settles_at: Option<DateTime<Utc>>,
 }
 
 /// Inserts or refreshes queue rows (and their document rows, which are the locks) for the
@@ -92,10 +93,13 @@ const UNPIN_PLAN: &str = "RESET enable_seqscan; RESET enable_bitmapscan; RESET e
     RESET enable_hashjoin; RESET enable_mergejoin;";
 
 /// What a claim reads of a queued document (`p`) and its state (`d`): a [`ClaimRow`].
-const CLAIM_COLUMNS: &str = "p.doc_key, p.seq, p.attempts, p.first_change_at, p.last_change_at,
-       d.version, d.content_hash, d.deleted,
-       (SELECT l.until FROM edge.write_lease l
-        WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until";
+fn claim_columns() -> String {
+    format!(
+        "p.doc_key, p.seq, p.attempts, p.first_change_at, p.last_change_at,
+       d.version, d.content_hash, d.deleted, {}",
+        crate::state::documents::LEASE_COLUMNS
+    )
+}
 
 /// The first due document whose lock is free, and whether it is an identity document with
 /// other identity documents due. Locks are `FOR NO KEY UPDATE` on the `edge.document` row,
@@ -134,7 +138,8 @@ FOR NO KEY UPDATE OF d SKIP LOCKED;
 /// Sent with the simple query protocol, so Postgres plans the claims at every execution: a
 /// prepared statement keeps its plan for the life of the connection (see [`PIN_PLAN`]).
 pub async fn claim_due(conn: &mut PgConnection, max: usize) -> Result<Vec<Claim>, sqlx::Error> {
-    let first = CLAIM_FIRST.replace("{columns}", CLAIM_COLUMNS);
+    let columns = claim_columns();
+    let first = CLAIM_FIRST.replace("{columns}", &columns);
     let sql = format!("{PIN_PLAN}{first}{UNPIN_PLAN}");
     let rows = fetch_simple(&mut *conn, &sql).await?;
     let mut claims = rows.iter().map(claim_of).collect::<Result<Vec<_>, _>>()?;
@@ -145,7 +150,7 @@ pub async fn claim_due(conn: &mut PgConnection, max: usize) -> Result<Vec<Claim>
     if more_due && max > 1 {
         let first = claims[0].doc_key.replace('\'', "''");
         let more = CLAIM_MORE
-            .replace("{columns}", CLAIM_COLUMNS)
+            .replace("{columns}", &columns)
             .replace("{first}", &format!("'{first}'"))
             .replace("{more}", &(max - 1).to_string());
         let sql = format!("{PIN_PLAN}{more}{UNPIN_PLAN}");
@@ -170,6 +175,7 @@ fn claim_of(row: &sqlx::postgres::PgRow) -> Result<Claim, sqlx::Error> {
             content_hash: r.content_hash,
             deleted: r.deleted,
             leased_until: r.leased_until,
+            lease_settles_at: r.lease_settles_at,
         },
     })
 }

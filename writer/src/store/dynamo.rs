@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -15,7 +16,7 @@ use edge_documents::acks;
 use edge_documents::item::{Item, ATTR_DOC, ATTR_VERSION};
 use edge_documents::tables::{TableKind, TableNames};
 
-use super::{Guard, ItemStore, StoreError, WriteOutcome};
+use super::{BatchPutError, Guard, ItemStore, StoreError, WriteOutcome};
 
 /// [`Guard::Version`]: put only over an older version, an item that carries no version, or
 /// nothing.
@@ -121,6 +122,9 @@ fn refused(guard: &Guard, old: Option<&Item>) -> WriteOutcome {
 
 /// Retries of the unprocessed items of one BatchWriteItem before the call fails.
 const BATCH_MAX_RETRIES: u32 = 12;
+/// Retries of a BatchWriteItem refused whole (throttled, a server error) or not sent (a
+/// refused connection) before the call fails: the SDK's standard count.
+const BATCH_MAX_ERROR_RETRIES: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
@@ -271,52 +275,81 @@ impl ItemStore for DynamoStore {
         }
     }
 
-    async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), StoreError> {
+    async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), BatchPutError> {
         debug_assert!(items.len() <= super::BATCH_MAX_ITEMS);
         let mut requests: HashMap<String, Vec<WriteRequest>> = HashMap::new();
         for (table, item) in items {
             let put = PutRequest::builder()
                 .set_item(Some(item))
                 .build()
-                .map_err(|e| StoreError {
-                    op: "BatchWriteItem",
-                    table: self.tables.name(table).to_string(),
-                    message: e.to_string(),
-                    retryable: false,
+                .map_err(|e| BatchPutError {
+                    error: StoreError {
+                        op: "BatchWriteItem",
+                        table: self.tables.name(table).to_string(),
+                        message: e.to_string(),
+                        retryable: false,
+                    },
+                    unanswered: false,
                 })?;
             requests
                 .entry(self.tables.name(table).to_string())
                 .or_default()
                 .push(WriteRequest::builder().put_request(put).build());
         }
+        // The SDK's own retries are off for this call: after an attempt that timed out it
+        // would send the batch again while the first request may still be applied, and the
+        // caller must know about such a request (see `BatchPutError::unanswered`).
         let mut attempt = 0u32;
+        let mut failures = 0u32;
         while !requests.is_empty() {
             let tables: Vec<String> = requests.keys().cloned().collect();
-            let out = self
+            let sent = self
                 .client
                 .batch_write_item()
-                .set_request_items(Some(std::mem::take(&mut requests)))
+                .set_request_items(Some(requests.clone()))
+                .customize()
+                .config_override(
+                    aws_sdk_dynamodb::config::Builder::default()
+                        .retry_config(RetryConfig::disabled()),
+                )
                 .send()
-                .await
-                .map_err(|e| classify("BatchWriteItem", &tables.join(","), e))?;
-            requests = out.unprocessed_items.unwrap_or_default();
-            requests.retain(|_, v| !v.is_empty());
-            if requests.is_empty() {
-                break;
-            }
-            // Unprocessed items are throttled ones: back off (exponential, full jitter).
+                .await;
             attempt += 1;
-            if attempt > BATCH_MAX_RETRIES {
-                let left: usize = requests.values().map(Vec::len).sum();
-                return Err(StoreError {
-                    op: "BatchWriteItem",
-                    table: tables.join(","),
-                    message: format!(
-                        "{left} items still unprocessed after {BATCH_MAX_RETRIES} retries"
-                    ),
-                    retryable: true,
-                });
+            match sent {
+                Ok(out) => {
+                    // Unprocessed items are throttled ones: sent again after a backoff.
+                    requests = out.unprocessed_items.unwrap_or_default();
+                    requests.retain(|_, v| !v.is_empty());
+                    if requests.is_empty() {
+                        break;
+                    }
+                    if attempt > BATCH_MAX_RETRIES {
+                        let left: usize = requests.values().map(Vec::len).sum();
+                        return Err(BatchPutError {
+                            error: StoreError {
+                                op: "BatchWriteItem",
+                                table: tables.join(","),
+                                message: format!(
+                                    "{left} items still unprocessed after {BATCH_MAX_RETRIES} retries"
+                                ),
+                                retryable: true,
+                            },
+                            unanswered: false,
+                        });
+                    }
+                }
+                Err(e) => {
+                    let unanswered = may_still_apply(&e);
+                    let error = classify("BatchWriteItem", &tables.join(","), e);
+                    // Refused whole (throttled, a server error) or not sent: the same
+                    // request again.
+                    failures += 1;
+                    if unanswered || !error.retryable || failures > BATCH_MAX_ERROR_RETRIES {
+                        return Err(BatchPutError { error, unanswered });
+                    }
+                }
             }
+            // Exponential backoff with full jitter.
             let cap = Duration::from_millis(25 << attempt.min(8));
             tokio::time::sleep(cap.mul_f64(rand::random::<f64>())).await;
         }
@@ -394,9 +427,113 @@ where
     }
 }
 
+/// Whether a request that failed may still be applied by DynamoDB: anything but an answer
+/// (an error response, or any response at all) and a connection that was never made.
+fn may_still_apply<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: std::error::Error + 'static,
+    R: Debug + 'static,
+{
+    match err {
+        SdkError::ServiceError(_) | SdkError::ResponseError(_) => false,
+        SdkError::ConstructionFailure(_) => false,
+        SdkError::DispatchFailure(_) => !connection_refused(Some(err)),
+        _ => true,
+    }
+}
+
+/// A refused connection somewhere in the error's causes: nothing was sent.
+fn connection_refused(err: Option<&(dyn std::error::Error + 'static)>) -> bool {
+    let mut cause = err;
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    async fn store_at(port: u16) -> DynamoStore {
+        let client = super::super::client::with_static_credentials(
+            &format!("http://127.0.0.1:{port}"),
+            "us-east-1",
+            "test",
+            "test",
+        )
+        .await;
+        DynamoStore::new(client, TableNames::with_prefix("t_"))
+    }
+
+    fn one_item() -> Vec<(TableKind, Item)> {
+        let item: Item = serde_dynamo::aws_sdk_dynamodb_1::to_item(
+            serde_json::json!({"composite_key": "k_1", "identifier": "1"}),
+        )
+        .unwrap();
+        vec![(TableKind::Identities, item)]
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_could_not_connect_was_never_sent() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let err = store_at(port)
+            .await
+            .batch_put(one_item())
+            .await
+            .unwrap_err();
+        assert!(!err.unanswered, "{err:?}");
+        assert!(err.error.retryable, "{err:?}");
+    }
+
+    /// A server that reads the request and never answers: the batch times out, is not
+    /// sent again (the SDK would, on a new connection), and the error says it may land.
+    #[tokio::test]
+    async fn a_batch_that_goes_unanswered_is_not_sent_again_and_says_so() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        let server = tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let counted = counted.clone();
+                open.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut seen = false;
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !seen {
+                            seen = true;
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }));
+            }
+        });
+        let err = store_at(port)
+            .await
+            .batch_put(one_item())
+            .await
+            .unwrap_err();
+        server.abort();
+        assert!(err.unanswered, "{err:?}");
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "sent once");
+    }
 
     #[test]
     fn permission_and_credential_refusals_are_outages_not_bad_data() {

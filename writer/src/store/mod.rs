@@ -61,6 +61,23 @@ pub struct StoreError {
     pub retryable: bool,
 }
 
+/// A failed BatchWriteItem call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}{}", if *unanswered {
+    " (unanswered: DynamoDB may still apply it)"
+} else {
+    ""
+})]
+pub struct BatchPutError {
+    #[source]
+    pub error: StoreError,
+    /// A request went unanswered (it timed out, or the connection was lost after it was
+    /// sent): DynamoDB may apply it later, after the caller has given up on it. `false` when
+    /// every request sent was answered (refused, or throttled until the retries ran out) or
+    /// none could be sent (connection refused).
+    pub unanswered: bool,
+}
+
 /// Where items go. Implemented by [`DynamoStore`]; tests add failing or slow ones.
 pub trait ItemStore: Clone + Send + Sync + 'static {
     /// Puts `item` unless the stored item has a version `>= version` or `guard` refuses it
@@ -87,11 +104,12 @@ pub trait ItemStore: Clone + Send + Sync + 'static {
     /// Puts up to [`BATCH_MAX_ITEMS`] items unconditionally (BatchWriteItem), retrying the
     /// items DynamoDB returns as unprocessed until all are written. Only for callers that
     /// made a stale write impossible before writing (see `migrate_identities`): a batch
-    /// carries no condition.
+    /// carries no condition. A request that goes unanswered is not sent again: the error
+    /// says so ([`BatchPutError::unanswered`]), since DynamoDB may still apply it.
     fn batch_put(
         &self,
         items: Vec<(TableKind, Item)>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), BatchPutError>> + Send;
 
     /// Reads one item (consistent read).
     fn get(

@@ -1,0 +1,11 @@
+-- Abandoned bulk writes settle before they are trusted.
+--
+-- A BatchWriteItem carries no condition, and a request DynamoDB never answered (a timeout, a
+-- connection lost after sending, a job killed mid-page) may still be applied after the job
+-- gave up on it, possibly after the lease ended. A lease that was not released (its page did
+-- not finish with every request answered) therefore keeps a second time, settled_at: until
+-- then a late batch may still land. Any writer of such a document after the lease ended
+-- writes every item (the recorded content hash does not describe what DynamoDB holds), and
+-- writes it again once settled_at has passed, and only then removes the lease. NULL (leases
+-- taken before this migration) settles at `until`.
+ALTER TABLE edge.write_lease ADD COLUMN IF NOT EXISTS settled_at timestamptz;
