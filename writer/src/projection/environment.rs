@@ -476,3 +476,7 @@ fn build_rule(
 pub fn iso(t: DateTime<Utc>) -> String {
     isoformat(t.timestamp_micros())
 }
+
+#[cfg(test)]
+#[path = "environment_tests.rs"]
+mod tests;
