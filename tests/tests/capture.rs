@@ -477,7 +477,7 @@ async fn admin_pool() -> PgPool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writers_sessions_have_statement_and_idle_transaction_timeouts() {
     use edge_writer::db::{connect, connect_with_limits, SessionLimits};
-    use edge_writer::replicate::{classify_sqlx, FailureKind};
+    use edge_writer::failure_policy::{classify_sqlx, FailureKind};
     let db = TestDb::new().await;
     let defaults = connect(&db.url, 1).await.unwrap();
     let (statement, idle): (String, String) = sqlx::query_as(

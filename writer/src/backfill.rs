@@ -20,9 +20,11 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::doc_key::DocKey;
+use crate::failure_policy::error_chain;
 use crate::migrate_identities::progress::Progress;
 use crate::projection;
-use crate::replicate::{error_chain, Replicator};
+use crate::replicate::Replicator;
+use crate::state::{backfill_runs, documents};
 use crate::store::ItemStore;
 
 /// Which documents to replay.
@@ -157,11 +159,7 @@ pub async fn documents(pool: &PgPool, scope: &Scope) -> Result<Vec<String>, Back
         }
         Scope::Since(t) => {
             // Sorted here, not by the database's collation: the cursor compares bytes.
-            let mut keys: Vec<String> =
-                sqlx::query_scalar("SELECT doc_key FROM edge.document WHERE source_time >= $1")
-                    .bind(t)
-                    .fetch_all(pool)
-                    .await?;
+            let mut keys = documents::written_since(pool, *t).await?;
             keys.sort();
             return Ok(keys);
         }
@@ -192,11 +190,14 @@ async fn gap_documents(pool: &PgPool) -> Result<Vec<String>, BackfillError> {
                  JOIN environments_environment e ON e.id = i.environment_id
                  JOIN projects_project p ON p.id = e.project_id
                 WHERE p.enable_dynamo_db
-         UNION SELECT doc_key FROM edge.document",
+",
     )
     .fetch_all(pool)
     .await?;
+    // And every document written before, whatever core holds now.
+    keys.extend(documents::all_keys(pool).await?);
     keys.sort();
+    keys.dedup();
     Ok(keys)
 }
 
@@ -212,18 +213,7 @@ pub async fn run<S: ItemStore>(
     let cursor: Option<String> = if options.dry_run {
         None
     } else {
-        sqlx::query_scalar(
-            r#"INSERT INTO edge.backfill_run (scope) VALUES ($1)
-               ON CONFLICT (scope) DO UPDATE SET
-                   cursor = CASE WHEN $2 OR edge.backfill_run.finished_at IS NOT NULL
-                                 THEN NULL ELSE edge.backfill_run.cursor END,
-                   finished_at = NULL, updated_at = now()
-               RETURNING cursor"#,
-        )
-        .bind(&scope_key)
-        .bind(options.restart)
-        .fetch_one(pool)
-        .await?
+        backfill_runs::start(pool, &scope_key, options.restart).await?
     };
     let todo: Vec<String> = all
         .into_iter()
@@ -291,24 +281,19 @@ pub async fn run<S: ItemStore>(
         progress.advance(chunk.len() as u64);
         if !options.dry_run {
             let last = chunk.last().expect("chunks are not empty");
-            sqlx::query(
-                r#"UPDATE edge.backfill_run SET cursor = $2, written = written + $3,
-                       failed = $4, updated_at = now() WHERE scope = $1"#,
+            backfill_runs::advance(
+                pool,
+                &scope_key,
+                last,
+                chunk.len() as i64,
+                summary.failed as i64,
             )
-            .bind(&scope_key)
-            .bind(last)
-            .bind(chunk.len() as i64)
-            .bind(summary.failed as i64)
-            .execute(pool)
             .await?;
         }
     }
     progress.finish();
     if !options.dry_run {
-        sqlx::query("UPDATE edge.backfill_run SET finished_at = now() WHERE scope = $1")
-            .bind(&scope_key)
-            .execute(pool)
-            .await?;
+        backfill_runs::finish(pool, &scope_key).await?;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     summary.documents_per_second = summary.documents as f64 / summary.seconds.max(1e-9);

@@ -33,8 +33,10 @@ use crate::backfill::{self, BackfillError, Scope};
 use crate::capture::control;
 use crate::db::{self, MigrateError, MIGRATOR};
 use crate::doc_key::DocKey;
+use crate::failure_policy::error_chain;
 use crate::migrate_identities::{self, MigrateError as IdentityError};
-use crate::replicate::{error_chain, ReplicateError, Replicator};
+use crate::replicate::{ReplicateError, Replicator};
+use crate::state::pending;
 use crate::store::{tables, DynamoStore, ItemStore, StoreError};
 use crate::verify::{self, Region, VerifyError};
 use edge_documents::tables::{AttrType, TableKind};
@@ -445,17 +447,7 @@ async fn migrate(
 
 /// Whether every migration of this build is applied.
 async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('edge._sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
-    if !exists {
-        return Ok(false);
-    }
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM edge._sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await?;
+    let applied = crate::state::schema::applied_migrations(pool).await?;
     Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
 }
 
@@ -539,17 +531,9 @@ async fn replicate_queued<S: ItemStore>(
 ) -> Result<QueuedStep, BootstrapError> {
     let deadline = Instant::now() + lease_wait;
     let mut step = QueuedStep::default();
-    let mut keys: Vec<String> = sqlx::query_scalar(
-        "SELECT q.doc_key FROM edge.pending q
-           JOIN environments_identity i ON q.doc_key = 'identity:' || i.id
-           JOIN environments_environment e ON e.id = i.environment_id
-           JOIN projects_project p ON p.id = e.project_id
-          WHERE p.enable_dynamo_db
-          ORDER BY q.doc_key",
-    )
-    .fetch_all(replicator.pool())
-    .await
-    .map_err(BootstrapError::Queued)?;
+    let mut keys = pending::queued_edge_identities(replicator.pool())
+        .await
+        .map_err(BootstrapError::Queued)?;
     step.documents = keys.len() as u64;
     while !keys.is_empty() {
         let mut leased = Vec::new();

@@ -17,9 +17,10 @@ use tokio::task::JoinSet;
 
 use crate::capture;
 use crate::failpoint;
+use crate::failure_policy::error_chain;
 use crate::health::{self, Health};
 use crate::metrics as m;
-use crate::replicate::{error_chain, Replicator};
+use crate::replicate::Replicator;
 use crate::state::pending;
 use crate::store::ItemStore;
 
@@ -417,9 +418,7 @@ struct QueueFigures {
 
 async fn queue_figures(pool: &sqlx::PgPool) -> Result<QueueFigures, sqlx::Error> {
     let (depth, due) = pending::depth(pool).await?;
-    let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM edge.dead_letter")
-        .fetch_one(pool)
-        .await?;
+    let dead_letters = crate::state::dead_letters::count(pool).await?;
     Ok(QueueFigures {
         depth,
         due,

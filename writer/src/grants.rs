@@ -48,10 +48,7 @@ pub async fn grant_writer_role(pool: &PgPool, role: &str) -> Result<(), sqlx::Er
         format!("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA edge TO {r}"),
         format!("GRANT USAGE ON SCHEMA public TO {r}"),
     ];
-    let tables: Vec<String> =
-        sqlx::query_scalar("SELECT table_name FROM edge.capture_table ORDER BY 1")
-            .fetch_all(&mut *tx)
-            .await?;
+    let tables = crate::state::capture::captured_tables(&mut *tx).await?;
     for t in &tables {
         statements.push(format!("GRANT SELECT ON public.\"{t}\" TO {r}"));
     }

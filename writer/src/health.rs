@@ -250,13 +250,7 @@ fn age(seconds: Option<f64>) -> Duration {
 /// the writer's heartbeat. A document being replicated stays due until it is done, so a hung
 /// worker's document ages here too.
 pub async fn oldest_due_age(pool: &PgPool) -> Result<Duration, sqlx::Error> {
-    let seconds: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM now() - min(not_before))::float8
-         FROM edge.pending WHERE not_before <= now()",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(age(seconds))
+    Ok(age(crate::state::pending::oldest_due_secs(pool).await?))
 }
 
 /// Both ages.
@@ -271,13 +265,7 @@ pub async fn ages(pool: &PgPool) -> Result<Ages, sqlx::Error> {
 /// when the log is empty). Rows are looked at in id order, at most the first 1000: ids follow
 /// insertion, so the oldest capture time is among them, and a backlog costs no full scan.
 pub async fn oldest_change_age(pool: &PgPool) -> Result<Duration, sqlx::Error> {
-    let seconds: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM now() - min(captured_at))::float8
-         FROM (SELECT captured_at FROM edge.change_log ORDER BY id LIMIT 1000) oldest",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(age(seconds))
+    Ok(age(crate::state::change_log::oldest_secs(pool).await?))
 }
 
 #[cfg(test)]

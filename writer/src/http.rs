@@ -26,9 +26,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::failure_policy::{error_chain, FailureKind};
 use crate::health::{self, Health};
 use crate::metrics as m;
-use crate::replicate::{error_chain, FailureKind, Replicator};
+use crate::replicate::Replicator;
 use crate::store::ItemStore;
 use crate::sync::{sync_environment, SyncError};
 use crate::sync_wait::{self, AckReader, WaitFor};

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod db;
 pub mod doc_key;
 pub mod failpoint;
+pub mod failure_policy;
 pub mod grants;
 pub mod health;
 pub mod http;

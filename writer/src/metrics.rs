@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::replicate::{FailureKind, Outcome};
+use crate::failure_policy::FailureKind;
+use crate::replicate::Outcome;
 
 pub const DOCUMENTS_TOTAL: &str = "writer_documents_total";
 pub const ITEMS_WRITTEN_TOTAL: &str = "writer_items_written_total";

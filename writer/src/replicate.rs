@@ -47,6 +47,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use crate::doc_key::{DocKey, InvalidDocKey};
+use crate::failure_policy::{self, classify_sqlx, error_chain, Decision, FailureKind, RetryPolicy};
 use crate::metrics as m;
 use crate::projection::{self, ProjectionError};
 use crate::state::documents::{self, DocState};
@@ -75,6 +76,16 @@ pub struct Settings {
     pub ingest_grace: Duration,
 }
 
+impl Settings {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            retry_base: self.retry_base,
+            retry_cap: self.retry_cap,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -85,37 +96,6 @@ impl Default for Settings {
             retry_cap: Duration::from_secs(60),
             lock_timeout: Duration::from_secs(30),
             ingest_grace: Duration::from_secs(60),
-        }
-    }
-}
-
-/// How a failure is handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Infrastructure: retried with backoff until it works, never parked.
-    Transient,
-    /// Core data that cannot become a valid document: parked at once.
-    InvalidData,
-    /// A document over DynamoDB's item limit even compressed: parked at once.
-    TooLarge,
-    /// DynamoDB refused the request for good (validation): parked at once.
-    Rejected,
-    /// An identity item written by someone else (the edge) waits for edge -> core
-    /// ingestion: retried after it, never parked.
-    AwaitingIngestion,
-    /// Anything else: retried, parked after `max_attempts`.
-    Other,
-}
-
-impl FailureKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Transient => "transient",
-            FailureKind::InvalidData => "invalid_data",
-            FailureKind::TooLarge => "too_large",
-            FailureKind::Rejected => "rejected",
-            FailureKind::AwaitingIngestion => "awaiting_ingestion",
-            FailureKind::Other => "persistent",
         }
     }
 }
@@ -205,33 +185,6 @@ impl ReplicateError {
             ReplicateError::Batch { source, .. } => source.kind(),
             ReplicateError::Foreign { .. } => FailureKind::AwaitingIngestion,
         }
-    }
-}
-
-/// Postgres errors: connection trouble, lock timeouts, serialisation failures and the like
-/// are transient; undecodable rows are bad data; the rest is unclassified.
-pub fn classify_sqlx(e: &sqlx::Error) -> FailureKind {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => FailureKind::Transient,
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => FailureKind::InvalidData,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            let transient = code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57")
-                || matches!(code.as_ref(), "40001" | "40P01" | "55P03");
-            if transient {
-                FailureKind::Transient
-            } else {
-                FailureKind::Other
-            }
-        }
-        _ => FailureKind::Other,
     }
 }
 
@@ -452,38 +405,34 @@ impl<S: ItemStore> Replicator<S> {
         let attempts = claim.attempts + 1;
         let message = error_chain(err);
         m::record_failure(kind);
-        let park = match kind {
-            FailureKind::Transient | FailureKind::AwaitingIngestion => false,
-            FailureKind::InvalidData | FailureKind::TooLarge | FailureKind::Rejected => true,
-            FailureKind::Other => attempts >= self.settings.max_attempts,
+        let leased_until = match err {
+            ReplicateError::Leased { until, .. } => Some(*until),
+            _ => None,
         };
-        if park {
-            tracing::error!(doc = %claim.doc_key, kind = kind.as_str(), attempts, error = %message,
-                "document parked in dead letters; other documents carry on");
-            dead_letters::park(
-                &self.pool,
-                &claim.doc_key,
-                kind.as_str(),
-                &message,
-                attempts,
-            )
-            .await?;
-            pending::drop_parked(&self.pool, &claim.doc_key, claim.seq).await?;
-        } else {
-            let delay = match err {
-                ReplicateError::Leased { until, .. } => (*until - Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .max(Duration::from_millis(10)),
-                _ => backoff_delay(&self.settings, attempts),
-            };
-            if let ReplicateError::Leased { until, .. } = err {
-                tracing::debug!(doc = %claim.doc_key, %until, "waiting for a bulk write lease to pass");
-            } else {
-                tracing::warn!(doc = %claim.doc_key, kind = kind.as_str(), attempts,
-                    retry_in_ms = delay.as_millis() as u64, error = %message, "replication failed; will retry");
+        let policy = self.settings.retry_policy();
+        match failure_policy::decide(&policy, kind, claim.attempts, leased_until, Utc::now()) {
+            Decision::Park => {
+                tracing::error!(doc = %claim.doc_key, kind = kind.as_str(), attempts, error = %message,
+                    "document parked in dead letters; other documents carry on");
+                dead_letters::park(
+                    &self.pool,
+                    &claim.doc_key,
+                    kind.as_str(),
+                    &message,
+                    attempts,
+                )
+                .await?;
+                pending::drop_parked(&self.pool, &claim.doc_key, claim.seq).await?;
             }
-            pending::record_failure(&self.pool, &claim.doc_key, &message, delay).await?;
+            Decision::Retry(delay) => {
+                if let Some(until) = leased_until {
+                    tracing::debug!(doc = %claim.doc_key, %until, "waiting for a bulk write lease to pass");
+                } else {
+                    tracing::warn!(doc = %claim.doc_key, kind = kind.as_str(), attempts,
+                        retry_in_ms = delay.as_millis() as u64, error = %message, "replication failed; will retry");
+                }
+                pending::record_failure(&self.pool, &claim.doc_key, &message, delay).await?;
+            }
         }
         Ok(())
     }
@@ -562,9 +511,7 @@ impl<S: ItemStore> Replicator<S> {
             }
         }
         m::record_foreign("awaiting_ingestion");
-        let delay = Duration::from_secs(2)
-            .saturating_mul(1u32 << claim.attempts.clamp(0, 4) as u32)
-            .min(Duration::from_secs(30));
+        let delay = failure_policy::ingestion_wait(claim.attempts);
         tracing::info!(doc = %doc_key, waited_s = waited.as_secs(), retry_in_ms = delay.as_millis() as u64,
             "identity item written at the edge; waiting for its ingestion into core");
         pending::record_failure(
@@ -976,46 +923,10 @@ where
     .await
 }
 
-/// Exponential backoff with full jitter for failed attempts.
-pub fn backoff_delay(settings: &Settings, attempts: i32) -> Duration {
-    let exp = settings
-        .retry_base
-        .saturating_mul(1u32 << attempts.clamp(0, 20) as u32)
-        .min(settings.retry_cap);
-    let jitter: f64 = rand::random::<f64>();
-    // Never less than half the exponential step, so retries still spread out.
-    exp.mul_f64(0.5 + jitter / 2.0)
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let s = Settings::default();
-        for attempts in 1..30 {
-            let d = backoff_delay(&s, attempts);
-            assert!(d <= s.retry_cap, "{d:?}");
-            assert!(d >= s.retry_base.min(s.retry_cap) / 2, "{d:?}");
-        }
-        assert!(backoff_delay(&s, 20) >= s.retry_cap / 2);
-    }
+    use crate::failure_policy::tests::db;
 
     #[test]
     fn failures_are_classified_for_the_retry_policy() {
@@ -1040,5 +951,133 @@ mod tests {
             classify_sqlx(&sqlx::Error::PoolTimedOut),
             FailureKind::Transient
         );
+    }
+
+    #[test]
+    fn each_failure_kind_has_the_retry_policy_its_cause_needs() {
+        let doc_key = || "identity:7".to_string();
+        let too_large = ReplicateError::Item {
+            doc_key: doc_key(),
+            source: ItemError::TooLarge {
+                doc_key: doc_key(),
+                size: 500_000,
+            },
+        };
+        let uncompressible = ReplicateError::Item {
+            doc_key: doc_key(),
+            source: ItemError::TooLargeUncompressible {
+                doc_key: doc_key(),
+                size: 500_000,
+            },
+        };
+        let not_an_object = ReplicateError::Item {
+            doc_key: doc_key(),
+            source: ItemError::NotAnObject,
+        };
+        let cases: Vec<(ReplicateError, FailureKind)> = vec![
+            (too_large, FailureKind::TooLarge),
+            (uncompressible, FailureKind::TooLarge),
+            (not_an_object, FailureKind::InvalidData),
+            (
+                ReplicateError::State {
+                    doc_key: doc_key(),
+                    source: db("40P01"),
+                },
+                FailureKind::Transient,
+            ),
+            (
+                ReplicateError::Commit {
+                    source: db("08006"),
+                },
+                FailureKind::Transient,
+            ),
+            (
+                ReplicateError::Projection {
+                    doc_key: doc_key(),
+                    source: ProjectionError::Db(db("23505")),
+                },
+                FailureKind::Other,
+            ),
+            (
+                ReplicateError::Leased {
+                    doc_key: doc_key(),
+                    until: Utc::now(),
+                },
+                FailureKind::Transient,
+            ),
+            (
+                ReplicateError::Foreign {
+                    doc_key: doc_key(),
+                    item: None,
+                },
+                FailureKind::AwaitingIngestion,
+            ),
+            (
+                ReplicateError::InvalidKey("nonsense".parse::<DocKey>().unwrap_err()),
+                FailureKind::InvalidData,
+            ),
+        ];
+        for (err, expected) in cases {
+            assert_eq!(err.kind(), expected, "{err}");
+        }
+    }
+
+    fn job(id: i32) -> Job {
+        Job {
+            doc: DocKey::Identity(id),
+            doc_key: DocKey::Identity(id).to_string(),
+            state: DocState::default(),
+            queued: Queued {
+                seq: Some(1),
+                first_change_at: None,
+                last_change_at: None,
+            },
+            force: false,
+        }
+    }
+
+    #[test]
+    fn a_shared_failure_is_every_documents_result_with_its_kind() {
+        let refused = || ReplicateError::Store {
+            doc_key: "identity:1".into(),
+            source: StoreError {
+                op: "PutItem",
+                table: "t".into(),
+                message: "AccessDenied".into(),
+                retryable: true,
+            },
+        };
+        // One document: the error itself.
+        let one = fail_all(&[job(1)], refused());
+        assert!(matches!(
+            one.as_slice(),
+            [Err(ReplicateError::Store { .. })]
+        ));
+        // A batch: each document's own result, naming it, classified by the shared cause.
+        let many = fail_all(&[job(1), job(2), job(3)], refused());
+        assert_eq!(many.len(), 3);
+        for (result, id) in many.iter().zip(1..) {
+            match result {
+                Err(e @ ReplicateError::Batch { doc_key, .. }) => {
+                    assert_eq!(doc_key, &format!("identity:{id}"));
+                    assert_eq!(e.kind(), FailureKind::Transient);
+                    assert!(error_chain(e).contains("AccessDenied"), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_item_key_becomes_the_items_key_attributes() {
+        let key = serde_json::json!({"composite_key": "envkey_alice"});
+        let item = key_item(&key);
+        assert_eq!(
+            item.get("composite_key"),
+            Some(&aws_sdk_dynamodb::types::AttributeValue::S(
+                "envkey_alice".into()
+            ))
+        );
+        assert_eq!(item.len(), 1);
     }
 }

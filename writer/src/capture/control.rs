@@ -14,7 +14,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
+
+use crate::state::capture;
 
 /// SQLSTATE `lock_not_available` (a `lock_timeout` expired).
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -69,12 +71,7 @@ impl Default for LockPolicy {
     }
 }
 
-/// The captured core tables, from `edge.capture_table`.
-pub async fn captured_tables(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT table_name FROM edge.capture_table ORDER BY table_name")
-        .fetch_all(pool)
-        .await
-}
+pub use crate::state::capture::{captured_tables, close_gaps, open_gaps, Gap};
 
 /// What installation did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -262,14 +259,6 @@ pub struct CaptureStatus {
     pub oldest_change_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
-pub struct Gap {
-    pub id: i64,
-    pub paused_at: DateTime<Utc>,
-    pub resumed_at: Option<DateTime<Utc>>,
-    pub reason: Option<String>,
-}
-
 impl CaptureStatus {
     /// Whether an operator must act: capture paused, triggers missing, or a gap to backfill.
     pub fn needs_operator(&self) -> bool {
@@ -278,45 +267,19 @@ impl CaptureStatus {
 }
 
 pub async fn status(pool: &PgPool) -> Result<CaptureStatus, sqlx::Error> {
-    let (enabled, reason, changed_at): (bool, Option<String>, DateTime<Utc>) =
-        sqlx::query_as("SELECT enabled, reason, changed_at FROM edge.capture_state")
-            .fetch_one(pool)
-            .await?;
-    let tables_not_installed: Vec<String> = sqlx::query_scalar(
-        "SELECT c.table_name FROM edge.capture_table c
-          WHERE to_regclass(format('public.%I', c.table_name)) IS NULL
-             OR edge.wanted_capture_triggers(c.table_name) IS DISTINCT FROM
-                (SELECT array_agg(pg_get_triggerdef(t.oid) ORDER BY t.tgname)
-                   FROM pg_trigger t
-                  WHERE t.tgrelid = to_regclass(format('public.%I', c.table_name))
-                    AND t.tgname LIKE 'edge\\_capture%' AND NOT t.tgisinternal)
-          ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await?;
+    let switch = capture::switch(pool).await?;
+    let tables_not_installed = capture::tables_not_installed(pool).await?;
     let open_gaps = open_gaps(pool).await?;
-    let (change_log_rows, oldest_change_at): (i64, Option<DateTime<Utc>>) =
-        sqlx::query_as("SELECT count(*), min(captured_at) FROM edge.change_log")
-            .fetch_one(pool)
-            .await?;
+    let (change_log_rows, oldest_change_at) = capture::change_log_size(pool).await?;
     Ok(CaptureStatus {
-        enabled,
-        reason,
-        changed_at,
+        enabled: switch.enabled,
+        reason: switch.reason,
+        changed_at: switch.changed_at,
         tables_not_installed,
         open_gaps,
         change_log_rows,
         oldest_change_at,
     })
-}
-
-pub async fn open_gaps(pool: &PgPool) -> Result<Vec<Gap>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, paused_at, resumed_at, reason FROM edge.capture_gap
-          WHERE backfilled_at IS NULL ORDER BY id",
-    )
-    .fetch_all(pool)
-    .await
 }
 
 /// Pauses (`live = false`) or resumes capture. Returns whether the state changed.
@@ -325,18 +288,7 @@ pub async fn set_capture(
     live: bool,
     reason: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // Replacing a function waits for nothing but that function's catalog row.
-    sqlx::query("SET LOCAL lock_timeout = '10s'")
-        .execute(&mut *tx)
-        .await?;
-    let changed: bool = sqlx::query_scalar("SELECT edge.set_capture($1, $2)")
-        .bind(live)
-        .bind(reason)
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(changed)
+    capture::set(pool, live, reason).await
 }
 
 /// Waits until every transaction that was running when the open gaps were resumed has
@@ -345,19 +297,7 @@ pub async fn set_capture(
 pub async fn settle_gaps(pool: &PgPool, patience: Duration) -> Result<Vec<i64>, GapError> {
     let started = Instant::now();
     loop {
-        // A transaction of `open_at_resume` that still exists still holds the lock on its own
-        // virtual transaction id.
-        let (paused, unsettled, settled): (bool, i64, Vec<i64>) = sqlx::query_as(
-            "WITH g AS (
-                 SELECT id, EXISTS (SELECT 1 FROM pg_locks l
-                                     WHERE l.virtualtransaction = ANY(open_at_resume)) AS open
-                   FROM edge.capture_gap WHERE backfilled_at IS NULL AND resumed_at IS NOT NULL)
-             SELECT NOT (SELECT enabled FROM edge.capture_state),
-                    (SELECT count(*) FROM g WHERE open),
-                    (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM g WHERE NOT open)",
-        )
-        .fetch_one(pool)
-        .await?;
+        let (paused, unsettled, settled) = capture::gap_settlement(pool).await?;
         if paused {
             return Err(GapError::StillPaused);
         }
@@ -383,17 +323,6 @@ pub enum GapError {
     Unsettled(Duration),
     #[error("{0}")]
     Sql(#[from] sqlx::Error),
-}
-
-/// Marks gaps closed by a backfill that started after they settled.
-pub async fn close_gaps(conn: &mut PgConnection, gaps: &[i64]) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE edge.capture_gap SET backfilled_at = now() WHERE id = ANY($1) AND backfilled_at IS NULL",
-    )
-    .bind(gaps)
-    .execute(conn)
-    .await?
-    .rows_affected())
 }
 
 /// Logs a warning while capture is paused, its triggers are missing or a gap waits for a

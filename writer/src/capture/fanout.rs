@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use super::resolve::Anchor;
 use super::ChangeSpan;
 use crate::doc_key::DocKey;
-use crate::state::pending;
+use crate::state::{fanouts, pending};
 
 /// Identities enqueued per fan-out transaction.
 pub const PAGE: i64 = 2_000;
@@ -84,48 +84,20 @@ pub async fn record(
     if scopes.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO edge.fanout (scope, scope_id, first_change_at, last_change_at)
-         SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::timestamptz[])",
-    )
-    .bind(&scopes)
-    .bind(&ids)
-    .bind(&firsts)
-    .bind(&lasts)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-#[derive(sqlx::FromRow)]
-struct FanOutRow {
-    id: i64,
-    scope: String,
-    scope_id: i32,
-    first_change_at: chrono::DateTime<chrono::Utc>,
-    last_change_at: chrono::DateTime<chrono::Utc>,
-    cursor: i32,
+    fanouts::record(conn, &scopes, &ids, &firsts, &lasts).await
 }
 
 /// Enqueues one page of the oldest fan-out no other writer is paging. Returns the number
 /// of identities enqueued (0: no fan-out left to page, or an empty last page).
 pub async fn step(pool: &PgPool, page: i64) -> Result<Option<usize>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let row: Option<FanOutRow> = sqlx::query_as(
-        "SELECT id, scope, scope_id, first_change_at, last_change_at, cursor
-           FROM edge.fanout ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    let row = fanouts::take_oldest(&mut tx).await?;
     let Some(row) = row else {
         return Ok(None);
     };
     let Some(query) = page_query(&row.scope) else {
         tracing::error!(scope = %row.scope, id = row.id, "unknown fan-out scope; dropped");
-        sqlx::query("DELETE FROM edge.fanout WHERE id = $1")
-            .bind(row.id)
-            .execute(&mut *tx)
-            .await?;
+        fanouts::delete(&mut tx, row.id).await?;
         tx.commit().await?;
         return Ok(Some(0));
     };
@@ -146,17 +118,10 @@ pub async fn step(pool: &PgPool, page: i64) -> Result<Option<usize>, sqlx::Error
     pending::enqueue(&mut tx, &docs).await?;
     match identities.last() {
         Some(last) if identities.len() as i64 == page => {
-            sqlx::query("UPDATE edge.fanout SET cursor = $2 WHERE id = $1")
-                .bind(row.id)
-                .bind(last)
-                .execute(&mut *tx)
-                .await?;
+            fanouts::advance(&mut tx, row.id, *last).await?;
         }
         _ => {
-            sqlx::query("DELETE FROM edge.fanout WHERE id = $1")
-                .bind(row.id)
-                .execute(&mut *tx)
-                .await?;
+            fanouts::delete(&mut tx, row.id).await?;
         }
     }
     tx.commit().await?;

@@ -13,39 +13,14 @@ pub mod resolve;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::doc_key::DocKey;
-use crate::state::pending;
+use crate::state::{change_log, pending};
 
-/// One row of `edge.change_log`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ChangeRow {
-    pub id: i64,
-    pub table_name: String,
-    pub op: String,
-    pub new_keys: Option<serde_json::Value>,
-    pub old_keys: Option<serde_json::Value>,
-    pub captured_at: DateTime<Utc>,
-    /// `None` for a core change; `Some("edge")` for a change made by edge -> core ingestion
-    /// (`edge_ingest`), which is re-projected but is not a new core change.
-    pub origin: Option<String>,
-}
+pub use crate::state::change_log::ChangeRow;
 
-/// Capture times of the oldest and newest change that touched a document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChangeSpan {
-    pub first: DateTime<Utc>,
-    pub last: DateTime<Utc>,
-}
-
-impl ChangeSpan {
-    fn add(&mut self, t: DateTime<Utc>) {
-        self.first = self.first.min(t);
-        self.last = self.last.max(t);
-    }
-}
+pub use crate::state::pending::ChangeSpan;
 
 /// Result of one drain step.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,21 +33,10 @@ pub struct Drained {
     pub fanned_out: usize,
 }
 
-const CLAIM: &str = r#"
-SELECT id, table_name, op, new_keys, old_keys, captured_at, origin
-FROM edge.change_log
-ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED
-"#;
-
 /// Moves up to `batch` change rows into the pending queue. Returns what it moved.
 pub async fn drain_once(pool: &PgPool, batch: i64) -> Result<Drained, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let changes: Vec<ChangeRow> = sqlx::query_as(CLAIM)
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await?;
+    let changes = change_log::claim(&mut tx, batch).await?;
     if changes.is_empty() {
         return Ok(Drained::default());
     }
@@ -82,10 +46,7 @@ pub async fn drain_once(pool: &PgPool, batch: i64) -> Result<Drained, sqlx::Erro
     fanout::record(&mut tx, &resolved.fan_outs).await?;
     record_merge_clocks(&mut tx, &changes).await?;
     let ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
-    sqlx::query("DELETE FROM edge.change_log WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    change_log::delete(&mut tx, &ids).await?;
     tx.commit().await?;
     Ok(Drained {
         changes: changes.len(),
@@ -126,14 +87,9 @@ async fn record_merge_clocks(
     clock::record_identity_deletes(conn, &deletes).await
 }
 
-/// Whether there is anything to capture: a visible change row or a fan-out to page. One
-/// cheap statement, for probing often.
+/// Whether there is anything to capture: a visible change row or a fan-out to page.
 pub async fn has_work(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM edge.change_log) OR EXISTS (SELECT 1 FROM edge.fanout)",
-    )
-    .fetch_one(pool)
-    .await
+    change_log::has_work(pool).await
 }
 
 /// Drains until the change log has nothing visible left, then pages every recorded identity

@@ -43,9 +43,9 @@ use serde_json::Value;
 use sqlx::{Acquire, PgPool};
 
 use crate::doc_key::DocKey;
+use crate::failure_policy::{classify_sqlx, error_chain, FailureKind};
 use crate::projection::environment::iso;
 use crate::projection::{self, load, Projected, ProjectionError};
-use crate::replicate::{error_chain, FailureKind};
 use crate::state::documents::{self, LockedDoc};
 use crate::state::{dead_letters, leases, pending};
 use crate::store::{BatchPutError, ItemStore, BATCH_MAX_ITEMS};
@@ -96,7 +96,7 @@ impl PageError {
     /// Whether retrying the page may help.
     pub fn is_transient(&self) -> bool {
         match self {
-            PageError::Db(e) => crate::replicate::classify_sqlx(e) == FailureKind::Transient,
+            PageError::Db(e) => classify_sqlx(e) == FailureKind::Transient,
             PageError::Store(e) => e.error.retryable,
             PageError::TimedOut(_) => true,
         }

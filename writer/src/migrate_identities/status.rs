@@ -7,10 +7,9 @@
 //! from it: no start time = not started, a start time only = in progress, both = complete.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use edge_documents::item::Item;
 use edge_documents::tables::TableKind;
-use sqlx::PgConnection;
 
 use crate::projection::environment::iso;
 use crate::store::{ItemStore, StoreError};
@@ -109,84 +108,4 @@ pub fn now_iso() -> String {
     iso(Utc::now())
 }
 
-/// The job's row in `edge.identity_migration`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct JobRow {
-    pub status: String,
-    pub checkpoint_id: i32,
-    pub migrated: i64,
-    pub unchanged: i64,
-    pub skipped: i64,
-    pub deferred: i64,
-    pub started_at: DateTime<Utc>,
-}
-
-/// Starts or resumes the job row. A finished job, or `restart`, starts again from the first
-/// identity; an unfinished one resumes after its checkpoint.
-pub async fn start_job(
-    conn: &mut PgConnection,
-    project_id: i32,
-    environment_id: i32,
-    restart: bool,
-) -> Result<JobRow, sqlx::Error> {
-    sqlx::query_as(
-        r#"INSERT INTO edge.identity_migration (project_id, environment_id, status)
-           VALUES ($1, $2, 'IN_PROGRESS')
-           ON CONFLICT (project_id, environment_id) DO UPDATE SET
-               status = 'IN_PROGRESS',
-               checkpoint_id = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
-                                    THEN 0 ELSE edge.identity_migration.checkpoint_id END,
-               migrated = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
-                               THEN 0 ELSE edge.identity_migration.migrated END,
-               unchanged = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
-                                THEN 0 ELSE edge.identity_migration.unchanged END,
-               skipped = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
-                              THEN 0 ELSE edge.identity_migration.skipped END,
-               deferred = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
-                               THEN 0 ELSE edge.identity_migration.deferred END,
-               started_at = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
-                                 THEN now() ELSE edge.identity_migration.started_at END,
-               finished_at = NULL,
-               updated_at = now()
-           RETURNING status, checkpoint_id, migrated, unchanged, skipped, deferred, started_at"#,
-    )
-    .bind(project_id)
-    .bind(environment_id)
-    .bind(restart)
-    .fetch_one(conn)
-    .await
-}
-
-/// Records progress: the checkpoint (a low-water mark) and counters.
-#[allow(clippy::too_many_arguments)]
-pub async fn checkpoint(
-    conn: &mut PgConnection,
-    project_id: i32,
-    environment_id: i32,
-    checkpoint_id: i32,
-    migrated: u64,
-    unchanged: u64,
-    skipped: u64,
-    deferred: u64,
-    complete: bool,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        r#"UPDATE edge.identity_migration
-           SET checkpoint_id = $3, migrated = $4, unchanged = $5, skipped = $6, deferred = $7,
-               status = CASE WHEN $8 THEN 'COMPLETE' ELSE status END,
-               finished_at = CASE WHEN $8 THEN now() END,
-               updated_at = now()
-           WHERE project_id = $1 AND environment_id = $2"#,
-    )
-    .bind(project_id)
-    .bind(environment_id)
-    .bind(checkpoint_id)
-    .bind(migrated as i64)
-    .bind(unchanged as i64)
-    .bind(skipped as i64)
-    .bind(deferred as i64)
-    .bind(complete)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
+pub use crate::state::identity_migrations::{checkpoint, start_job, JobRow};

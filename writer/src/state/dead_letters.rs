@@ -89,3 +89,10 @@ pub async fn by_kind(pool: &PgPool) -> Result<Vec<KindSummary>, sqlx::Error> {
     .fetch_all(pool)
     .await
 }
+
+/// How many documents are parked.
+pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM edge.dead_letter")
+        .fetch_one(pool)
+        .await
+}

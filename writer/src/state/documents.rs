@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use edge_documents::tables::TableKind;
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 /// What the writer last wrote for a document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -416,4 +416,29 @@ pub async fn next_version_and_items(
         }
     }
     Ok((version, items))
+}
+
+/// When each document written was last written.
+pub async fn written_at(pool: &PgPool) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as("SELECT doc_key, written_at FROM edge.document WHERE written_at IS NOT NULL")
+        .fetch_all(pool)
+        .await
+}
+
+/// Documents written from a snapshot at or after `since`.
+pub async fn written_since(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT doc_key FROM edge.document WHERE source_time >= $1")
+        .bind(since)
+        .fetch_all(pool)
+        .await
+}
+
+/// Every document the writer knows.
+pub async fn all_keys(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT doc_key FROM edge.document")
+        .fetch_all(pool)
+        .await
 }

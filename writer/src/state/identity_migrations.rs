@@ -2,7 +2,7 @@
 //! it is running now (its session holds the job's advisory lock).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// One identity migration job (a project, or one environment of it).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
@@ -54,4 +54,86 @@ pub async fn progress(pool: &PgPool) -> Result<Vec<Progress>, sqlx::Error> {
     .bind(i64::from(crate::migrate_identities::ADVISORY_NAMESPACE))
     .fetch_all(pool)
     .await
+}
+
+/// The job's row in `edge.identity_migration`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub status: String,
+    pub checkpoint_id: i32,
+    pub migrated: i64,
+    pub unchanged: i64,
+    pub skipped: i64,
+    pub deferred: i64,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Starts or resumes the job row. A finished job, or `restart`, starts again from the first
+/// identity; an unfinished one resumes after its checkpoint.
+pub async fn start_job(
+    conn: &mut PgConnection,
+    project_id: i32,
+    environment_id: i32,
+    restart: bool,
+) -> Result<JobRow, sqlx::Error> {
+    sqlx::query_as(
+        r#"INSERT INTO edge.identity_migration (project_id, environment_id, status)
+           VALUES ($1, $2, 'IN_PROGRESS')
+           ON CONFLICT (project_id, environment_id) DO UPDATE SET
+               status = 'IN_PROGRESS',
+               checkpoint_id = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
+                                    THEN 0 ELSE edge.identity_migration.checkpoint_id END,
+               migrated = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
+                               THEN 0 ELSE edge.identity_migration.migrated END,
+               unchanged = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
+                                THEN 0 ELSE edge.identity_migration.unchanged END,
+               skipped = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
+                              THEN 0 ELSE edge.identity_migration.skipped END,
+               deferred = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
+                               THEN 0 ELSE edge.identity_migration.deferred END,
+               started_at = CASE WHEN $3 OR edge.identity_migration.status = 'COMPLETE'
+                                 THEN now() ELSE edge.identity_migration.started_at END,
+               finished_at = NULL,
+               updated_at = now()
+           RETURNING status, checkpoint_id, migrated, unchanged, skipped, deferred, started_at"#,
+    )
+    .bind(project_id)
+    .bind(environment_id)
+    .bind(restart)
+    .fetch_one(conn)
+    .await
+}
+
+/// Records progress: the checkpoint (a low-water mark) and counters.
+#[allow(clippy::too_many_arguments)]
+pub async fn checkpoint(
+    conn: &mut PgConnection,
+    project_id: i32,
+    environment_id: i32,
+    checkpoint_id: i32,
+    migrated: u64,
+    unchanged: u64,
+    skipped: u64,
+    deferred: u64,
+    complete: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"UPDATE edge.identity_migration
+           SET checkpoint_id = $3, migrated = $4, unchanged = $5, skipped = $6, deferred = $7,
+               status = CASE WHEN $8 THEN 'COMPLETE' ELSE status END,
+               finished_at = CASE WHEN $8 THEN now() END,
+               updated_at = now()
+           WHERE project_id = $1 AND environment_id = $2"#,
+    )
+    .bind(project_id)
+    .bind(environment_id)
+    .bind(checkpoint_id)
+    .bind(migrated as i64)
+    .bind(unchanged as i64)
+    .bind(skipped as i64)
+    .bind(deferred as i64)
+    .bind(complete)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -6,9 +6,22 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 
-use crate::capture::ChangeSpan;
 use crate::doc_key::DocKey;
 use crate::state::documents::DocState;
+
+/// Capture times of the oldest and newest change that touched a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeSpan {
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+}
+
+impl ChangeSpan {
+    pub(crate) fn add(&mut self, t: DateTime<Utc>) {
+        self.first = self.first.min(t);
+        self.last = self.last.max(t);
+    }
+}
 
 /// A document taken from the queue, with its lock held by the claiming transaction.
 #[derive(Debug, Clone)]
@@ -308,4 +321,35 @@ pub async fn depth(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE not_before <= now()) FROM edge.pending")
         .fetch_one(pool)
         .await
+}
+
+/// Seconds the oldest due document has waited (None when nothing is due).
+pub async fn oldest_due_secs(pool: &PgPool) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - min(not_before))::float8
+         FROM edge.pending WHERE not_before <= now()",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Every queued document.
+pub async fn all_keys(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT doc_key FROM edge.pending")
+        .fetch_all(pool)
+        .await
+}
+
+/// The queued identity documents of projects on the edge, in key order.
+pub async fn queued_edge_identities(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT q.doc_key FROM edge.pending q
+           JOIN environments_identity i ON q.doc_key = 'identity:' || i.id
+           JOIN environments_environment e ON e.id = i.environment_id
+           JOIN projects_project p ON p.id = e.project_id
+          WHERE p.enable_dynamo_db
+          ORDER BY q.doc_key",
+    )
+    .fetch_all(pool)
+    .await
 }

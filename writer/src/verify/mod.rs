@@ -35,7 +35,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::doc_key::DocKey;
-use crate::replicate::{error_chain, Replicator};
+use crate::failure_policy::error_chain;
+use crate::replicate::Replicator;
 use crate::state::documents;
 use crate::store::ItemStore;
 use expected::{expected_items, ExpectedItem};
@@ -547,21 +548,19 @@ pub(crate) async fn ingestion_off(pool: &PgPool) -> Result<HashSet<String>, sqlx
 }
 
 async fn in_flight_documents(pool: &PgPool) -> Result<HashSet<String>, sqlx::Error> {
-    let keys: Vec<String> = sqlx::query_scalar("SELECT doc_key FROM edge.pending")
-        .fetch_all(pool)
-        .await?;
-    Ok(keys.into_iter().collect())
+    Ok(crate::state::pending::all_keys(pool)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 async fn written_documents(
     pool: &PgPool,
 ) -> Result<HashMap<String, chrono::DateTime<Utc>>, sqlx::Error> {
-    let rows: Vec<(String, chrono::DateTime<Utc>)> = sqlx::query_as(
-        "SELECT doc_key, written_at FROM edge.document WHERE written_at IS NOT NULL",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().collect())
+    Ok(crate::state::documents::written_at(pool)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 fn redacted_item_key<S: serde::Serializer>(key: &str, s: S) -> Result<S::Ok, S::Error> {
