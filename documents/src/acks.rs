@@ -19,8 +19,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use crate::item::Item;
 use crate::tables::TableKind;
 
-/// Default name of the ledger table (before any prefix).
-pub const ACK_TABLE: &str = "flagsmith_edge_replication_acks";
+pub use crate::tables::ACK_TABLE;
 /// Range key of the writer's delete intents.
 pub const DELETE_INTENT: &str = "#delete";
 /// How long acknowledgements and intents are kept (TTL), in seconds.

@@ -134,8 +134,11 @@ pub struct TableNames {
     pub acks: String,
 }
 
+/// Default name of the ledger table (before any prefix).
+pub const ACK_TABLE: &str = "flagsmith_edge_replication_acks";
+
 fn default_acks() -> String {
-    crate::acks::ACK_TABLE.to_string()
+    ACK_TABLE.to_string()
 }
 
 impl Default for TableNames {

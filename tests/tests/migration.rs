@@ -22,12 +22,23 @@ use serde_json::Value;
 const IDENTITIES_PER_ENV: i32 = 50_000;
 
 fn migrate_command(db: &TestDb, tables: &TestTables, project: i32) -> tokio::process::Command {
+    let mut cmd = migrate_command_with_product_leases(db, tables, project);
+    cmd.arg("--lease-secs=20").arg("--late-write-secs=20");
+    cmd
+}
+
+/// The job with the product's leases (60 s, batches abandoned after 30 s) and the time it
+/// gives an abandoned batch to land (120 s): on a loaded machine a page of 500 identities
+/// may need longer than the short leases of the other tests allow.
+fn migrate_command_with_product_leases(
+    db: &TestDb,
+    tables: &TestTables,
+    project: i32,
+) -> tokio::process::Command {
     let mut cmd = writer_command(&db.url, tables);
     cmd.arg("migrate-identities")
         .arg(format!("--project={project}"))
         .arg("--no-progress")
-        .arg("--lease-secs=20")
-        .arg("--late-write-secs=20")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
@@ -92,10 +103,10 @@ async fn a_project_of_100k_identities_migrates_while_core_writes_and_resumes_aft
 
     // First run, killed with SIGKILL midway.
     let started = std::time::Instant::now();
-    let mut first = migrate_command(&db, &tables, project)
+    let mut first = migrate_command_with_product_leases(&db, &tables, project)
         .spawn()
         .expect("start migrate-identities");
-    wait::until("a third migrated", Duration::from_secs(300), || async {
+    wait::until("a third migrated", Duration::from_secs(600), || async {
         let (_, _, migrated) = job_row(&db, project).await?;
         (migrated >= total as i64 / 3).then_some(())
     })
@@ -113,7 +124,7 @@ async fn a_project_of_100k_identities_migrates_while_core_writes_and_resumes_aft
     // Second run resumes after the checkpoint and finishes.
     let out = tokio::time::timeout(
         Duration::from_secs(600),
-        migrate_command(&db, &tables, project).output(),
+        migrate_command_with_product_leases(&db, &tables, project).output(),
     )
     .await
     .expect("the resumed job finishes")
@@ -135,11 +146,11 @@ async fn a_project_of_100k_identities_migrates_while_core_writes_and_resumes_aft
         updates.load(Ordering::SeqCst) > 100,
         "the core API kept writing during the migration"
     );
-    // Leases the killed run (or a timed-out page) left end and settle, and the live path
-    // writes those identities again when they do.
+    // Leases the killed run (or a timed-out page) left end and settle (60 + 120 s after
+    // they were taken), and the live path writes those identities again when they do.
     wait::until(
         "every lease settled and removed",
-        Duration::from_secs(180),
+        Duration::from_secs(400),
         || async {
             (db.scalar_i64("SELECT count(*) FROM edge.write_lease").await == 0).then_some(())
         },

@@ -1,19 +1,19 @@
 //! `writer`: the edge replication writer's command line.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use edge_documents::item::{logical_item, stored_meta};
 use edge_documents::redact;
-use edge_documents::tables::{TableKind, TableNames};
+use edge_documents::tables::TableNames;
 use edge_writer::daemon::{self, DaemonConfig};
 use edge_writer::failure_policy::error_chain;
 use edge_writer::health::Health;
 use edge_writer::replicate::{Replicator, Settings};
-use edge_writer::store::{self, DynamoStore, ItemStore};
+use edge_writer::store::{self, DynamoStore};
 use edge_writer::{db, http, metrics, state, sync};
 use tokio::sync::watch;
 
@@ -817,7 +817,7 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let metrics = metrics::install();
@@ -861,10 +861,13 @@ async fn dynamo(cli: &Cli) -> DynamoStore {
     DynamoStore::new(client, cli.tables.names())
 }
 
+/// Runs the command; a command that found something for the operator to act on (drift,
+/// paused capture, unacknowledged regions) returns exit code 2 rather than exiting, so
+/// that connections close and output is flushed.
 async fn dispatch(
     cli: Cli,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
-) -> Result<()> {
+) -> Result<ExitCode> {
     match &cli.command {
         Command::Migrate(args) => {
             let pool = admin_pool(&cli).await?;
@@ -887,7 +890,7 @@ async fn dispatch(
                 println!("granted role {role}");
             }
         }
-        Command::Capture { command } => capture_command(&cli, command).await?,
+        Command::Capture { command } => return capture_command(&cli, command).await,
         Command::Tables {
             command: TablesCommand::Create { no_streams },
         } => {
@@ -908,21 +911,21 @@ async fn dispatch(
             wait_timeout_secs,
             replication,
         } => {
-            sync_command(
+            return sync_command(
                 &cli,
                 environment,
                 wait_regions,
                 *wait_timeout_secs,
                 replication,
             )
-            .await?
+            .await
         }
         Command::DeadLetters {
             command: DeadLettersCommand::Replay { doc, all },
         } => replay_dead_letters(&cli, doc.as_deref(), *all).await?,
         Command::Backfill(args) => backfill(&cli, args).await?,
-        Command::Verify(args) => verify(&cli, args).await?,
-        Command::Bootstrap(args) => bootstrap(&cli, args).await?,
+        Command::Verify(args) => return verify(&cli, args).await,
+        Command::Bootstrap(args) => return bootstrap(&cli, args).await,
         Command::DeadLetters {
             command: DeadLettersCommand::List,
         } => {
@@ -943,11 +946,16 @@ async fn dispatch(
         Command::Ingestion { command } => ingestion(&cli, command).await?,
         Command::Inspect { environment } => inspect(&cli, environment).await?,
         Command::Plan(args) => plan_command(args)?,
-        Command::Status(args) => status(&cli, args).await?,
+        Command::Status(args) => return status(&cli, args).await,
         Command::MigrateIdentities(args) => migrate_identities(&cli, args).await?,
         Command::Run(args) => run(&cli, args, metrics_handle).await?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A library's exit code (0 ok, 2 operator attention) as the process's.
+fn exit_code(code: i32) -> ExitCode {
+    u8::try_from(code).map_or(ExitCode::FAILURE, ExitCode::from)
 }
 
 async fn ingestion(cli: &Cli, command: &IngestionCommand) -> Result<()> {
@@ -1007,57 +1015,34 @@ async fn ingestion(cli: &Cli, command: &IngestionCommand) -> Result<()> {
 }
 
 async fn replay_dead_letters(cli: &Cli, doc: Option<&str>, all: bool) -> Result<()> {
-    use edge_writer::DocKey;
-    let pool = pool(cli, 4).await?;
-    let letters = state::dead_letters::list(&pool)
-        .await
-        .context("reading dead letters")?;
-    let keys: Vec<String> = match doc {
-        Some(d) => {
-            d.parse::<DocKey>()
-                .map_err(|e| anyhow::anyhow!("--doc: {e}"))?;
-            if !letters.iter().any(|l| l.doc_key == d) {
-                bail!("{d} is not in dead letters (see `writer dead-letters list`)");
-            }
-            vec![d.to_string()]
-        }
-        None if all => letters.iter().map(|l| l.doc_key.clone()).collect(),
+    use edge_writer::dead_letter_replay::{self, Selection};
+    let selection = match doc {
+        Some(d) => Selection::One(d.parse().map_err(|e| anyhow::anyhow!("--doc: {e}"))?),
+        None if all => Selection::All,
         None => bail!("pass --doc <key> or --all"),
     };
-    if keys.is_empty() {
+    let pool = pool(cli, 4).await?;
+    let replicator = Replicator::new(pool, dynamo(cli).await, Settings::default());
+    let replayed = dead_letter_replay::replay(&replicator, &selection).await?;
+    if replayed.is_empty() {
         println!("no dead letters");
         return Ok(());
     }
-    let replicator = Replicator::new(pool.clone(), dynamo(cli).await, Settings::default());
-    let mut failed = 0;
-    for key in &keys {
-        let doc: DocKey = match key.parse() {
-            Ok(d) => d,
-            Err(e) => {
-                failed += 1;
-                println!("{key}	failed	{e}");
-                continue;
-            }
-        };
-        match replicator.replicate_now(doc).await {
+    for r in &replayed {
+        match &r.result {
             Ok(outcome) => println!(
-                "{key}	replayed	version={}	written={}	deleted={}",
+                "{}\treplayed\tversion={}\twritten={}\tdeleted={}",
+                r.doc_key,
                 outcome.version.map_or("-".into(), |v| v.to_string()),
                 outcome.written,
                 outcome.deleted
             ),
-            Err(e) => {
-                failed += 1;
-                let message = error_chain(&e);
-                state::dead_letters::park(&pool, key, e.kind().as_str(), &message, 1)
-                    .await
-                    .context("updating the dead letter")?;
-                println!("{key}	failed	{message}");
-            }
+            Err(message) => println!("{}\tfailed\t{message}", r.doc_key),
         }
     }
+    let failed = replayed.iter().filter(|r| r.result.is_err()).count();
     if failed > 0 {
-        bail!("{failed} of {} dead letters still fail", keys.len());
+        bail!("{failed} of {} dead letters still fail", replayed.len());
     }
     Ok(())
 }
@@ -1125,7 +1110,7 @@ async fn backfill(cli: &Cli, args: &BackfillArgs) -> Result<()> {
     Ok(())
 }
 
-async fn capture_command(cli: &Cli, command: &CaptureCommand) -> Result<()> {
+async fn capture_command(cli: &Cli, command: &CaptureCommand) -> Result<ExitCode> {
     use edge_writer::capture::control;
     let pool = admin_pool(cli).await?;
     match command {
@@ -1139,7 +1124,7 @@ async fn capture_command(cli: &Cli, command: &CaptureCommand) -> Result<()> {
                 print_capture_status(&status);
             }
             if status.needs_operator() {
-                std::process::exit(2);
+                return Ok(ExitCode::from(2));
             }
         }
         CaptureCommand::Pause { reason } => {
@@ -1192,7 +1177,7 @@ async fn capture_command(cli: &Cli, command: &CaptureCommand) -> Result<()> {
             println!("capture removed from {} core tables", removed.len());
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_capture_status(s: &edge_writer::capture::control::CaptureStatus) {
@@ -1246,7 +1231,7 @@ async fn regions(given: &[(String, Option<String>)]) -> Vec<edge_writer::verify:
     regions
 }
 
-async fn bootstrap(cli: &Cli, args: &BootstrapArgs) -> Result<()> {
+async fn bootstrap(cli: &Cli, args: &BootstrapArgs) -> Result<ExitCode> {
     use edge_writer::bootstrap::{self, Options, TablesMode, VerifyPlan};
     use edge_writer::migrate_identities::{self as job, PageSettings};
     if let Some(rate) = args.rate {
@@ -1305,7 +1290,11 @@ async fn bootstrap(cli: &Cli, args: &BootstrapArgs) -> Result<()> {
     } else {
         print_bootstrap(&summary);
     }
-    std::process::exit(if summary.ok() { 0 } else { 2 });
+    Ok(if summary.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn print_bootstrap(s: &edge_writer::bootstrap::Summary) {
@@ -1372,7 +1361,7 @@ fn print_bootstrap(s: &edge_writer::bootstrap::Summary) {
     );
 }
 
-async fn status(cli: &Cli, args: &StatusArgs) -> Result<()> {
+async fn status(cli: &Cli, args: &StatusArgs) -> Result<ExitCode> {
     use edge_writer::status::{self, LedgerSource};
     let options = args.options();
     let pool = pool(cli, 2).await?;
@@ -1402,7 +1391,7 @@ async fn status(cli: &Cli, args: &StatusArgs) -> Result<()> {
     } else {
         print!("{}", report.text());
     }
-    std::process::exit(report.exit_code());
+    Ok(exit_code(report.exit_code()))
 }
 
 /// One drift as `writer verify` prints it: region, kind, item key (redacted), document, detail.
@@ -1417,7 +1406,7 @@ fn drift_line(d: &edge_writer::verify::Drift) -> String {
     )
 }
 
-async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
+async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     use edge_writer::verify::{self, Options};
     let pool = pool(cli, 4).await?;
     let store = dynamo(cli).await;
@@ -1484,7 +1473,7 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
             report.seconds
         );
     }
-    std::process::exit(report.outcome(args.repair).exit_code());
+    Ok(exit_code(report.outcome(args.repair).exit_code()))
 }
 
 /// `writer sync`: exit code 0 when written (and acknowledged by every region waited for), 2
@@ -1495,7 +1484,7 @@ async fn sync_command(
     wait_regions: &[String],
     wait_timeout_secs: u64,
     replication: &ReplicationArgs,
-) -> Result<()> {
+) -> Result<ExitCode> {
     use edge_writer::sync_wait::{self, AckReader, WaitFor};
     let wait = if wait_regions.is_empty() {
         None
@@ -1540,10 +1529,10 @@ async fn sync_command(
                     confirmed.join(", ")
                 }
             );
-            std::process::exit(2);
+            return Ok(ExitCode::from(2));
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn migrate_identities(cli: &Cli, args: &MigrateIdentitiesArgs) -> Result<()> {
@@ -1583,52 +1572,9 @@ async fn migrate_identities(cli: &Cli, args: &MigrateIdentitiesArgs) -> Result<(
 
 async fn inspect(cli: &Cli, api_key: &str) -> Result<()> {
     let store = dynamo(cli).await;
-    let key = [(
-        "api_key".to_string(),
-        aws_sdk_dynamodb::types::AttributeValue::S(api_key.to_string()),
-    )]
-    .into_iter()
-    .collect();
-    let item = store
-        .get(TableKind::Environments, key)
-        .await
-        .with_context(|| format!("reading environment {api_key:?}"))?;
-    let Some(item) = item else {
-        bail!(
-            "no item with api_key {api_key:?} in {}",
-            store.tables().environments
-        );
-    };
-    let meta = stored_meta(&item).context("reading replication attributes")?;
-    let doc = logical_item(&item).context("decoding the item")?;
-    let flags: Vec<String> = doc["feature_states"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|fs| {
-            format!(
-                "{}={}{}",
-                fs["feature"]["name"].as_str().unwrap_or("?"),
-                if fs["enabled"].as_bool().unwrap_or(false) {
-                    "on"
-                } else {
-                    "off"
-                },
-                match &fs["feature_state_value"] {
-                    serde_json::Value::Null => String::new(),
-                    v => format!(" ({v})"),
-                }
-            )
-        })
-        .collect();
-    println!(
-        "environment {api_key}: version={} hash={} source_time={} compressed={}",
-        meta.version,
-        meta.hash,
-        meta.source_time,
-        item.contains_key("compressed")
-    );
-    println!("  flags: {}", flags.join(", "));
+    let table = store.tables().environments.clone();
+    let item = edge_writer::inspect::environment(&store, &table, api_key).await?;
+    println!("{item}");
     Ok(())
 }
 

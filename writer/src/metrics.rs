@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::failure_policy::FailureKind;
-use crate::replicate::Outcome;
 
 pub const DOCUMENTS_TOTAL: &str = "writer_documents_total";
 pub const ITEMS_WRITTEN_TOTAL: &str = "writer_items_written_total";
@@ -50,7 +49,16 @@ pub fn upkeep() {
     install().run_upkeep();
 }
 
-pub fn record_outcome(outcome: &Outcome, took: Duration) {
+/// What one document's replication did.
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentWrite {
+    pub unchanged: bool,
+    pub written: usize,
+    pub deleted: usize,
+    pub superseded: usize,
+}
+
+pub fn record_outcome(outcome: DocumentWrite, took: Duration) {
     let result = if outcome.unchanged {
         "unchanged"
     } else {

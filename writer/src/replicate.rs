@@ -204,6 +204,17 @@ pub struct Outcome {
     pub absent: bool,
 }
 
+impl Outcome {
+    fn metrics(&self) -> m::DocumentWrite {
+        m::DocumentWrite {
+            unchanged: self.unchanged,
+            written: self.written,
+            deleted: self.deleted,
+            superseded: self.superseded,
+        }
+    }
+}
+
 /// Replicates documents into an [`ItemStore`].
 #[derive(Clone)]
 pub struct Replicator<S> {
@@ -304,7 +315,7 @@ impl<S: ItemStore> Replicator<S> {
         for (claim, result) in claims.iter().zip(&results) {
             match result {
                 Ok(outcome) => {
-                    m::record_outcome(outcome, started.elapsed());
+                    m::record_outcome(outcome.metrics(), started.elapsed());
                     if let (false, Some(first)) = (outcome.unchanged, claim.first_change_at) {
                         m::record_lag(first);
                     }
@@ -379,7 +390,7 @@ impl<S: ItemStore> Replicator<S> {
         match result {
             Ok(outcome) => {
                 lock.commit().await.map_err(state_err)?;
-                m::record_outcome(&outcome, started.elapsed());
+                m::record_outcome(outcome.metrics(), started.elapsed());
                 Ok(outcome)
             }
             Err(e) => {

@@ -10,9 +10,10 @@
 //! make it only from integers they hold as integers.
 
 use futures::future::BoxFuture;
-use futures::TryStreamExt;
-use sqlx::postgres::PgRow;
-use sqlx::{Connection, Either, FromRow, PgConnection, Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
+
+use crate::simple_query::sets as collect;
+pub use crate::simple_query::ResultSets;
 
 /// The statement that begins a snapshot transaction.
 pub const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
@@ -123,52 +124,4 @@ fn fetch_once<'c>(
         }
         Ok(sets)
     })
-}
-
-/// Boxed, so that the future's `Send` is proven here, once, rather than inferred through
-/// every caller (the stream's lifetimes otherwise defeat the inference in spawned tasks).
-fn collect<'c>(
-    conn: &'c mut PgConnection,
-    statements: &'c str,
-) -> BoxFuture<'c, Result<ResultSets, sqlx::Error>> {
-    Box::pin(async move {
-        let mut sets = std::collections::VecDeque::new();
-        let mut current = vec![];
-        let mut stream = sqlx::raw_sql(statements).fetch_many(conn);
-        while let Some(step) = stream.try_next().await? {
-            match step {
-                // The end of one statement.
-                Either::Left(_done) => sets.push_back(std::mem::take(&mut current)),
-                Either::Right(row) => current.push(row),
-            }
-        }
-        Ok(ResultSets(sets))
-    })
-}
-
-/// The rows of the statements of one [`fetch`], a set per statement, taken in order.
-pub struct ResultSets(std::collections::VecDeque<Vec<PgRow>>);
-
-impl ResultSets {
-    fn rows(&mut self) -> Result<Vec<PgRow>, sqlx::Error> {
-        self.0.pop_front().ok_or_else(|| {
-            sqlx::Error::Protocol("a statement of the snapshot returned no result".into())
-        })
-    }
-
-    /// The next statement's rows, decoded.
-    pub fn take<T: for<'r> FromRow<'r, PgRow>>(&mut self) -> Result<Vec<T>, sqlx::Error> {
-        self.rows()?.iter().map(T::from_row).collect()
-    }
-
-    /// The next statement's single value (first column of its first row).
-    pub fn scalar<T>(&mut self) -> Result<T, sqlx::Error>
-    where
-        T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-    {
-        self.rows()?
-            .first()
-            .ok_or(sqlx::Error::RowNotFound)?
-            .try_get(0)
-    }
 }

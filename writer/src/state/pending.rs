@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 
 use crate::doc_key::DocKey;
+use crate::simple_query;
 use crate::state::documents::DocState;
 
 /// Capture times of the oldest and newest change that touched a document.
@@ -154,7 +155,7 @@ pub async fn claim_due(conn: &mut PgConnection, max: usize) -> Result<Vec<Claim>
     let columns = claim_columns();
     let first = CLAIM_FIRST.replace("{columns}", &columns);
     let sql = format!("{PIN_PLAN}{first}{UNPIN_PLAN}");
-    let rows = fetch_simple(&mut *conn, &sql).await?;
+    let rows = simple_query::sets(&mut *conn, &sql).await?.into_rows();
     let mut claims = rows.iter().map(claim_of).collect::<Result<Vec<_>, _>>()?;
     let more_due = match rows.first() {
         Some(row) => row.try_get::<Option<bool>, _>("more_due")?.unwrap_or(false),
@@ -167,7 +168,7 @@ pub async fn claim_due(conn: &mut PgConnection, max: usize) -> Result<Vec<Claim>
             .replace("{first}", &format!("'{first}'"))
             .replace("{more}", &(max - 1).to_string());
         let sql = format!("{PIN_PLAN}{more}{UNPIN_PLAN}");
-        let rows = fetch_simple(&mut *conn, &sql).await?;
+        let rows = simple_query::sets(&mut *conn, &sql).await?.into_rows();
         for row in &rows {
             claims.push(claim_of(row)?);
         }
@@ -190,25 +191,6 @@ fn claim_of(row: &sqlx::postgres::PgRow) -> Result<Claim, sqlx::Error> {
             leased_until: r.leased_until,
             lease_settles_at: r.lease_settles_at,
         },
-    })
-}
-
-/// Runs `sql` with the simple query protocol. Boxed: the unboxed future is not provably
-/// `Send` to the spawning daemon (its borrow of the text is higher-ranked).
-fn fetch_simple<'c>(
-    conn: &'c mut PgConnection,
-    sql: &'c str,
-) -> futures::future::BoxFuture<'c, Result<Vec<sqlx::postgres::PgRow>, sqlx::Error>> {
-    Box::pin(async move {
-        use futures::TryStreamExt;
-        let mut rows = vec![];
-        let mut stream = sqlx::raw_sql(sql).fetch_many(conn);
-        while let Some(step) = stream.try_next().await? {
-            if let sqlx::Either::Right(row) = step {
-                rows.push(row);
-            }
-        }
-        Ok(rows)
     })
 }
 
