@@ -682,6 +682,8 @@ async fn without_a_consumer_the_writer_ingests_the_edge_item_itself_and_leaves_i
         .unwrap();
     let gina = core.create_identity(env, "gina").await;
     core.set_trait(gina, "age", TraitVal::Int(20)).await;
+    let ivy = core.create_identity(env, "ivy").await;
+    core.set_trait(ivy, "age", TraitVal::Int(30)).await;
     let hal = core.create_identity(off_env, "hal").await;
     core.set_trait(hal, "age", TraitVal::Int(40)).await;
     // No consumer runs; the writer waits one second before ingesting an edge item itself.
@@ -693,7 +695,7 @@ async fn without_a_consumer_the_writer_ingests_the_edge_item_itself_and_leaves_i
         Replicator::new(db.pool.clone(), tables.store(), settings),
         2,
     );
-    for key in ["soloEnv_gina", "offSolo_hal"] {
+    for key in ["soloEnv_gina", "soloEnv_ivy", "offSolo_hal"] {
         wait::until(&format!("{key} written"), MERGE_DEADLINE, || async {
             identity_item(&tables, key).await
         })
@@ -707,7 +709,13 @@ async fn without_a_consumer_the_writer_ingests_the_edge_item_itself_and_leaves_i
         edge::set_trait(doc, "plan", Some(json!("edge")));
     })
     .await;
+    // ivy: the edge wrote an item core cannot take (a trait whose value is a list).
+    let ivy_put = edge::edit_identity(&tables, "soloEnv_ivy", |doc| {
+        edge::set_trait(doc, "tags", Some(json!(["a", "b"])));
+    })
+    .await;
     core.set_trait(gina, "age", TraitVal::Int(21)).await;
+    core.set_trait(ivy, "age", TraitVal::Int(31)).await;
     core.set_trait(hal, "age", TraitVal::Int(41)).await;
 
     // gina: the writer ingested the edge's item itself after the grace, then merged.
@@ -722,6 +730,18 @@ async fn without_a_consumer_the_writer_ingests_the_edge_item_itself_and_leaves_i
         core_trait(&db, gina, "plan").await,
         Some(("unicode".into(), json!("pro")))
     );
+    // ivy: the writer's own ingestion refuses the item; it is parked with its key and
+    // reason, the document is left to the edge (not retried), and the item is not replaced.
+    let reason = wait::until("ivy's item parked", MERGE_DEADLINE, || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT error FROM edge.ingest_dead_letter WHERE item_key = 'soloEnv_ivy'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(reason.contains("a list"), "{reason}");
     // hal: ingestion is off for his project, so the edge owns the item; it is left alone.
     wait::until("hal left to the edge", MERGE_DEADLINE, || async {
         let state: Option<String> =
@@ -734,6 +754,20 @@ async fn without_a_consumer_the_writer_ingests_the_edge_item_itself_and_leaves_i
     })
     .await;
     wait::writer_idle(&db.pool, MERGE_DEADLINE).await;
+    let ivy_state: Option<String> =
+        sqlx::query_scalar("SELECT foreign_state FROM edge.document WHERE doc_key = $1")
+            .bind(format!("identity:{ivy}"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(ivy_state.as_deref(), Some("edge_owned"));
+    let item = identity_item(&tables, "soloEnv_ivy").await.unwrap();
+    assert_eq!(
+        document_of(&item),
+        ivy_put,
+        "the parked edge item was replaced"
+    );
+    assert_eq!(core_trait(&db, ivy, "tags").await, None, "nothing ingested");
     let item = identity_item(&tables, "offSolo_hal").await.unwrap();
     assert_eq!(
         document_of(&item),
