@@ -237,6 +237,15 @@ fn versioning_v1_takes_the_latest_live_from_then_the_highest_version() {
             Some(t0() + hour),
         ),
         (
+            "the earliest future change, met first, stays the next one",
+            vec![
+                at(1, Some(1), Some(t0() + hour)),
+                at(2, Some(2), Some(t0() + hour * 3)),
+            ],
+            None,
+            Some(t0() + hour),
+        ),
+        (
             "no version (a draft) or no live_from: never live",
             vec![at(1, None, Some(t0() - hour)), at(2, Some(1), None)],
             None,
@@ -289,6 +298,7 @@ fn versioning_v2_takes_each_features_latest_published_version() {
         version(4, 1, true, Some(t0() - hour / 4), true), // deleted
         version(5, 1, true, Some(t0() + hour), false), // scheduled
         version(6, 2, true, Some(t0() - hour), false), // feature 2
+        version(7, 3, true, Some(t0()), false),        // feature 3: live exactly now
     ];
     r.feature_states = vec![
         in_version(11, 1, 1),
@@ -297,11 +307,16 @@ fn versioning_v2_takes_each_features_latest_published_version() {
         in_version(14, 1, 4),
         in_version(15, 1, 5),
         in_version(21, 2, 6),
+        in_version(31, 3, 7),
         // A v1-style row without a version is not part of any version.
         state(99, 2),
     ];
+    r.features.push(feature(3, "search"));
     let (doc, _, next) = project(&r);
-    assert_eq!(defaults(&doc), vec![(1, Some(12)), (2, Some(21))]);
+    assert_eq!(
+        defaults(&doc),
+        vec![(1, Some(12)), (2, Some(21)), (3, Some(31))]
+    );
     assert_eq!(next, Some(t0() + hour));
 }
 
@@ -645,6 +660,19 @@ fn features_of_other_projects_or_deleted_do_not_count() {
     // project's) is not in the document, as a default or an override.
     let mut r = rows();
     r.features.truncate(1);
+    r.segments = vec![segment(7, "beta", None)];
+    r.feature_segments = vec![FeatureSegmentRow {
+        id: 501,
+        feature_id: 2,
+        segment_id: 7,
+        priority: 0,
+        environment_feature_version_id: None,
+    }];
+    r.feature_states.push(FeatureStateRow {
+        feature_segment_id: Some(501),
+        ..state(300, 2)
+    });
     let (doc, _, _) = project(&r);
     assert_eq!(defaults(&doc), vec![(1, Some(100))]);
+    assert!(doc.project.segments[0].feature_states.is_empty());
 }
