@@ -676,3 +676,27 @@ fn features_of_other_projects_or_deleted_do_not_count() {
     assert_eq!(defaults(&doc), vec![(1, Some(100))]);
     assert!(doc.project.segments[0].feature_states.is_empty());
 }
+
+#[test]
+fn rules_may_nest_32_deep_and_no_deeper() {
+    // The segment's rule at depth 0, then a chain of children: depth 32 is the deepest that
+    // projects (Flagsmith's own segments nest a few levels; deeper is corrupt data).
+    let chain = |depth: i32| {
+        let mut r = rows();
+        r.segments = vec![segment(7, "deep", None)];
+        r.rules = vec![rule(100, "ALL", Some(7), None)];
+        for d in 1..=depth {
+            r.rules.push(rule(100 + d, "ANY", None, Some(100 + d - 1)));
+        }
+        r
+    };
+    let (doc, _, _) = project(&chain(32));
+    let mut depth = 0;
+    let mut rule = &doc.project.segments[0].rules[0];
+    while let Some(child) = rule.rules.first() {
+        rule = child;
+        depth += 1;
+    }
+    assert_eq!(depth, 32);
+    assert!(invalid(&chain(33)).contains("more than 32 deep"));
+}
