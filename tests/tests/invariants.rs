@@ -699,3 +699,51 @@ async fn a_document_is_never_a_mix_of_two_commits() {
     edge_writer::failpoint::set_snapshot_pause(Duration::ZERO);
     db.drop_db().await;
 }
+
+/// A put DynamoDB refuses because a newer version of the item is stored leaves that item, and
+/// the write says so: superseded counts the refused puts, and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_over_a_newer_stored_version_is_refused_and_counted() {
+    let (db, tables, core) = setup().await;
+    let (_, project, env) = basic_project(&core, "envNewer").await;
+    let feature = core
+        .create_feature(project, "f", "STANDARD", false, Val::str("v1"))
+        .await;
+    let replicator = Replicator::new(db.pool.clone(), tables.store(), test_settings());
+    let doc = edge_writer::DocKey::Environment(env);
+    let first = replicator.replicate_now(doc).await.expect("first write");
+    assert!(first.written >= 2, "{first:?}");
+    assert_eq!(first.superseded, 0, "{first:?}");
+
+    // A writer with a far higher version has put the environment item meanwhile.
+    let key = [("api_key", "envNewer")];
+    let mut item = tables
+        .get(TableKind::Environments, &key)
+        .await
+        .expect("environment item written");
+    let newer = first.version.expect("a version") + 1_000_000;
+    item.insert(
+        edge_documents::item::ATTR_VERSION.to_string(),
+        aws_sdk_dynamodb::types::AttributeValue::N(newer.to_string()),
+    );
+    tables
+        .client
+        .put_item()
+        .table_name(tables.names.name(TableKind::Environments))
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("PutItem");
+
+    core.set_flag(env, feature, true, Val::str("v2")).await;
+    let second = replicator.replicate_now(doc).await.expect("second write");
+    // The environment item is refused; the environments_v2 `_META` item is written.
+    assert_eq!(second.superseded, 1, "{second:?}");
+    assert_eq!(second.written, first.written, "{second:?}");
+    let stored = tables
+        .get(TableKind::Environments, &key)
+        .await
+        .expect("environment item");
+    assert_eq!(version_of(&stored), newer, "the newer item was replaced");
+    db.drop_db().await;
+}
