@@ -3,8 +3,9 @@
 #
 #   infra/local/bench.sh [--rate N] [--seconds N] [--environments N] [--burst N]
 #       the writer: commit -> DynamoDB latency and coalesced throughput
-#   infra/local/bench.sh identities [--counts 100000,1000000] [--environments 200]
-#       the identity migration job (rate, peak RSS) and backfills
+#   infra/local/bench.sh identities [--counts 100000,1000000] [--environments 200] [--verify-only]
+#       the identity migration job (rate, peak RSS), writer verify over its identities and
+#       backfills; --verify-only: the job without its references, then verify
 #   infra/local/bench.sh consumer [--records 20000] [--cold-starts 10]
 #       the stream consumer: records verified per second, cold start of the Lambda binary
 #   infra/local/bench.sh ingest [--writes 4000] [--concurrency 4]

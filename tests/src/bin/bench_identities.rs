@@ -37,22 +37,31 @@ const BATCH_CONCURRENCY: usize = 4;
 struct Options {
     counts: Vec<i32>,
     environments: i32,
+    /// Only what `writer verify` needs: the job without its references, then verify; no
+    /// backfill.
+    verify_only: bool,
 }
 
 fn options() -> Options {
     let mut o = Options {
         counts: vec![100_000, 1_000_000],
         environments: 200,
+        verify_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
         eprintln!(
-            "usage: bench_identities [--counts N[,N...]] [--environments N] (positive integers)"
+            "usage: bench_identities [--counts N[,N...]] [--environments N] [--verify-only] (positive integers)"
         );
         std::process::exit(2)
     };
     let mut i = 0;
     while i < args.len() {
+        if args[i] == "--verify-only" {
+            o.verify_only = true;
+            i += 1;
+            continue;
+        }
         let value = args.get(i + 1).cloned().unwrap_or_else(|| usage());
         match args[i].as_str() {
             "--counts" => {
@@ -230,7 +239,52 @@ async fn raw_batch_ceiling(
     (written, written as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn migration_case(count: i32) {
+/// The job between two raw BatchWriteItem references (after a warm-up of the JVM).
+async fn migration_measured(
+    count: i32,
+    project: i32,
+    db: &TestDb,
+    endpoint: &str,
+    tables: &TestTables,
+    reference_tables: &TestTables,
+    env: i32,
+) {
+    // The JVM warms up first (on tables of its own), then the reference, the job, and the
+    // reference again, each on fresh tables.
+    let templates = identity_templates(&db.pool, env, 1000).await;
+    let warm_tables = TestTables::on_with(endpoint, false).await;
+    let (warm_items, warm_rate) = raw_batch_ceiling(&warm_tables, &templates, 50_000, "w").await;
+    eprintln!("bench: warm-up, {warm_items} items at {warm_rate:.0} items/s");
+    let (ref_items, before) =
+        raw_batch_ceiling(reference_tables, &templates, count as usize, "a").await;
+    eprintln!("bench: raw BatchWriteItem before the job: {before:.0} items/s ({ref_items} items)");
+
+    let mut cmd = writer(db, tables);
+    cmd.arg("migrate-identities")
+        .arg(format!("--project={project}"))
+        .arg(format!("--concurrency={CONCURRENCY}"))
+        .arg(format!("--batch-concurrency={BATCH_CONCURRENCY}"))
+        .arg("--no-progress");
+    let (summary, wall, peak_kb) = run_measured(cmd).await;
+    let migrated = summary["migrated"].as_f64().unwrap_or(0.0);
+    let items = summary["items_written"].as_f64().unwrap_or(0.0);
+    let after_tables = TestTables::on_with(endpoint, false).await;
+    let (_, after) = raw_batch_ceiling(&after_tables, &templates, count as usize, "b").await;
+    eprintln!("bench: raw BatchWriteItem after the job: {after:.0} items/s");
+    let ceiling = before.max(after);
+    let rate = migrated / wall.as_secs_f64();
+    let items_rate = items / wall.as_secs_f64();
+    println!(
+        "identities={count} migrated={migrated} items={items} wall_s={:.1} identities_per_s={rate:.0} \
+         items_per_s={items_rate:.0} raw_batch_items={ref_items} raw_batch_items_per_s_before={before:.0} \
+         raw_batch_items_per_s_after={after:.0} ratio_items={:.2} peak_rss_mb={:.1}",
+        wall.as_secs_f64(),
+        items_rate / ceiling,
+        peak_kb as f64 / 1024.0
+    );
+}
+
+async fn migration_case(count: i32, verify_only: bool) {
     eprintln!("bench: {count} identities: fresh DynamoDB Local and database");
     let dynamo = start_instance();
     let reference_tables = TestTables::on_with(&dynamo.endpoint, false).await;
@@ -259,39 +313,31 @@ async fn migration_case(count: i32) {
         t.elapsed().as_secs_f64()
     );
 
-    // The JVM warms up first (on tables of its own), then the reference, the job, and the
-    // reference again, each on fresh tables.
-    let templates = identity_templates(&db.pool, env, 1000).await;
-    let warm_tables = TestTables::on_with(&dynamo.endpoint, false).await;
-    let (warm_items, warm_rate) = raw_batch_ceiling(&warm_tables, &templates, 50_000, "w").await;
-    eprintln!("bench: warm-up, {warm_items} items at {warm_rate:.0} items/s");
-    let (ref_items, before) =
-        raw_batch_ceiling(&reference_tables, &templates, count as usize, "a").await;
-    eprintln!("bench: raw BatchWriteItem before the job: {before:.0} items/s ({ref_items} items)");
-
-    let mut cmd = writer(&db, &tables);
-    cmd.arg("migrate-identities")
-        .arg(format!("--project={project}"))
-        .arg(format!("--concurrency={CONCURRENCY}"))
-        .arg(format!("--batch-concurrency={BATCH_CONCURRENCY}"))
-        .arg("--no-progress");
-    let (summary, wall, peak_kb) = run_measured(cmd).await;
-    let migrated = summary["migrated"].as_f64().unwrap_or(0.0);
-    let items = summary["items_written"].as_f64().unwrap_or(0.0);
-    let after_tables = TestTables::on_with(&dynamo.endpoint, false).await;
-    let (_, after) = raw_batch_ceiling(&after_tables, &templates, count as usize, "b").await;
-    eprintln!("bench: raw BatchWriteItem after the job: {after:.0} items/s");
-    let ceiling = before.max(after);
-    let rate = migrated / wall.as_secs_f64();
-    let items_rate = items / wall.as_secs_f64();
-    println!(
-        "identities={count} migrated={migrated} items={items} wall_s={:.1} identities_per_s={rate:.0} \
-         items_per_s={items_rate:.0} raw_batch_items={ref_items} raw_batch_items_per_s_before={before:.0} \
-         raw_batch_items_per_s_after={after:.0} ratio_items={:.2} peak_rss_mb={:.1}",
-        wall.as_secs_f64(),
-        items_rate / ceiling,
-        peak_kb as f64 / 1024.0
-    );
+    if verify_only {
+        let mut cmd = writer(&db, &tables);
+        cmd.arg("migrate-identities")
+            .arg(format!("--project={project}"))
+            .arg(format!("--concurrency={CONCURRENCY}"))
+            .arg(format!("--batch-concurrency={BATCH_CONCURRENCY}"))
+            .arg("--no-progress");
+        let (summary, wall, _) = run_measured(cmd).await;
+        eprintln!(
+            "bench: {} identities migrated in {:.1} s (no reference: --verify-only)",
+            summary["migrated"],
+            wall.as_secs_f64()
+        );
+    } else {
+        migration_measured(
+            count,
+            project,
+            &db,
+            &dynamo.endpoint,
+            &tables,
+            &reference_tables,
+            env,
+        )
+        .await;
+    }
 
     // verify over everything: the environment is written first, so that nothing drifts.
     let mut cmd = writer(&db, &tables);
@@ -409,7 +455,9 @@ async fn main() {
     edge_tests::init_logging();
     println!("machine: {}", edge_tests::machine());
     for count in &o.counts {
-        migration_case(*count).await;
+        migration_case(*count, o.verify_only).await;
     }
-    backfill_case(o.environments).await;
+    if !o.verify_only {
+        backfill_case(o.environments).await;
+    }
 }

@@ -418,11 +418,18 @@ pub async fn next_version_and_items(
     Ok((version, items))
 }
 
-/// When each document written was last written.
-pub async fn written_at(pool: &PgPool) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
-    sqlx::query_as("SELECT doc_key, written_at FROM edge.document WHERE written_at IS NOT NULL")
-        .fetch_all(pool)
-        .await
+/// When each of the given documents was last written (those written at all).
+pub async fn written_at_of(
+    pool: &PgPool,
+    docs: &[String],
+) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT doc_key, written_at FROM edge.document
+          WHERE doc_key = ANY($1) AND written_at IS NOT NULL",
+    )
+    .bind(docs)
+    .fetch_all(pool)
+    .await
 }
 
 /// Documents written from a snapshot at or after `since`.

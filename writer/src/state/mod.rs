@@ -18,4 +18,5 @@ pub mod pending;
 pub mod prune;
 pub mod schema;
 pub mod verify_runs;
+pub mod verify_stage;
 pub mod write_log;

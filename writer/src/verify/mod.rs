@@ -1,10 +1,15 @@
 //! `writer verify`: Postgres against every region and against the acknowledgements.
 //!
-//! 1. **Expected**: every document of Postgres projected ([`expected`]), each item with the
-//!    content hash it should have.
+//! 1. **Expected**: every document of Postgres projected ([`expected`]), batch by batch, each
+//!    item with the content hash it should have.
 //! 2. **Observed**: every item of the streamed edge tables in every region ([`scan`]), with
-//!    its replication metadata and its content hash recomputed.
-//! 3. **Compared** ([`compare`], no I/O), per region: *missing* (expected, absent), *stale*
+//!    its replication metadata and its content hash recomputed, page by page.
+//!
+//!    Both, and the ledger, are staged in temporary tables of Postgres
+//!    ([`crate::state::verify_stage`]), a few dozen bytes per item, one region at a time: the
+//!    writer's memory stays the same at a thousand items and at millions.
+//! 3. **Compared** ([`classify`], no I/O), key by key as the stage's join streams them back,
+//!    per region: *missing* (expected, absent), *stale*
 //!    (present, content differs from Postgres, older than a version some region acknowledged,
 //!    or not written by the writer), *corrupted* (content does not match the hash the writer
 //!    recorded), *extra* (written by the writer, no longer expected), and *unconfirmed*
@@ -20,6 +25,7 @@
 //!    every other region. An extra item is first recorded as an item of its owner, so that the
 //!    owner's re-write deletes it under the owner's lock.
 
+pub mod classify;
 pub mod expected;
 pub mod recheck;
 pub mod scan;
@@ -38,9 +44,17 @@ use crate::doc_key::DocKey;
 use crate::failure_policy::error_chain;
 use crate::replicate::Replicator;
 use crate::state::documents;
+use crate::state::verify_stage::{ExpectedRow, LedgerRow, ObservedRow, Stage, StagedKey};
 use crate::store::ItemStore;
-use expected::{expected_items, ExpectedItem};
-use scan::{scan_ledger, scan_table, Ledger, Observed};
+use classify::{classify, Context, KeyView};
+use expected::{Batches, ExpectedItem};
+use scan::{scan_ledger, scan_table, Ledger, LedgerEntry, Observed};
+use tokio::sync::mpsc;
+
+/// Rows staged per statement.
+const STAGE_BATCH: usize = 5000;
+/// Progress is logged every this many staged rows.
+const PROGRESS_EVERY: usize = 100_000;
 
 /// The tables the consumers verify (the project metadata table has no stream and no versions).
 pub const VERIFIED_TABLES: [TableKind; 4] = [
@@ -272,35 +286,13 @@ pub async fn run<S: ItemStore>(
 ) -> Result<Report, VerifyError> {
     let started = Instant::now();
     let pool = replicator.pool();
-    let (expected, unprojectable) = expected_items(pool).await?;
-    let snapshot = Snapshot {
-        expected,
-        in_flight: in_flight_documents(pool).await?,
-        written: written_documents(pool).await?,
-        ledger: scan_ledger(ledger, &tables.acks).await?,
-        observed: Vec::new(),
-        ingestion_off: ingestion_off(pool).await?,
-    };
-    // One region's items at a time: memory is the expected items, the ledger and the largest
-    // region, not every region at once.
     let deadline = deadline(options);
-    let mut found = Comparison::default();
-    for region in regions {
-        let mut observed: HashMap<Box<str>, Observed> = HashMap::new();
-        for kind in VERIFIED_TABLES {
-            scan_table(&region.client, tables.name(kind), kind, &mut observed).await?;
-        }
-        compare_region(&snapshot, &region.name, &observed, deadline, &mut found);
+    let mut stage = Stage::open(pool).await?;
+    let staged = compare_staged(&mut stage, pool, tables, ledger, regions, deadline).await;
+    if let Err(e) = stage.close().await {
+        tracing::warn!(error = %e, "closing verify's staging session");
     }
-    let mut report = Report {
-        expected_items: snapshot.expected.len(),
-        in_flight_documents: snapshot.in_flight.len(),
-        unprojectable,
-        regions: std::mem::take(&mut found.regions),
-        pending_ingestion: std::mem::take(&mut found.pending_ingestion),
-        ..Report::default()
-    };
-    drop(snapshot);
+    let (mut report, mut found) = staged?;
 
     // A change committed during the scans, or still on its way to a region, looks like drift
     // for a moment. Look again at what drifted, after a pause: drift is what persists.
@@ -345,9 +337,312 @@ pub async fn run<S: ItemStore>(
     Ok(report)
 }
 
+/// The first look: everything staged, then compared region by region.
+async fn compare_staged(
+    stage: &mut Stage,
+    pool: &PgPool,
+    tables: &TableNames,
+    ledger: &aws_sdk_dynamodb::Client,
+    regions: &[Region],
+    deadline: chrono::DateTime<Utc>,
+) -> Result<(Report, Comparison), VerifyError> {
+    let (expected_items, unprojectable) = stage_expected(stage, pool).await?;
+    let ledger_entries = stage_ledger(stage, ledger, &tables.acks).await?;
+    tracing::info!(
+        expected_items,
+        ledger_entries,
+        "verify: expected items and the ledger staged"
+    );
+    let ingestion_off = ingestion_off(pool).await?;
+    let in_flight_documents = stage.in_flight_count().await?;
+    let mut found = Comparison::default();
+    for region in regions {
+        stage.clear_observed().await?;
+        let items = stage_region(stage, region, tables).await?;
+        tracing::info!(region = %region.name, items, "verify: region staged; comparing");
+        let ctx = Context {
+            region: &region.name,
+            deadline,
+            retained_since: retained_since(),
+            ingestion_off: &ingestion_off,
+        };
+        let mut summary = RegionSummary {
+            name: region.name.clone(),
+            items,
+            foreign: 0,
+        };
+        stage
+            .for_each_key(&region.name, acks::DELETE_INTENT, |row| {
+                classify_staged(&ctx, row, &mut found, &mut summary)
+            })
+            .await?;
+        found.regions.push(summary);
+    }
+    let report = Report {
+        expected_items,
+        in_flight_documents,
+        unprojectable,
+        regions: std::mem::take(&mut found.regions),
+        pending_ingestion: std::mem::take(&mut found.pending_ingestion),
+        ..Report::default()
+    };
+    Ok((report, found))
+}
+
+/// Projects every document of Postgres into the stage; returns the number of distinct
+/// expected items and the documents that could not be projected.
+async fn stage_expected(
+    stage: &mut Stage,
+    pool: &PgPool,
+) -> Result<(usize, Vec<String>), VerifyError> {
+    let docs = expected::all_documents(pool).await?;
+    let total = docs.len();
+    let mut batches = Batches::new(pool, &docs);
+    drop(docs);
+    let mut failed = Vec::new();
+    let mut rows: Vec<ExpectedRow> = Vec::new();
+    let mut staged = 0;
+    let mut logged = 0;
+    while let Some(batch) = batches.next().await? {
+        failed.extend(batch.failed);
+        rows.extend(batch.items.into_iter().map(|(k, e)| (k, e.doc_key, e.hash)));
+        if rows.len() >= STAGE_BATCH || batches.remaining() == 0 {
+            stage.add_expected(&rows).await?;
+            staged += rows.len();
+            rows.clear();
+        }
+        if staged >= logged + PROGRESS_EVERY {
+            logged = staged;
+            tracing::info!(
+                documents = total - batches.remaining(),
+                of = total,
+                items = staged,
+                "verify: projecting Postgres"
+            );
+        }
+    }
+    if !rows.is_empty() {
+        stage.add_expected(&rows).await?;
+    }
+    Ok((stage.expected_count().await?, failed))
+}
+
+/// Scans the ledger into the stage; returns how many entries it holds.
+async fn stage_ledger(
+    stage: &mut Stage,
+    client: &aws_sdk_dynamodb::Client,
+    table_name: &str,
+) -> Result<usize, VerifyError> {
+    let (tx, mut rx) = mpsc::channel::<Vec<acks::Ack>>(4);
+    let scan = async move {
+        scan_ledger(client, table_name, &tx).await?;
+        Ok::<_, VerifyError>(())
+    };
+    let consume = async {
+        let mut rows: Vec<LedgerRow> = Vec::new();
+        let mut staged = 0;
+        while let Some(page) = rx.recv().await {
+            rows.extend(page.into_iter().map(|a| {
+                let intent = a.region == acks::DELETE_INTENT;
+                (
+                    a.item_key.into(),
+                    a.region.into(),
+                    a.version,
+                    a.removed,
+                    a.recorded_at_ms,
+                    if intent { a.doc_key.into() } else { "".into() },
+                )
+            }));
+            if rows.len() >= STAGE_BATCH {
+                staged += rows.len();
+                stage.add_ledger(&rows).await?;
+                rows.clear();
+            }
+        }
+        staged += rows.len();
+        stage.add_ledger(&rows).await?;
+        Ok::<_, VerifyError>(staged)
+    };
+    let ((), staged) = tokio::try_join!(scan, consume)?;
+    Ok(staged)
+}
+
+/// Scans one region's verified tables into the (emptied) stage; returns how many items it
+/// holds.
+async fn stage_region(
+    stage: &mut Stage,
+    region: &Region,
+    tables: &TableNames,
+) -> Result<usize, VerifyError> {
+    let (tx, mut rx) = mpsc::channel::<Vec<(Box<str>, Observed)>>(8);
+    let scan = async move {
+        for kind in VERIFIED_TABLES {
+            scan_table(&region.client, tables.name(kind), kind, &tx).await?;
+        }
+        Ok::<_, VerifyError>(())
+    };
+    let consume = async {
+        let mut rows: Vec<ObservedRow> = Vec::new();
+        let (mut staged, mut logged) = (0, 0);
+        while let Some(page) = rx.recv().await {
+            rows.extend(
+                page.into_iter()
+                    .map(|(k, o)| (k, o.version, o.doc_key, o.hash, o.corrupted)),
+            );
+            if rows.len() >= STAGE_BATCH {
+                staged += rows.len();
+                stage.add_observed(&rows).await?;
+                rows.clear();
+            }
+            if staged >= logged + PROGRESS_EVERY {
+                logged = staged;
+                tracing::info!(region = %region.name, items = staged, "verify: scanning");
+            }
+        }
+        stage.add_observed(&rows).await?;
+        Ok::<_, VerifyError>(())
+    };
+    tokio::try_join!(scan, consume)?;
+    Ok(stage.observed_count().await?)
+}
+
+/// One key as the stage's join returns it, through the rule.
+fn classify_staged(
+    ctx: &Context<'_>,
+    row: StagedKey,
+    found: &mut Comparison,
+    summary: &mut RegionSummary,
+) {
+    let expected = match (row.expected_doc, row.expected_hash) {
+        (Some(doc_key), Some(hash)) => Some(ExpectedItem {
+            table: table_of(&row.item_key),
+            doc_key: doc_key.into(),
+            hash: to_digest(&hash),
+        }),
+        _ => None,
+    };
+    let observed = row.observed.then(|| Observed {
+        version: row.observed_version,
+        doc_key: row.observed_doc.map(Into::into),
+        hash: row.observed_hash.as_deref().map(to_digest),
+        corrupted: row.observed_corrupted.map(Into::into),
+    });
+    let intent = match (row.intent_version, row.intent_recorded_at_ms) {
+        (Some(version), Some(recorded_at_ms)) => Some(LedgerEntry {
+            version,
+            removed: true,
+            recorded_at_ms,
+            doc_key: row.intent_doc.unwrap_or_default().into(),
+        }),
+        _ => None,
+    };
+    let view = KeyView {
+        key: &row.item_key,
+        expected: expected.as_ref(),
+        observed: observed.as_ref(),
+        ack: row.ack,
+        newest_ack: row.newest_ack,
+        intent: intent.as_ref(),
+        expected_in_flight: row.expected_in_flight,
+        owner_in_flight: row.owner_in_flight,
+        written_at: row.written_at,
+    };
+    classify(ctx, &view, found, summary);
+}
+
+fn table_of(item_key: &str) -> TableKind {
+    item_key
+        .split_once('|')
+        .and_then(|(t, _)| TableKind::parse(t))
+        .unwrap_or(TableKind::Environments)
+}
+
+fn to_digest(bytes: &[u8]) -> scan::Digest {
+    let mut d = [0u8; 32];
+    let n = bytes.len().min(32);
+    d[..n].copy_from_slice(&bytes[..n]);
+    d
+}
+
+/// Acknowledgements expire (TTL): a write older than their retention (less a day, for
+/// expiry's lag) can no longer be checked against them.
+fn retained_since() -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::seconds(acks::RETENTION_SECONDS - 86_400)
+}
+
 fn deadline(options: &Options) -> chrono::DateTime<Utc> {
     Utc::now()
         - chrono::Duration::from_std(options.ack_deadline).unwrap_or(chrono::Duration::zero())
+}
+
+/// Compares a snapshot as [`run`] compares everything: staged in Postgres, one region at a
+/// time, the join streamed through the rule. Finds what [`compare`] finds (a test checks it).
+pub async fn compare_staged_snapshot(
+    pool: &PgPool,
+    snap: &Snapshot,
+    deadline: chrono::DateTime<Utc>,
+) -> Result<Comparison, VerifyError> {
+    let in_flight: Vec<String> = snap.in_flight.iter().cloned().collect();
+    let written: Vec<(String, chrono::DateTime<Utc>)> =
+        snap.written.iter().map(|(d, t)| (d.clone(), *t)).collect();
+    let mut stage = Stage::open_given(pool, &in_flight, &written).await?;
+    let expected: Vec<ExpectedRow> = snap
+        .expected
+        .iter()
+        .map(|(k, e)| (k.clone(), e.doc_key.clone(), e.hash))
+        .collect();
+    stage.add_expected(&expected).await?;
+    let ledger: Vec<LedgerRow> = snap
+        .ledger
+        .entries()
+        .map(|(k, r, e)| {
+            (
+                k.into(),
+                r.into(),
+                e.version,
+                e.removed,
+                e.recorded_at_ms,
+                e.doc_key.clone(),
+            )
+        })
+        .collect();
+    stage.add_ledger(&ledger).await?;
+    let mut found = Comparison::default();
+    for (region, observed) in &snap.observed {
+        stage.clear_observed().await?;
+        let rows: Vec<ObservedRow> = observed
+            .iter()
+            .map(|(k, o)| {
+                (
+                    k.clone(),
+                    o.version,
+                    o.doc_key.clone(),
+                    o.hash,
+                    o.corrupted.clone(),
+                )
+            })
+            .collect();
+        stage.add_observed(&rows).await?;
+        let ctx = Context {
+            region,
+            deadline,
+            retained_since: retained_since(),
+            ingestion_off: &snap.ingestion_off,
+        };
+        let mut summary = RegionSummary {
+            name: region.clone(),
+            items: stage.observed_count().await?,
+            foreign: 0,
+        };
+        stage
+            .for_each_key(region, acks::DELETE_INTENT, |row| {
+                classify_staged(&ctx, row, &mut found, &mut summary)
+            })
+            .await?;
+        found.regions.push(summary);
+    }
+    stage.close().await?;
+    Ok(found)
 }
 
 /// Compares a snapshot, without I/O. Writes older than `deadline` must be acknowledged.
@@ -359,7 +654,7 @@ pub fn compare(snap: &Snapshot, deadline: chrono::DateTime<Utc>) -> Comparison {
     out
 }
 
-/// Compares one region's items with the snapshot's expected items and ledger.
+/// Compares one region's items with the snapshot's expected items and ledger, in memory.
 fn compare_region(
     snap: &Snapshot,
     region: &str,
@@ -367,177 +662,44 @@ fn compare_region(
     deadline: chrono::DateTime<Utc>,
     out: &mut Comparison,
 ) {
-    // Acknowledgements expire (TTL): a write older than their retention (less a day, for
-    // expiry's lag) can no longer be checked against them.
-    let retained_since = Utc::now() - chrono::Duration::seconds(acks::RETENTION_SECONDS - 86_400);
-    let old_enough = |doc: &str| {
-        snap.written
-            .get(doc)
-            .is_some_and(|w| *w < deadline && *w > retained_since)
+    let ctx = Context {
+        region,
+        deadline,
+        retained_since: retained_since(),
+        ingestion_off: &snap.ingestion_off,
     };
-    let in_flight = &snap.in_flight;
     let mut summary = RegionSummary {
         name: region.to_string(),
         items: observed.len(),
         foreign: 0,
     };
-    let pending = &mut out.pending_ingestion;
-    let drifts = &mut out.drifts;
-    let mut drift = |kind, item_key: &str, doc_key: Option<&str>, detail: String| {
-        drifts.push(Drift {
-            region: region.to_string(),
-            kind,
-            item_key: item_key.to_string(),
-            doc_key: doc_key.map(String::from),
-            detail,
-        })
-    };
-    for (key, exp) in &snap.expected {
-        if in_flight.contains(&*exp.doc_key) {
-            continue;
-        }
-        compare_expected(key, exp, observed.get(key), &mut drift);
-    }
-    for (key, obs) in observed {
-        let ack = snap.ledger.get(key, region);
-        let newest_ack = snap.ledger.newest_ack(key);
-        let faithful = |exp: &ExpectedItem| obs.corrupted.is_none() && obs.hash == Some(exp.hash);
-        match (snap.expected.get(key), &obs.version, &obs.doc_key) {
-            (exp, None, _) if edge_identity_api_key(key).is_some() => {
-                let api_key = edge_identity_api_key(key).unwrap_or_default();
-                if snap.ingestion_off.contains(api_key) {
-                    summary.foreign += 1;
-                } else {
-                    pending.push(PendingIngestion {
-                        region: region.to_string(),
-                        item_key: key.to_string(),
-                        doc_key: exp.map(|e| e.doc_key.to_string()),
-                    });
-                }
-            }
-            // An identity's override item written without the writer's attributes: Flagsmith's
-            // edge endpoints write it with the identity item, so it is pending like that one.
-            (Some(exp), None, _) if exp.doc_key.starts_with("identity:") => {
-                pending.push(PendingIngestion {
-                    region: region.to_string(),
-                    item_key: key.to_string(),
-                    doc_key: Some(exp.doc_key.to_string()),
-                });
-            }
-            (None, None, _) => summary.foreign += 1,
-            (None, Some(v), Some(owner)) if !in_flight.contains(&**owner) => {
-                drift(
-                    DriftKind::Extra,
-                    key,
-                    Some(owner),
-                    format!("v{v} of {owner} is not expected by Postgres"),
-                );
-                out.extras.push((owner.to_string(), key.to_string()));
-            }
-            (Some(exp), Some(v), _) if faithful(exp) && newest_ack.is_some_and(|a| a > *v) => {
-                drift(
-                    DriftKind::Stale,
-                    key,
-                    Some(&exp.doc_key),
-                    format!(
-                        "v{v} is older than the v{} a region acknowledged",
-                        newest_ack.unwrap_or_default()
-                    ),
-                );
-            }
-            (Some(exp), Some(v), _)
-                if faithful(exp)
-                    && old_enough(&exp.doc_key)
-                    && !in_flight.contains(&*exp.doc_key)
-                    && ack.is_none_or(|a| a.version < *v) =>
-            {
-                drift(
-                    DriftKind::Unconfirmed,
-                    key,
-                    Some(&exp.doc_key),
-                    format!(
-                        "v{v} has no acknowledgement of {region} (newest: {:?})",
-                        ack.map(|a| a.version)
-                    ),
-                );
-            }
-            _ => {}
-        }
-    }
-    // Deletes the writer made longer ago than the deadline must be acknowledged too.
-    for (key, intent) in snap.ledger.intents() {
-        if observed.contains_key(key)
-            || intent.recorded_at_ms > deadline.timestamp_millis()
-            || intent.recorded_at_ms < retained_since.timestamp_millis()
-        {
-            continue;
-        }
-        let ack = snap.ledger.get(key, region);
-        if ack.is_none_or(|a| a.version < intent.version) {
-            drift(
-                DriftKind::Unconfirmed,
-                key,
-                Some(&intent.doc_key),
-                format!(
-                    "the delete at v{} has no acknowledgement of {region}",
-                    intent.version
-                ),
-            );
-        }
+    let intents: HashMap<&str, &LedgerEntry> = snap.ledger.intents().collect();
+    let keys: HashSet<&str> = snap
+        .expected
+        .keys()
+        .chain(observed.keys())
+        .map(|k| &**k)
+        .chain(intents.keys().copied())
+        .collect();
+    for key in keys {
+        let expected = snap.expected.get(key);
+        let observed = observed.get(key);
+        let view = KeyView {
+            key,
+            expected,
+            observed,
+            ack: snap.ledger.get(key, region).map(|a| a.version),
+            newest_ack: snap.ledger.newest_ack(key),
+            intent: intents.get(key).copied(),
+            expected_in_flight: expected.is_some_and(|e| snap.in_flight.contains(&*e.doc_key)),
+            owner_in_flight: observed
+                .and_then(|o| o.doc_key.as_deref())
+                .is_some_and(|d| snap.in_flight.contains(d)),
+            written_at: expected.and_then(|e| snap.written.get(&*e.doc_key).copied()),
+        };
+        classify(&ctx, &view, out, &mut summary);
     }
     out.regions.push(summary);
-}
-
-fn compare_expected(
-    key: &str,
-    exp: &ExpectedItem,
-    obs: Option<&Observed>,
-    drift: &mut impl FnMut(DriftKind, &str, Option<&str>, String),
-) {
-    let doc = Some(&*exp.doc_key);
-    match obs {
-        None => drift(DriftKind::Missing, key, doc, "not in the region".into()),
-        Some(o) => {
-            if let Some(why) = &o.corrupted {
-                drift(
-                    DriftKind::Corrupted,
-                    key,
-                    doc,
-                    format!("v{}: {why}", o.version.unwrap_or_default()),
-                );
-            } else if o.version.is_none() {
-                // Identity documents' items written at the edge are pending ingestion, not
-                // drift (listed by the caller).
-                if edge_identity_api_key(key).is_none() && !exp.doc_key.starts_with("identity:") {
-                    drift(
-                        DriftKind::WrittenBySomeoneElse,
-                        key,
-                        doc,
-                        SOMEONE_ELSE_ADVICE.into(),
-                    );
-                }
-            } else if o.hash != Some(exp.hash) {
-                drift(
-                    DriftKind::Stale,
-                    key,
-                    doc,
-                    format!(
-                        "v{} differs from what Postgres projects now",
-                        o.version.unwrap_or_default()
-                    ),
-                );
-            }
-        }
-    }
-}
-
-/// The client API key in an identity item's ledger key (`identities|{api_key}_{identifier}`);
-/// `None` for items of other tables.
-fn edge_identity_api_key(item_key: &str) -> Option<&str> {
-    let rest = item_key
-        .strip_prefix(TableKind::Identities.as_str())?
-        .strip_prefix('|')?;
-    rest.split_once('_').map(|(k, _)| k)
 }
 
 pub(crate) async fn ingestion_off(pool: &PgPool) -> Result<HashSet<String>, sqlx::Error> {
@@ -547,17 +709,19 @@ pub(crate) async fn ingestion_off(pool: &PgPool) -> Result<HashSet<String>, sqlx
         .collect())
 }
 
-async fn in_flight_documents(pool: &PgPool) -> Result<HashSet<String>, sqlx::Error> {
+pub(crate) async fn in_flight_documents(pool: &PgPool) -> Result<HashSet<String>, sqlx::Error> {
     Ok(crate::state::pending::all_keys(pool)
         .await?
         .into_iter()
         .collect())
 }
 
-async fn written_documents(
+/// When each of the documents was last written.
+pub(crate) async fn written_documents(
     pool: &PgPool,
+    docs: &[String],
 ) -> Result<HashMap<String, chrono::DateTime<Utc>>, sqlx::Error> {
-    Ok(crate::state::documents::written_at(pool)
+    Ok(crate::state::documents::written_at_of(pool, docs)
         .await?
         .into_iter()
         .collect())

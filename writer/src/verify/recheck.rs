@@ -88,7 +88,11 @@ pub async fn snapshot(
         observed,
         ledger: entries,
         in_flight: in_flight_documents(pool).await?,
-        written: written_documents(pool).await?,
+        written: written_documents(
+            pool,
+            &docs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        )
+        .await?,
         ingestion_off: ingestion_off(pool).await?,
     })
 }

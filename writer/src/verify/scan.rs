@@ -1,9 +1,8 @@
 //! What a region holds: every item of the edge tables, read with a parallel scan and reduced
 //! to what verification needs (a few dozen bytes per item besides its key); and the
-//! replication ledger, reduced likewise.
+//! replication ledger. Both are handed on page by page, never held whole.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -16,6 +15,7 @@ use edge_documents::item::{logical_item, stored_meta, Item, ATTR_VERSION};
 use edge_documents::tables::TableKind;
 use futures::future::try_join_all;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
 
 /// Segments of one parallel scan.
 const SEGMENTS: i32 = 4;
@@ -97,12 +97,15 @@ pub fn observe(table: TableKind, item: &Item) -> Option<(Box<str>, Observed)> {
     Some((item_key, observed))
 }
 
-/// Hands every item of one segment of a scan (`segment` of `total`) to `sink`.
-async fn scan_segment(
+/// Reads one segment of a scan (`segment` of `total`, or the whole table), reduces each item
+/// with `reduce` and hands each page's reductions to `out`: a bounded channel, so that the
+/// scan waits for its consumer and memory holds a few pages at most.
+async fn scan_segment<T>(
     client: &aws_sdk_dynamodb::Client,
     table_name: &str,
     segment: Option<(i32, i32)>,
-    sink: &(dyn Fn(&Item) + Sync),
+    reduce: &(dyn Fn(&Item) -> Option<T> + Sync),
+    out: &mpsc::Sender<Vec<T>>,
 ) -> Result<(), ScanError> {
     let mut start: Option<HashMap<String, AttributeValue>> = None;
     loop {
@@ -142,7 +145,11 @@ async fn scan_segment(
                 table: table_name.to_string(),
                 message: DisplayErrorContext(e).to_string(),
             })?;
-        page.items().iter().for_each(sink);
+        let reduced: Vec<T> = page.items().iter().filter_map(reduce).collect();
+        if !reduced.is_empty() && out.send(reduced).await.is_err() {
+            // The consumer stopped (its own error ends the run).
+            return Ok(());
+        }
         match page.last_evaluated_key() {
             Some(k) if !k.is_empty() => start = Some(k.clone()),
             _ => return Ok(()),
@@ -150,25 +157,21 @@ async fn scan_segment(
     }
 }
 
-/// Every item of `table_name` (a table of kind `table`), by ledger key, added to `into`.
+/// Every item of `table_name` (a table of kind `table`), reduced, by ledger key, in pages to
+/// `out`; read with a parallel scan.
 pub async fn scan_table(
     client: &aws_sdk_dynamodb::Client,
     table_name: &str,
     table: TableKind,
-    into: &mut HashMap<Box<str>, Observed>,
+    out: &mpsc::Sender<Vec<(Box<str>, Observed)>>,
 ) -> Result<(), ScanError> {
-    let found = Mutex::new(std::mem::take(into));
-    let sink = |item: &Item| {
-        if let Some((k, o)) = observe(table, item) {
-            found.lock().expect("not poisoned").insert(k, o);
-        }
-    };
+    let reduce = |item: &Item| observe(table, item);
     try_join_all(
-        (0..SEGMENTS)
-            .map(|segment| scan_segment(client, table_name, Some((segment, SEGMENTS)), &sink)),
+        (0..SEGMENTS).map(|segment| {
+            scan_segment(client, table_name, Some((segment, SEGMENTS)), &reduce, out)
+        }),
     )
     .await?;
-    *into = found.into_inner().expect("not poisoned");
     Ok(())
 }
 
@@ -225,6 +228,13 @@ impl Ledger {
             .max()
     }
 
+    /// Every entry: (item key, region, entry).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, &LedgerEntry)> {
+        self.entries
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(move |(r, e)| (&**k, &**r, e)))
+    }
+
     /// The writer's delete intents: (item key, intent).
     pub fn intents(&self) -> impl Iterator<Item = (&str, &LedgerEntry)> {
         self.entries.iter().filter_map(|(k, v)| {
@@ -243,19 +253,13 @@ impl Ledger {
     }
 }
 
-/// The whole ledger.
+/// Every entry of the ledger, in pages to `out`.
 pub async fn scan_ledger(
     client: &aws_sdk_dynamodb::Client,
     table_name: &str,
-) -> Result<Ledger, ScanError> {
-    let ledger = Mutex::new(Ledger::default());
-    let sink = |item: &Item| {
-        if let Some(ack) = Ack::from_item(item) {
-            ledger.lock().expect("not poisoned").insert(&ack);
-        }
-    };
-    scan_segment(client, table_name, None, &sink).await?;
-    Ok(ledger.into_inner().expect("not poisoned"))
+    out: &mpsc::Sender<Vec<Ack>>,
+) -> Result<(), ScanError> {
+    scan_segment(client, table_name, None, &Ack::from_item, out).await
 }
 
 #[cfg(test)]
