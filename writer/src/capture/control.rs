@@ -270,7 +270,7 @@ pub async fn status(pool: &PgPool) -> Result<CaptureStatus, sqlx::Error> {
     let switch = capture::switch(pool).await?;
     let tables_not_installed = capture::tables_not_installed(pool).await?;
     let open_gaps = open_gaps(pool).await?;
-    let (change_log_rows, oldest_change_at) = capture::change_log_size(pool).await?;
+    let (change_log_rows, oldest_change_at) = crate::state::change_log::size(pool).await?;
     Ok(CaptureStatus {
         enabled: switch.enabled,
         reason: switch.reason,

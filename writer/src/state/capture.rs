@@ -51,13 +51,6 @@ pub async fn tables_not_installed(pool: &PgPool) -> Result<Vec<String>, sqlx::Er
     .await
 }
 
-/// Rows of `edge.change_log` and the oldest one's capture time.
-pub async fn change_log_size(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
-    sqlx::query_as("SELECT count(*), min(captured_at) FROM edge.change_log")
-        .fetch_one(pool)
-        .await
-}
-
 pub async fn open_gaps(pool: &PgPool) -> Result<Vec<Gap>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, paused_at, resumed_at, reason FROM edge.capture_gap

@@ -62,3 +62,10 @@ pub async fn oldest_secs(pool: &PgPool) -> Result<Option<f64>, sqlx::Error> {
     .fetch_one(pool)
     .await
 }
+
+/// Rows of `edge.change_log` and the oldest one's capture time.
+pub async fn size(pool: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+    sqlx::query_as("SELECT count(*), min(captured_at) FROM edge.change_log")
+        .fetch_one(pool)
+        .await
+}
