@@ -360,23 +360,15 @@ async fn compare_staged(
         stage.clear_observed().await?;
         let items = stage_region(stage, region, tables).await?;
         tracing::info!(region = %region.name, items, "verify: region staged; comparing");
-        let ctx = Context {
-            region: &region.name,
-            deadline,
-            retained_since: retained_since(),
-            ingestion_off: &ingestion_off,
-        };
-        let mut summary = RegionSummary {
-            name: region.name.clone(),
+        compare_staged_region(
+            stage,
+            &region.name,
             items,
-            foreign: 0,
-        };
-        stage
-            .for_each_key(&region.name, acks::DELETE_INTENT, |row| {
-                classify_staged(&ctx, row, &mut found, &mut summary)
-            })
-            .await?;
-        found.regions.push(summary);
+            deadline,
+            &ingestion_off,
+            &mut found,
+        )
+        .await?;
     }
     let report = Report {
         expected_items,
@@ -506,6 +498,35 @@ async fn stage_region(
     Ok(stage.observed_count().await?)
 }
 
+/// The staged region against the staged expectations and ledger, key by key through the rule.
+async fn compare_staged_region(
+    stage: &mut Stage,
+    region: &str,
+    items: usize,
+    deadline: chrono::DateTime<Utc>,
+    ingestion_off: &HashSet<String>,
+    found: &mut Comparison,
+) -> Result<(), VerifyError> {
+    let ctx = Context {
+        region,
+        deadline,
+        retained_since: retained_since(),
+        ingestion_off,
+    };
+    let mut summary = RegionSummary {
+        name: region.to_string(),
+        items,
+        foreign: 0,
+    };
+    stage
+        .for_each_key(region, acks::DELETE_INTENT, |row| {
+            classify_staged(&ctx, row, found, &mut summary)
+        })
+        .await?;
+    found.regions.push(summary);
+    Ok(())
+}
+
 /// One key as the stage's join returns it, through the rule.
 fn classify_staged(
     ctx: &Context<'_>,
@@ -623,23 +644,16 @@ pub async fn compare_staged_snapshot(
             })
             .collect();
         stage.add_observed(&rows).await?;
-        let ctx = Context {
+        let items = stage.observed_count().await?;
+        compare_staged_region(
+            &mut stage,
             region,
+            items,
             deadline,
-            retained_since: retained_since(),
-            ingestion_off: &snap.ingestion_off,
-        };
-        let mut summary = RegionSummary {
-            name: region.clone(),
-            items: stage.observed_count().await?,
-            foreign: 0,
-        };
-        stage
-            .for_each_key(region, acks::DELETE_INTENT, |row| {
-                classify_staged(&ctx, row, &mut found, &mut summary)
-            })
-            .await?;
-        found.regions.push(summary);
+            &snap.ingestion_off,
+            &mut found,
+        )
+        .await?;
     }
     stage.close().await?;
     Ok(found)
