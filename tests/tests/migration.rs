@@ -106,10 +106,17 @@ async fn a_project_of_100k_identities_migrates_while_core_writes_and_resumes_aft
     let mut first = migrate_command_with_product_leases(&db, &tables, project)
         .spawn()
         .expect("start migrate-identities");
-    wait::until("a third migrated", Duration::from_secs(600), || async {
-        let (_, _, migrated) = job_row(&db, project).await?;
-        (migrated >= total as i64 / 3).then_some(())
-    })
+    // Pages finish out of order (eight at a time, each retried when it fails): on a saturated
+    // machine a third can be migrated while the lowest page is still being retried and the
+    // checkpoint (the low-water mark) has not moved yet. Kill once both hold.
+    wait::until(
+        "a third migrated, past a checkpoint",
+        Duration::from_secs(600),
+        || async {
+            let (_, checkpoint, migrated) = job_row(&db, project).await?;
+            (migrated >= total as i64 / 3 && checkpoint > 0).then_some(())
+        },
+    )
     .await;
     first.kill().await.expect("kill -9 the job");
     let (status_after_kill, checkpoint, _) = job_row(&db, project).await.unwrap();
