@@ -1,8 +1,8 @@
 //! What one item key says about one region, without I/O: the rule of `writer verify`.
 //!
 //! Both comparisons apply it key by key: the in-memory one ([`super::compare`], for the second
-//! look at a few items) and the staged one ([`super::stage`], for everything, streamed out of
-//! Postgres); so the rule exists once.
+//! look at a few items) and the staged one ([`crate::state::verify_stage`], for everything,
+//! streamed out of Postgres); so the rule exists once.
 
 use std::collections::HashSet;
 

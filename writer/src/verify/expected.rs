@@ -68,7 +68,7 @@ pub struct Batch {
     pub documents: usize,
 }
 
-/// The documents' expected items, [`IDENTITY_BATCH`] identities (or all other documents) at a
+/// The documents' expected items, 2,000 identities (or all other documents) at a
 /// time, each batch in one snapshot.
 pub struct Batches<'a> {
     pool: &'a PgPool,

@@ -8,9 +8,9 @@
 //!    Both, and the ledger, are staged in temporary tables of Postgres
 //!    ([`crate::state::verify_stage`]), a few dozen bytes per item, one region at a time: the
 //!    writer's memory stays the same at a thousand items and at millions.
-//! 3. **Compared** ([`classify`], no I/O), key by key as the stage's join streams them back,
-//!    per region: *missing* (expected, absent), *stale*
-//!    (present, content differs from Postgres, older than a version some region acknowledged,
+//! 3. **Compared** ([`classify`](mod@classify), no I/O), key by key as the stage's join
+//!    streams them back, per region: *missing* (expected, absent), *stale* (present,
+//!    content differs from Postgres, older than a version some region acknowledged,
 //!    or not written by the writer), *corrupted* (content does not match the hash the writer
 //!    recorded), *extra* (written by the writer, no longer expected), and *unconfirmed*
 //!    (written longer ago than the deadline, with no acknowledgement of that region at that
