@@ -8,6 +8,7 @@
 
 pub mod backfill;
 pub mod bootstrap;
+pub mod bulk_write;
 pub mod capture;
 pub mod daemon;
 pub mod db;

@@ -44,16 +44,17 @@ use edge_documents::tables::TableKind;
 use futures::future::{join_all, BoxFuture};
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Acquire, PgConnection, PgPool};
 
+use crate::bulk_write::{self, BulkError, BulkSettings};
 use crate::doc_key::{DocKey, InvalidDocKey};
 use crate::failure_policy::{self, classify_sqlx, error_chain, Decision, FailureKind, RetryPolicy};
 use crate::metrics as m;
 use crate::projection::{self, ProjectionError};
 use crate::state::documents::{self, DocState};
-use crate::state::{dead_letters, foreign, pending};
+use crate::state::{dead_letters, foreign, leases, pending};
 use crate::store::{Guard, ItemStore, StoreError, WriteOutcome};
-use crate::write_plan::{self, WritePlan};
+use crate::write_plan::{self, Removals, WritePlan};
 
 /// Tuning of the replication of one document.
 #[derive(Debug, Clone)]
@@ -150,6 +151,17 @@ pub enum ReplicateError {
         #[source]
         source: Arc<ReplicateError>,
     },
+    /// The bulk write step failed for the batch (its source says whether batches may still
+    /// land, under the leases).
+    #[error("{doc_key}: {source}")]
+    Bulk {
+        doc_key: String,
+        #[source]
+        source: BulkError,
+    },
+    /// The bulk write step leaves the document to the live path: it has items to delete.
+    #[error("{doc_key}: items to delete; left to the live path")]
+    Deferred { doc_key: String },
     /// A bulk writer that died may still have a write in flight for the document.
     #[error("{doc_key}: a bulk write lease holds the document until {until}; retrying after it")]
     Leased {
@@ -184,6 +196,14 @@ impl ReplicateError {
             ReplicateError::Commit { source } => classify_sqlx(source),
             ReplicateError::Batch { source, .. } => source.kind(),
             ReplicateError::Foreign { .. } => FailureKind::AwaitingIngestion,
+            ReplicateError::Bulk { source, .. } => {
+                if source.is_transient() {
+                    FailureKind::Transient
+                } else {
+                    FailureKind::Rejected
+                }
+            }
+            ReplicateError::Deferred { .. } => FailureKind::Transient,
         }
     }
 }
@@ -297,7 +317,10 @@ impl<S: ItemStore> Replicator<S> {
                 (Err(e), _) => results[slot] = Some(Err(e.into())),
             }
         }
-        let done = match self.replicate_locked(&mut lock, &jobs).await {
+        let done = match self
+            .replicate_locked(&mut lock, &jobs, WriteStep::Conditional)
+            .await
+        {
             Ok(done) => match lock.commit().await {
                 Ok(()) => done,
                 Err(source) => fail_all(&jobs, ReplicateError::Commit { source }),
@@ -376,7 +399,11 @@ impl<S: ItemStore> Replicator<S> {
             force,
         };
         let result = match self
-            .replicate_locked(&mut lock, std::slice::from_ref(&job))
+            .replicate_locked(
+                &mut lock,
+                std::slice::from_ref(&job),
+                WriteStep::Conditional,
+            )
             .await
         {
             Ok(mut done) => done.pop().unwrap_or_else(|| {
@@ -596,13 +623,14 @@ impl<S: ItemStore> Replicator<S> {
 
     /// The procedure, for one document or a batch, under the documents' locks (held by
     /// `lock`'s transaction, which the caller commits): the snapshot, then the version, the
-    /// plans, the item keys recorded, the writes, the bookkeeping. A failure of a step all
-    /// documents share is the outer error; a document's own failure is its result, and the
-    /// others carry on.
-    async fn replicate_locked(
+    /// plans, the item keys recorded, the writes (`step`), the bookkeeping. A failure of a
+    /// step all documents share is the outer error (the caller rolls back); a document's own
+    /// failure is its result, and the others carry on.
+    pub(crate) async fn replicate_locked(
         &self,
         lock: &mut PgConnection,
         jobs: &[Job],
+        step: WriteStep<'_>,
     ) -> Result<Vec<Result<Outcome, ReplicateError>>, ReplicateError> {
         let Some(first) = jobs.first() else {
             return Ok(vec![]);
@@ -627,7 +655,7 @@ impl<S: ItemStore> Replicator<S> {
         let (version, mut recorded) = documents::next_version_and_items(lock, &keys)
             .await
             .map_err(shared_state)?;
-        let plans: Vec<Result<WritePlan, ReplicateError>> = jobs
+        let mut plans: Vec<Result<WritePlan, ReplicateError>> = jobs
             .iter()
             .zip(projected)
             .map(|(job, projected)| {
@@ -635,7 +663,7 @@ impl<S: ItemStore> Replicator<S> {
                     doc_key: job.doc_key.clone(),
                     source,
                 })?;
-                write_plan::plan(write_plan::Inputs {
+                let plan = write_plan::plan(write_plan::Inputs {
                     doc_key: &job.doc_key,
                     projected,
                     recorded: recorded.remove(&job.doc_key).unwrap_or_default(),
@@ -651,15 +679,24 @@ impl<S: ItemStore> Replicator<S> {
                 .map_err(|source| ReplicateError::Item {
                     doc_key: job.doc_key.clone(),
                     source,
-                })
+                })?;
+                // BatchWriteItem cannot delete only our own older item: documents with items
+                // to delete (or to re-check) are the live path's.
+                if matches!(step, WriteStep::Bulk(_)) && !plan.stale.is_empty() {
+                    return Err(ReplicateError::Deferred {
+                        doc_key: job.doc_key.clone(),
+                    });
+                }
+                Ok(plan)
             })
             .collect();
 
         // The item keys, recorded before they are written (committed at once, outside the
-        // locks), for every document in one statement.
+        // locks), for every document in one statement; for a bulk write, with the leases.
         let mut docs = Vec::new();
         let mut tables = Vec::new();
         let mut item_keys = Vec::new();
+        let mut leased: Vec<String> = Vec::new();
         for (job, plan) in jobs.iter().zip(&plans) {
             if let Ok(plan) = plan {
                 for (table, key) in &plan.to_record {
@@ -667,102 +704,125 @@ impl<S: ItemStore> Replicator<S> {
                     tables.push(*table);
                     item_keys.push(key.clone());
                 }
+                if !plan.nothing_to_write {
+                    leased.push(job.doc_key.clone());
+                }
             }
         }
-        documents::record_item_keys(&mut snap, docs, tables, item_keys)
-            .await
-            .map_err(shared_state)?;
-        drop(snap);
-
-        // The writes: each document's in order (see [`Self::write`]), documents concurrently.
-        let t_write = Instant::now();
-        let writes: Vec<BoxFuture<'_, Result<usize, ReplicateError>>> = jobs
-            .iter()
-            .zip(&plans)
-            .map(
-                |(job, plan)| -> BoxFuture<'_, Result<usize, ReplicateError>> {
-                    match plan {
-                        Ok(plan) if !plan.nothing_to_write => {
-                            Box::pin(self.write(&job.doc_key, plan))
+        let t_write;
+        let written: Vec<Result<usize, ReplicateError>> = match step {
+            WriteStep::Conditional => {
+                documents::record_item_keys(&mut snap, docs, tables, item_keys)
+                    .await
+                    .map_err(shared_state)?;
+                drop(snap);
+                // Each document's writes in order (see [`Self::write`]), documents
+                // concurrently.
+                t_write = Instant::now();
+                let writes: Vec<BoxFuture<'_, Result<usize, ReplicateError>>> = jobs
+                    .iter()
+                    .zip(&plans)
+                    .map(
+                        |(job, plan)| -> BoxFuture<'_, Result<usize, ReplicateError>> {
+                            match plan {
+                                Ok(plan) if !plan.nothing_to_write => {
+                                    Box::pin(self.write(&job.doc_key, plan))
+                                }
+                                _ => Box::pin(async { Ok(0) }),
+                            }
+                        },
+                    )
+                    .collect();
+                stream::iter(writes)
+                    .buffered(WRITES_IN_FLIGHT)
+                    .collect()
+                    .await
+            }
+            WriteStep::Bulk(settings) => {
+                let mut tx = snap.begin().await.map_err(shared_state)?;
+                documents::record_item_keys(&mut tx, docs, tables, item_keys)
+                    .await
+                    .map_err(shared_state)?;
+                leases::take(&mut tx, &leased, settings.lease, settings.late_writes)
+                    .await
+                    .map_err(shared_state)?;
+                tx.commit().await.map_err(shared_state)?;
+                // The items move into the batches; the bookkeeping needs only the plans'
+                // other fields.
+                t_write = Instant::now();
+                let mut items = Vec::new();
+                for plan in plans.iter_mut().flatten() {
+                    if !plan.nothing_to_write {
+                        for (d, e) in plan.puts.iter_mut() {
+                            items.push((d.table, std::mem::take(&mut e.item)));
                         }
-                        _ => Box::pin(async { Ok(0) }),
                     }
-                },
-            )
-            .collect();
-        let written: Vec<Result<usize, ReplicateError>> = stream::iter(writes)
-            .buffered(WRITES_IN_FLIGHT)
-            .collect()
-            .await;
+                }
+                if let Err(source) = bulk_write::write_all(&self.store, items, settings).await {
+                    // Unless a batch may still land, the leases can go now.
+                    if !source.left_leases() {
+                        leases::release(&mut snap, &leased)
+                            .await
+                            .map_err(shared_state)?;
+                    }
+                    return Err(ReplicateError::Bulk {
+                        doc_key: first.doc_key.clone(),
+                        source,
+                    });
+                }
+                drop(snap);
+                jobs.iter().map(|_| Ok(0)).collect()
+            }
+        };
 
         crate::failpoint::crash_point(crate::failpoint::AFTER_DYNAMODB_WRITE);
         let t_bookkeeping = Instant::now();
 
-        // Bookkeeping, in the lock transaction, one statement per document: only now does
+        // Bookkeeping, in the lock transaction, one statement for the batch: only now does
         // progress move.
         let now = Utc::now();
         let mut out = Vec::with_capacity(jobs.len());
+        let mut finished: Vec<(&Job, WritePlan, Removals)> = Vec::with_capacity(jobs.len());
         for ((job, plan), written) in jobs.iter().zip(plans).zip(written) {
-            let (plan, superseded) = match (plan, written) {
-                (Ok(plan), Ok(superseded)) => (plan, superseded),
-                (Err(e), _) | (_, Err(e)) => {
-                    out.push(Err(e));
-                    continue;
+            match (plan, written) {
+                (Ok(plan), Ok(superseded)) => {
+                    let removals = plan.removals(self.settings.delete_recheck_after, now);
+                    out.push(Ok(if plan.nothing_to_write {
+                        Outcome {
+                            doc_key: job.doc_key.clone(),
+                            version: job.state.version,
+                            written: 0,
+                            deleted: 0,
+                            superseded: 0,
+                            unchanged: true,
+                            absent: plan.absent,
+                        }
+                    } else {
+                        Outcome {
+                            doc_key: job.doc_key.clone(),
+                            version: Some(plan.version),
+                            written: plan.puts.len(),
+                            deleted: plan.deletes(),
+                            superseded,
+                            unchanged: false,
+                            absent: plan.absent,
+                        }
+                    }));
+                    finished.push((job, plan, removals));
                 }
-            };
-            let outcome = if plan.nothing_to_write {
-                let finish = documents::Finish {
-                    written: None,
-                    next_projection_at: plan.next_change_at,
-                    removed: &[],
-                    forgotten: &[],
-                    claimed_seq: job.queued.seq,
-                    again_at: plan.next_change_at,
-                };
-                documents::finish(lock, &job.doc_key, &finish)
-                    .await
-                    .map_err(shared_state)?;
-                Outcome {
-                    doc_key: job.doc_key.clone(),
-                    version: job.state.version,
-                    written: 0,
-                    deleted: 0,
-                    superseded: 0,
-                    unchanged: true,
-                    absent: plan.absent,
-                }
-            } else {
-                let removals = plan.removals(self.settings.delete_recheck_after, now);
-                let finish = documents::Finish {
-                    written: Some(documents::Written {
-                        version: plan.version,
-                        content_hash: plan.content_hash.as_deref(),
-                        source_time: plan.source_time,
-                        next_projection_at: plan.next_change_at,
-                        put_items: !plan.puts.is_empty(),
-                        first_change_at: job.queued.first_change_at,
-                    }),
-                    next_projection_at: plan.next_change_at,
-                    removed: &removals.removed,
-                    forgotten: &removals.forgotten,
-                    claimed_seq: job.queued.seq,
-                    again_at: removals.again_at,
-                };
-                documents::finish(lock, &job.doc_key, &finish)
-                    .await
-                    .map_err(shared_state)?;
-                Outcome {
-                    doc_key: job.doc_key.clone(),
-                    version: Some(plan.version),
-                    written: plan.puts.len(),
-                    deleted: plan.deletes(),
-                    superseded,
-                    unchanged: false,
-                    absent: plan.absent,
-                }
-            };
-            out.push(Ok(outcome));
+                (Err(e), _) | (_, Err(e)) => out.push(Err(e)),
+            }
         }
+        let bulk = matches!(step, WriteStep::Bulk(_));
+        let finishes: Vec<(&str, documents::Finish<'_>)> = finished
+            .iter()
+            .map(|(job, plan, removals)| {
+                (job.doc_key.as_str(), finish_of(job, plan, removals, bulk))
+            })
+            .collect();
+        documents::finish_many(lock, &finishes)
+            .await
+            .map_err(shared_state)?;
         tracing::debug!(
             documents = jobs.len(),
             version,
@@ -862,16 +922,65 @@ impl<S: ItemStore> Replicator<S> {
 /// Documents of one batch whose writes are in flight at once.
 const WRITES_IN_FLIGHT: usize = 16;
 
+/// How the procedure's writes reach DynamoDB.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WriteStep<'a> {
+    /// Every item with its condition (version, ownership), documents concurrently: the live
+    /// path, sync, backfills, repairs, dead-letter replays.
+    Conditional,
+    /// BatchWriteItem without conditions, under a write lease per document committed with
+    /// the item keys (the identity migration job, `migrate_identities::page`). A document
+    /// with items to delete is left to the live path ([`ReplicateError::Deferred`]).
+    Bulk(&'a BulkSettings),
+}
+
 /// A document taken for replication, its lock held by the lock transaction.
 #[derive(Debug, Clone)]
-struct Job {
-    doc: DocKey,
-    doc_key: String,
+pub(crate) struct Job {
+    pub(crate) doc: DocKey,
+    pub(crate) doc_key: String,
     /// What the writer last wrote for it.
-    state: DocState,
-    queued: Queued,
+    pub(crate) state: DocState,
+    pub(crate) queued: Queued,
     /// Write every item even when the content equals what was last written.
-    force: bool,
+    pub(crate) force: bool,
+}
+
+/// What the bookkeeping records for a document whose plan was carried out.
+fn finish_of<'a>(
+    job: &Job,
+    plan: &'a WritePlan,
+    removals: &'a Removals,
+    bulk: bool,
+) -> documents::Finish<'a> {
+    if plan.nothing_to_write {
+        return documents::Finish {
+            written: None,
+            next_projection_at: plan.next_change_at,
+            removed: &[],
+            forgotten: &[],
+            claimed_seq: job.queued.seq,
+            again_at: plan.next_change_at,
+            release_lease: false,
+        };
+    }
+    documents::Finish {
+        written: Some(documents::Written {
+            version: plan.version,
+            content_hash: plan.content_hash.as_deref(),
+            source_time: plan.source_time,
+            next_projection_at: plan.next_change_at,
+            put_items: !plan.puts.is_empty(),
+            first_change_at: job.queued.first_change_at,
+        }),
+        next_projection_at: plan.next_change_at,
+        removed: &removals.removed,
+        forgotten: &removals.forgotten,
+        claimed_seq: job.queued.seq,
+        again_at: removals.again_at,
+        // The bulk write step's own lease: every batch was answered.
+        release_lease: bulk,
+    }
 }
 
 /// A failure of a step a batch shares, as each document's result (one document: the error
@@ -893,13 +1002,13 @@ fn fail_all(jobs: &[Job], err: ReplicateError) -> Vec<Result<Outcome, ReplicateE
 
 /// The document's queue row, as far as a write needs it.
 #[derive(Debug, Clone, Copy)]
-struct Queued {
+pub(crate) struct Queued {
     /// The row's `seq` when the document was taken (None: not queued).
-    seq: Option<i64>,
+    pub(crate) seq: Option<i64>,
     /// Capture time of the oldest change the row stands for, when the write replicates queued
     /// changes (the replication lag is measured from it).
-    first_change_at: Option<DateTime<Utc>>,
-    last_change_at: Option<DateTime<Utc>>,
+    pub(crate) first_change_at: Option<DateTime<Utc>>,
+    pub(crate) last_change_at: Option<DateTime<Utc>>,
 }
 
 /// A write that met a foreign item, to be tried again under [`Guard::Adopt`].

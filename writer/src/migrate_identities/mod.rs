@@ -30,6 +30,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 
+use crate::replicate::{Replicator, Settings};
 use crate::store::{ItemStore, StoreError};
 pub use page::{PageSettings, PageStats};
 use status::MigrationStatus;
@@ -128,8 +129,7 @@ pub enum MigrateError {
 /// rather than leave it to the live path, and the run keeps one page fewer in flight
 /// ([`slots::PageSlots::shrink`]).
 async fn migrate_page_with_retries<S: ItemStore>(
-    pool: &PgPool,
-    store: &S,
+    replicator: &Replicator<S>,
     settings: &PageSettings,
     slots: &slots::PageSlots,
     ids: &[i32],
@@ -143,7 +143,7 @@ async fn migrate_page_with_retries<S: ItemStore>(
         .build();
     loop {
         let slot = slots.acquire().await;
-        let err = match page::migrate_page(pool, store, settings, ids).await {
+        let err = match page::migrate_page(replicator, settings, ids).await {
             Ok(stats) => {
                 drop(slot);
                 if let Some(in_flight) = slots.succeeded() {
@@ -319,13 +319,10 @@ async fn run_locked<S: ItemStore>(
     let mut workers = JoinSet::new();
     let slots = Arc::new(slots::PageSlots::new(options.concurrency));
     for _ in 0..options.concurrency.max(1) {
-        let (pool, store, rx, tx, slots) = (
-            pool.clone(),
-            store.clone(),
-            page_rx.clone(),
-            done_tx.clone(),
-            slots.clone(),
-        );
+        // The write procedure's settings that concern identity items are its defaults (they
+        // are never compressed, and the bulk step deletes nothing).
+        let replicator = Replicator::new(pool.clone(), store.clone(), Settings::default());
+        let (rx, tx, slots) = (page_rx.clone(), done_tx.clone(), slots.clone());
         let settings = options.page.clone();
         let attempts = options.page_attempts;
         workers.spawn(async move {
@@ -335,7 +332,7 @@ async fn run_locked<S: ItemStore>(
                 };
                 let (first, last) = (ids[0], ids[ids.len() - 1]);
                 let result =
-                    migrate_page_with_retries(&pool, &store, &settings, &slots, &ids, attempts)
+                    migrate_page_with_retries(&replicator, &settings, &slots, &ids, attempts)
                         .await
                         .map(|stats| (seq, last, stats))
                         .map_err(|source| MigrateError::Page {

@@ -1,7 +1,7 @@
 //! `edge.dead_letter`: documents that could not be projected or written.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct DeadLetter {
@@ -34,14 +34,6 @@ pub async fn park(
     .bind(attempts)
     .execute(pool)
     .await?;
-    Ok(())
-}
-
-pub async fn clear_many(conn: &mut PgConnection, doc_keys: &[&str]) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM edge.dead_letter WHERE doc_key = ANY($1)")
-        .bind(doc_keys)
-        .execute(conn)
-        .await?;
     Ok(())
 }
 

@@ -76,13 +76,6 @@ pub async fn lock(conn: &mut PgConnection, doc_key: &str) -> Result<DocState, sq
     Err(sqlx::Error::RowNotFound)
 }
 
-/// A new version from the global sequence. Called after the snapshot, under the lock.
-pub async fn next_version(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT nextval('edge.document_version_seq')")
-        .fetch_one(conn)
-        .await
-}
-
 /// Records the items about to be written, before writing them (committed at once, on a
 /// connection other than the lock's), so an item is known even if the writer dies right
 /// after DynamoDB accepted it.
@@ -134,27 +127,6 @@ pub async fn record_item_keys(
     Ok(())
 }
 
-/// The items of many documents not yet removed, as `doc_key -> [(table, key JSON text)]`.
-pub async fn live_items_of_many(
-    conn: &mut PgConnection,
-    doc_keys: &[&str],
-) -> Result<std::collections::HashMap<String, Vec<(TableKind, String)>>, sqlx::Error> {
-    let rows: Vec<(String, String, Value)> = sqlx::query_as(
-        r#"SELECT doc_key, table_kind, item_key FROM edge.document_item
-           WHERE doc_key = ANY($1) AND removed_at IS NULL"#,
-    )
-    .bind(doc_keys)
-    .fetch_all(conn)
-    .await?;
-    let mut out: std::collections::HashMap<String, Vec<(TableKind, String)>> = Default::default();
-    for (doc, table, key) in rows {
-        if let Some(t) = TableKind::parse(&table) {
-            out.entry(doc).or_default().push((t, key.to_string()));
-        }
-    }
-    Ok(out)
-}
-
 /// Makes sure the documents' rows (their locks) exist.
 pub async fn ensure_many(conn: &mut PgConnection, doc_keys: &[String]) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -170,30 +142,55 @@ pub async fn ensure_many(conn: &mut PgConnection, doc_keys: &[String]) -> Result
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LockedDoc {
     pub doc_key: String,
+    pub version: Option<i64>,
     pub content_hash: Option<String>,
-    /// The queue row's `seq` at lock time, if the document is queued.
+    pub deleted: bool,
+    /// The queue row at lock time, if the document is queued: its `seq` and the capture
+    /// times of the changes it stands for.
     pub pending_seq: Option<i64>,
+    pub first_change_at: Option<DateTime<Utc>>,
+    pub last_change_at: Option<DateTime<Utc>>,
     /// A bulk-write lease holds it, or one that ended has not settled yet: left to the
     /// live path.
     pub leased: bool,
-    /// A lease that ended unreleased has settled: what DynamoDB holds may be an abandoned
-    /// batch's, so the document is written whatever its recorded content (and the lease
-    /// removed with the write's bookkeeping).
-    pub lease_settled: bool,
+    /// When a lease that ended unreleased settled (None: no such lease, or it has not
+    /// settled yet, see `leased`): what DynamoDB holds may be an abandoned batch's, so the
+    /// document is written whatever its recorded content (and the lease removed with the
+    /// write's bookkeeping).
+    pub lease_settled_at: Option<DateTime<Utc>>,
+}
+
+impl LockedDoc {
+    /// The state the write procedure starts from.
+    pub fn state(&self) -> DocState {
+        DocState {
+            version: self.version,
+            content_hash: self.content_hash.clone(),
+            deleted: self.deleted,
+            leased_until: None,
+            lease_settles_at: self.lease_settled_at,
+        }
+    }
 }
 
 /// Locks, in the caller's transaction, those of the documents whose lock is free (in key
-/// order), without waiting for the others.
+/// order), without waiting for the others. The transaction's statements are planned at every
+/// execution from here on, with the tables' sizes of the moment (see `pending::claim_due`).
 pub async fn lock_many_skip_locked(
     conn: &mut PgConnection,
     doc_keys: &[String],
 ) -> Result<Vec<LockedDoc>, sqlx::Error> {
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query_as(
-        r#"SELECT d.doc_key, d.content_hash, p.seq AS pending_seq,
+        r#"SELECT d.doc_key, d.version, d.content_hash, d.deleted,
+                  p.seq AS pending_seq, p.first_change_at, p.last_change_at,
                   EXISTS (SELECT 1 FROM edge.write_lease l WHERE l.doc_key = d.doc_key
                           AND COALESCE(l.settled_at, l.until) > now()) AS leased,
-                  EXISTS (SELECT 1 FROM edge.write_lease l WHERE l.doc_key = d.doc_key
-                          AND COALESCE(l.settled_at, l.until) <= now()) AS lease_settled
+                  (SELECT COALESCE(l.settled_at, l.until) FROM edge.write_lease l
+                   WHERE l.doc_key = d.doc_key
+                     AND COALESCE(l.settled_at, l.until) <= now()) AS lease_settled_at
            FROM edge.document d LEFT JOIN edge.pending p ON p.doc_key = d.doc_key
            WHERE d.doc_key = ANY($1)
            ORDER BY d.doc_key
@@ -202,34 +199,6 @@ pub async fn lock_many_skip_locked(
     .bind(doc_keys)
     .fetch_all(conn)
     .await
-}
-
-/// The state of many documents written with one version from one snapshot (the
-/// migration page; [`finish`] records one document).
-pub async fn record_writes(
-    conn: &mut PgConnection,
-    doc_keys: &[String],
-    content_hashes: &[Option<&str>],
-    next_projection_at: &[Option<DateTime<Utc>>],
-    version: i64,
-    source_time: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        r#"UPDATE edge.document d
-           SET version = $2, content_hash = x.h, deleted = (x.h IS NULL), written_at = now(),
-               source_time = $3, next_projection_at = x.n, foreign_since = NULL,
-               foreign_state = NULL
-           FROM unnest($1::text[], $4::text[], $5::timestamptz[]) AS x(k, h, n)
-           WHERE d.doc_key = x.k"#,
-    )
-    .bind(doc_keys)
-    .bind(version)
-    .bind(source_time)
-    .bind(content_hashes)
-    .bind(next_projection_at)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 pub async fn recorded_items(
@@ -283,6 +252,9 @@ pub struct Finish<'a> {
     /// The queue row's `seq` when the document was taken: the row is done unless a new change
     /// arrived since.
     pub claimed_seq: Option<i64>,
+    /// The caller's own bulk-write lease on the document is released (every write it covered
+    /// was answered).
+    pub release_lease: bool,
     /// Project the document again at this time (or earlier if it already is due earlier,
     /// or an ended bulk-write lease of the document settles earlier: see
     /// [`crate::state::leases`]).
@@ -298,79 +270,139 @@ pub async fn finish(
     doc_key: &str,
     f: &Finish<'_>,
 ) -> Result<(), sqlx::Error> {
-    let (removed_kinds, removed_keys): (Vec<&str>, Vec<&Value>) =
-        f.removed.iter().map(|(t, k)| (t.as_str(), k)).unzip();
-    let (forgotten_kinds, forgotten_keys): (Vec<&str>, Vec<&Value>) =
-        f.forgotten.iter().map(|(t, k)| (t.as_str(), k)).unzip();
-    let w = f.written.as_ref();
+    finish_many(conn, &[(doc_key, f.clone())]).await
+}
+
+/// [`finish`] for many documents, in one statement (each document appears once).
+pub async fn finish_many(
+    conn: &mut PgConnection,
+    docs: &[(&str, Finish<'_>)],
+) -> Result<(), sqlx::Error> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let n = docs.len();
+    let mut keys = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut source_times = Vec::with_capacity(n);
+    let mut next_at = Vec::with_capacity(n);
+    let mut put_items = Vec::with_capacity(n);
+    let mut first_change_at = Vec::with_capacity(n);
+    let mut claimed = Vec::with_capacity(n);
+    let mut again_at = Vec::with_capacity(n);
+    let mut release = Vec::with_capacity(n);
+    let (mut removed_docs, mut removed_kinds, mut removed_keys) = (vec![], vec![], vec![]);
+    let (mut forgotten_docs, mut forgotten_kinds, mut forgotten_keys) = (vec![], vec![], vec![]);
+    for (doc_key, f) in docs {
+        let w = f.written.as_ref();
+        keys.push(*doc_key);
+        versions.push(w.map(|w| w.version));
+        hashes.push(w.and_then(|w| w.content_hash));
+        source_times.push(w.map(|w| w.source_time));
+        next_at.push(f.next_projection_at);
+        put_items.push(w.map(|w| w.put_items));
+        first_change_at.push(w.and_then(|w| w.first_change_at));
+        claimed.push(f.claimed_seq);
+        again_at.push(f.again_at);
+        release.push(f.release_lease);
+        for (t, k) in f.removed {
+            removed_docs.push(*doc_key);
+            removed_kinds.push(t.as_str());
+            removed_keys.push(k);
+        }
+        for (t, k) in f.forgotten {
+            forgotten_docs.push(*doc_key);
+            forgotten_kinds.push(t.as_str());
+            forgotten_keys.push(k);
+        }
+    }
     sqlx::query(
-        r#"WITH lease AS (
+        r#"WITH x AS MATERIALIZED (
+               SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[],
+                                    $5::timestamptz[], $6::bool[], $7::timestamptz[],
+                                    $8::bigint[], $9::timestamptz[], $10::bool[])
+                   AS x(k, version, hash, source_time, next_at, put_items, first_change_at,
+                        seq, again_at, release)),
+           lease AS (
                -- A bulk write's lease that ended unreleased: the document is due again when
                -- it settles; once settled, this (full) write removes it.
-               SELECT COALESCE(settled_at, until) AS settles FROM edge.write_lease
-               WHERE doc_key = $1 AND until <= now()),
+               SELECT l.doc_key, COALESCE(l.settled_at, l.until) AS settles
+               FROM edge.write_lease l JOIN x ON x.k = l.doc_key
+               WHERE l.until <= now()),
            due AS (
-               SELECT LEAST($13::timestamptz,
-                            (SELECT settles FROM lease WHERE settles > now())) AS at),
+               SELECT x.k, x.seq,
+                      LEAST(x.again_at, (SELECT settles FROM lease
+                                         WHERE lease.doc_key = x.k AND settles > now())) AS at
+               FROM x),
            settled AS (
-               DELETE FROM edge.write_lease
-               WHERE doc_key = $1 AND until <= now() AND COALESCE(settled_at, until) <= now()),
+               -- Settled leases; and the caller's own bulk-write leases, now that their
+               -- writes were all answered.
+               DELETE FROM edge.write_lease l USING x
+               WHERE l.doc_key = x.k
+                 AND (x.release
+                      OR (l.until <= now() AND COALESCE(l.settled_at, l.until) <= now()))),
            w AS (
-               UPDATE edge.document
-               SET version = $2, content_hash = $3, deleted = ($3 IS NULL), written_at = now(),
-                   source_time = $4, next_projection_at = $5, foreign_since = NULL,
-                   foreign_state = NULL
-               WHERE doc_key = $1 AND $2::bigint IS NOT NULL
-               RETURNING doc_key),
+               UPDATE edge.document d
+               SET version = x.version, content_hash = x.hash, deleted = (x.hash IS NULL),
+                   written_at = now(), source_time = x.source_time,
+                   next_projection_at = x.next_at, foreign_since = NULL, foreign_state = NULL
+               FROM x WHERE d.doc_key = x.k AND x.version IS NOT NULL
+               RETURNING d.doc_key, x.version, x.put_items, x.first_change_at),
            logged AS (
                INSERT INTO edge.write_log (doc_key, version, put_items, first_change_at)
-               SELECT doc_key, $2, $6, $7 FROM w),
+               SELECT doc_key, version, put_items, first_change_at FROM w),
            unwritten AS (
-               UPDATE edge.document SET next_projection_at = $5
-               WHERE doc_key = $1 AND $2::bigint IS NULL),
+               UPDATE edge.document d SET next_projection_at = x.next_at
+               FROM x WHERE d.doc_key = x.k AND x.version IS NULL),
            removed AS (
                UPDATE edge.document_item i SET removed_at = COALESCE(i.removed_at, now())
-               FROM unnest($8::text[], $9::jsonb[]) AS x(t, k)
-               WHERE i.doc_key = $1 AND i.table_kind = x.t AND i.item_key = x.k),
+               FROM unnest($11::text[], $12::text[], $13::jsonb[]) AS r(d, t, k)
+               WHERE i.doc_key = r.d AND i.table_kind = r.t AND i.item_key = r.k),
            forgotten AS (
                DELETE FROM edge.document_item i
-               USING unnest($10::text[], $11::jsonb[]) AS x(t, k)
-               WHERE i.doc_key = $1 AND i.table_kind = x.t AND i.item_key = x.k),
+               USING unnest($14::text[], $15::text[], $16::jsonb[]) AS f(d, t, k)
+               WHERE i.doc_key = f.d AND i.table_kind = f.t AND i.item_key = f.k),
            done AS (
-               DELETE FROM edge.pending
-               WHERE doc_key = $1 AND seq = $12 AND (SELECT at FROM due) IS NULL),
+               DELETE FROM edge.pending p USING due
+               WHERE p.doc_key = due.k AND p.seq = due.seq AND due.at IS NULL),
            again AS (
                INSERT INTO edge.pending (doc_key, seq, not_before)
-               SELECT $1, nextval('edge.pending_seq'), at FROM due WHERE at IS NOT NULL
+               SELECT due.k, nextval('edge.pending_seq'), due.at FROM due
+               WHERE due.at IS NOT NULL
                ON CONFLICT (doc_key) DO UPDATE SET
                    -- the row taken is done: it becomes a fresh row, due again
-                   seq = CASE WHEN edge.pending.seq = $12 THEN excluded.seq
-                              ELSE edge.pending.seq END,
-                   not_before = CASE WHEN edge.pending.seq = $12 THEN excluded.not_before
+                   seq = CASE WHEN edge.pending.seq = (SELECT seq FROM x WHERE x.k = excluded.doc_key)
+                              THEN excluded.seq ELSE edge.pending.seq END,
+                   not_before = CASE WHEN edge.pending.seq = (SELECT seq FROM x WHERE x.k = excluded.doc_key)
+                                     THEN excluded.not_before
                                      ELSE LEAST(edge.pending.not_before, excluded.not_before) END,
-                   first_change_at = CASE WHEN edge.pending.seq = $12 THEN NULL
-                                          ELSE edge.pending.first_change_at END,
-                   last_change_at = CASE WHEN edge.pending.seq = $12 THEN NULL
-                                         ELSE edge.pending.last_change_at END,
-                   attempts = CASE WHEN edge.pending.seq = $12 THEN 0
-                                   ELSE edge.pending.attempts END,
-                   last_error = CASE WHEN edge.pending.seq = $12 THEN NULL
-                                     ELSE edge.pending.last_error END)
-           DELETE FROM edge.dead_letter WHERE doc_key = $1"#,
+                   first_change_at = CASE WHEN edge.pending.seq = (SELECT seq FROM x WHERE x.k = excluded.doc_key)
+                                          THEN NULL ELSE edge.pending.first_change_at END,
+                   last_change_at = CASE WHEN edge.pending.seq = (SELECT seq FROM x WHERE x.k = excluded.doc_key)
+                                         THEN NULL ELSE edge.pending.last_change_at END,
+                   attempts = CASE WHEN edge.pending.seq = (SELECT seq FROM x WHERE x.k = excluded.doc_key)
+                                   THEN 0 ELSE edge.pending.attempts END,
+                   last_error = CASE WHEN edge.pending.seq = (SELECT seq FROM x WHERE x.k = excluded.doc_key)
+                                     THEN NULL ELSE edge.pending.last_error END)
+           DELETE FROM edge.dead_letter dl USING x WHERE dl.doc_key = x.k"#,
     )
-    .bind(doc_key)
-    .bind(w.map(|w| w.version))
-    .bind(w.and_then(|w| w.content_hash))
-    .bind(w.map(|w| w.source_time))
-    .bind(f.next_projection_at)
-    .bind(w.map(|w| w.put_items))
-    .bind(w.and_then(|w| w.first_change_at))
+    .bind(&keys)
+    .bind(&versions)
+    .bind(&hashes)
+    .bind(&source_times)
+    .bind(&next_at)
+    .bind(&put_items)
+    .bind(&first_change_at)
+    .bind(&claimed)
+    .bind(&again_at)
+    .bind(&release)
+    .bind(&removed_docs)
     .bind(&removed_kinds)
     .bind(&removed_keys)
+    .bind(&forgotten_docs)
     .bind(&forgotten_kinds)
     .bind(&forgotten_keys)
-    .bind(f.claimed_seq)
-    .bind(f.again_at)
     .execute(conn)
     .await?;
     Ok(())

@@ -238,26 +238,6 @@ pub async fn schedule_many(
     Ok(())
 }
 
-/// [`complete`] for many documents: `(doc_key, seq claimed)` pairs.
-pub async fn complete_many(
-    conn: &mut PgConnection,
-    doc_keys: &[&str],
-    seqs: &[i64],
-) -> Result<(), sqlx::Error> {
-    if doc_keys.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        r#"DELETE FROM edge.pending p USING unnest($1::text[], $2::bigint[]) AS x(k, s)
-           WHERE p.doc_key = x.k AND p.seq = x.s"#,
-    )
-    .bind(doc_keys)
-    .bind(seqs)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Records a failed attempt and pushes the document back by `delay`. Returns the number of
 /// failed attempts so far.
 pub async fn record_failure(
