@@ -156,8 +156,6 @@ fn identity_fan_out(table: &str, new: &Value, old: &Value, out: &mut Vec<Anchor>
     }
 }
 
-type Pairs = Vec<(i32, i32)>;
-
 /// What a batch of changes touches: documents, and identity fan-outs to page through.
 #[derive(Debug, Default)]
 pub struct Resolved {
@@ -219,251 +217,128 @@ pub async fn resolve(
     Ok(out)
 }
 
-/// Bulk resolution of anchors to the documents they touch.
+/// The walk from anchors up to environments, and down to API keys and identities, in one
+/// statement. Parameters are the anchors' ids by kind (see [`resolve_anchors`]). Each row is
+/// an anchor (its kind's name and id) and a document it touches (`environment`, `api_key`
+/// or `identity`, and its id).
+const RESOLVE: &str = r#"
+WITH RECURSIVE up AS (
+    SELECT id AS start, rule_id, segment_id FROM segments_segmentrule WHERE id = ANY($1)
+  UNION  -- not ALL: a cycle of rules (corrupt data) ends when no row is new
+    SELECT up.start, r.rule_id, r.segment_id
+    FROM up JOIN segments_segmentrule r ON r.id = up.rule_id
+    WHERE up.segment_id IS NULL
+),
+seg AS (
+    SELECT 'rule'::text AS kind, start AS anchor, segment_id AS segment
+    FROM up WHERE segment_id IS NOT NULL
+  UNION ALL
+    SELECT 'segment', s, s FROM unnest($2::int[]) AS s
+),
+proj AS (
+    SELECT seg.kind, seg.anchor, ss.project_id AS project
+    FROM seg JOIN segments_segment ss ON ss.id = seg.segment
+  UNION ALL
+    SELECT 'feature', f.id, f.project_id FROM features_feature f WHERE f.id = ANY($3)
+  UNION ALL
+    SELECT 'project', p, p FROM unnest($5::int[]) AS p
+  UNION ALL
+    SELECT 'project_keys', p, p FROM unnest($6::int[]) AS p
+),
+env AS (
+    SELECT proj.kind, proj.anchor, e.id AS environment
+    FROM proj JOIN environments_environment e ON e.project_id = proj.project
+  UNION ALL
+    SELECT 'organisation_keys', p.organisation_id, e.id
+    FROM projects_project p JOIN environments_environment e ON e.project_id = p.id
+    WHERE p.organisation_id = ANY($7)
+  UNION ALL
+    -- the environment's document even when its row is gone (it is to be deleted)
+    SELECT 'environment_keys', x, x FROM unnest($8::int[]) AS x
+  UNION ALL
+    SELECT 'feature_state', fs.id, fs.environment_id FROM features_featurestate fs
+    WHERE fs.id = ANY($4) AND fs.identity_id IS NULL AND fs.environment_id IS NOT NULL
+)
+SELECT kind, anchor, 'environment'::text AS doc, environment AS id FROM env
+UNION ALL
+SELECT env.kind, env.anchor, 'api_key', k.id
+FROM env JOIN environments_environmentapikey k ON k.environment_id = env.environment
+WHERE env.kind IN ('project_keys', 'organisation_keys', 'environment_keys')
+UNION ALL
+SELECT 'feature_state', fs.id, 'identity', fs.identity_id FROM features_featurestate fs
+WHERE fs.id = ANY($4) AND fs.identity_id IS NOT NULL
+"#;
+
+/// Bulk resolution of anchors to the documents they touch: one statement ([`RESOLVE`]) for
+/// any number of anchors of any kinds, none when no anchor needs a lookup.
 pub async fn resolve_anchors(
     conn: &mut PgConnection,
     anchors: &BTreeSet<Anchor>,
 ) -> Result<HashMap<Anchor, Vec<DocKey>>, sqlx::Error> {
-    let pick =
-        |f: fn(&Anchor) -> Option<i32>| -> Vec<i32> { anchors.iter().filter_map(f).collect() };
-
-    // Walk up: rules -> segments, feature states -> environments, features -> projects.
-    let rules = pick(|a| {
-        if let Anchor::Rule(i) = a {
-            Some(*i)
-        } else {
-            None
-        }
-    });
-    let rule_segment: Pairs = if rules.is_empty() {
-        vec![]
+    // The statement's parameters: ids by kind, and the kind's name in its rows.
+    const KINDS: [&str; 8] = [
+        "rule",
+        "segment",
+        "feature",
+        "feature_state",
+        "project",
+        "project_keys",
+        "organisation_keys",
+        "environment_keys",
+    ];
+    let slot = |a: &Anchor| -> Option<(usize, i32)> {
+        Some(match *a {
+            Anchor::Rule(i) => (0, i),
+            Anchor::Segment(i) => (1, i),
+            Anchor::Feature(i) => (2, i),
+            Anchor::FeatureState(i) => (3, i),
+            Anchor::Project(i) => (4, i),
+            Anchor::ProjectAndKeys(i) => (5, i),
+            Anchor::OrganisationAndKeys(i) => (6, i),
+            Anchor::EnvironmentAndKeys(i) => (7, i),
+            _ => return None,
+        })
+    };
+    let mut ids: [Vec<i32>; 8] = Default::default();
+    for (kind, id) in anchors.iter().filter_map(slot) {
+        ids[kind].push(id);
+    }
+    let rows: Vec<(String, i32, String, i32)> = if ids.iter().all(Vec::is_empty) {
+        Vec::new()
     } else {
-        sqlx::query_as(
-            r#"WITH RECURSIVE up AS (
-                   SELECT id AS start, rule_id, segment_id FROM segments_segmentrule WHERE id = ANY($1)
-                 UNION  -- not ALL: a cycle of rules (corrupt data) ends when no row is new
-                   SELECT up.start, r.rule_id, r.segment_id
-                   FROM up JOIN segments_segmentrule r ON r.id = up.rule_id
-                   WHERE up.segment_id IS NULL
-               )
-               SELECT start, segment_id FROM up WHERE segment_id IS NOT NULL"#,
-        )
-        .bind(&rules)
-        .fetch_all(&mut *conn)
-        .await?
+        let mut query = sqlx::query_as(RESOLVE);
+        for kind in &ids {
+            query = query.bind(kind);
+        }
+        query.fetch_all(&mut *conn).await?
     };
-    let mut segments = pick(|a| {
-        if let Anchor::Segment(i) = a {
-            Some(*i)
-        } else {
-            None
-        }
-    });
-    segments.extend(rule_segment.iter().map(|(_, s)| *s));
-    let segment_project: Pairs = query_pairs(
-        conn,
-        "SELECT id, project_id FROM segments_segment WHERE id = ANY($1)",
-        &segments,
-    )
-    .await?;
-    let features = pick(|a| {
-        if let Anchor::Feature(i) = a {
-            Some(*i)
-        } else {
-            None
-        }
-    });
-    let feature_project: Pairs = query_pairs(
-        conn,
-        "SELECT id, project_id FROM features_feature WHERE id = ANY($1)",
-        &features,
-    )
-    .await?;
-    let states = pick(|a| {
-        if let Anchor::FeatureState(i) = a {
-            Some(*i)
-        } else {
-            None
-        }
-    });
-    let state_environment: Pairs = query_pairs(
-        conn,
-        "SELECT id, environment_id FROM features_featurestate
-         WHERE id = ANY($1) AND identity_id IS NULL AND environment_id IS NOT NULL",
-        &states,
-    )
-    .await?;
-    let state_identity: Pairs = query_pairs(
-        conn,
-        "SELECT id, identity_id FROM features_featurestate
-         WHERE id = ANY($1) AND identity_id IS NOT NULL",
-        &states,
-    )
-    .await?;
-
-    // Projects and organisations -> environments.
-    let mut projects: Vec<i32> = anchors
-        .iter()
-        .filter_map(|a| match a {
-            Anchor::Project(i) | Anchor::ProjectAndKeys(i) => Some(*i),
-            _ => None,
-        })
-        .collect();
-    projects.extend(segment_project.iter().map(|(_, p)| *p));
-    projects.extend(feature_project.iter().map(|(_, p)| *p));
-    let project_environments: Pairs = query_pairs(
-        conn,
-        "SELECT project_id, id FROM environments_environment WHERE project_id = ANY($1)",
-        &projects,
-    )
-    .await?;
-    let orgs = pick(|a| {
-        if let Anchor::OrganisationAndKeys(i) = a {
-            Some(*i)
-        } else {
-            None
-        }
-    });
-    let org_environments: Pairs = query_pairs(
-        conn,
-        "SELECT p.organisation_id, e.id FROM environments_environment e
-         JOIN projects_project p ON p.id = e.project_id WHERE p.organisation_id = ANY($1)",
-        &orgs,
-    )
-    .await?;
-
-    // Environments whose API key documents are touched too.
-    let mut keyed_envs: Vec<i32> = pick(|a| {
-        if let Anchor::EnvironmentAndKeys(i) = a {
-            Some(*i)
-        } else {
-            None
-        }
-    });
-    let keyed_projects: BTreeSet<i32> = anchors
-        .iter()
-        .filter_map(|a| {
-            if let Anchor::ProjectAndKeys(i) = a {
-                Some(*i)
-            } else {
-                None
-            }
-        })
-        .collect();
-    keyed_envs.extend(
-        project_environments
-            .iter()
-            .filter(|(p, _)| keyed_projects.contains(p))
-            .map(|(_, e)| *e),
-    );
-    keyed_envs.extend(org_environments.iter().map(|(_, e)| *e));
-    let environment_keys: Pairs = query_pairs(
-        conn,
-        "SELECT environment_id, id FROM environments_environmentapikey WHERE environment_id = ANY($1)",
-        &keyed_envs,
-    )
-    .await?;
-
-    let empty = Vec::new();
-    let group = |pairs: &Pairs| -> HashMap<i32, Vec<i32>> {
-        let mut m: HashMap<i32, Vec<i32>> = HashMap::new();
-        for (k, v) in pairs {
-            m.entry(*k).or_default().push(*v);
-        }
-        m
-    };
-    let rule_segment = group(&rule_segment);
-    let segment_project = group(&segment_project);
-    let feature_project = group(&feature_project);
-    let state_environment = group(&state_environment);
-    let project_environments = group(&project_environments);
-    let org_environments = group(&org_environments);
-    let environment_keys = group(&environment_keys);
-    let state_identity = group(&state_identity);
-    let identities = |ids: Option<&Vec<i32>>| -> Vec<DocKey> {
-        ids.unwrap_or(&empty)
-            .iter()
-            .map(|i| DocKey::Identity(*i))
-            .collect()
-    };
-
-    let envs_of_project = |p: i32| project_environments.get(&p).unwrap_or(&empty).clone();
-    let with_keys = |envs: Vec<i32>| -> Vec<DocKey> {
-        let mut docs = Vec::new();
-        for e in envs {
-            docs.push(DocKey::Environment(e));
-            for k in environment_keys.get(&e).unwrap_or(&empty) {
-                docs.push(DocKey::ApiKey(*k));
-            }
-        }
-        docs
-    };
-    let envs_only =
-        |envs: Vec<i32>| -> Vec<DocKey> { envs.into_iter().map(DocKey::Environment).collect() };
-    let envs_of_segment = |s: i32| -> Vec<i32> {
-        segment_project
-            .get(&s)
-            .unwrap_or(&empty)
-            .iter()
-            .flat_map(|p| envs_of_project(*p))
-            .collect()
-    };
+    let mut found: HashMap<(&str, i32), Vec<DocKey>> = HashMap::new();
+    for (kind, anchor, doc, id) in &rows {
+        let Some(kind) = KINDS.iter().find(|k| **k == kind.as_str()) else {
+            continue;
+        };
+        let doc = match doc.as_str() {
+            "environment" => DocKey::Environment(*id),
+            "api_key" => DocKey::ApiKey(*id),
+            "identity" => DocKey::Identity(*id),
+            _ => continue,
+        };
+        found.entry((*kind, *anchor)).or_default().push(doc);
+    }
 
     let mut out = HashMap::new();
     for anchor in anchors {
-        let docs = match *anchor {
-            Anchor::Environment(e) => vec![DocKey::Environment(e)],
-            Anchor::EnvironmentAndKeys(e) => with_keys(vec![e]),
-            Anchor::Project(p) => envs_only(envs_of_project(p)),
-            Anchor::ProjectAndKeys(p) => with_keys(envs_of_project(p)),
-            Anchor::OrganisationAndKeys(o) => {
-                with_keys(org_environments.get(&o).unwrap_or(&empty).clone())
-            }
-            Anchor::Feature(f) => envs_only(
-                feature_project
-                    .get(&f)
-                    .unwrap_or(&empty)
-                    .iter()
-                    .flat_map(|p| envs_of_project(*p))
-                    .collect(),
-            ),
-            Anchor::Segment(s) => envs_only(envs_of_segment(s)),
-            Anchor::Rule(r) => envs_only(
-                rule_segment
-                    .get(&r)
-                    .unwrap_or(&empty)
-                    .iter()
-                    .flat_map(|s| envs_of_segment(*s))
-                    .collect(),
-            ),
-            Anchor::FeatureState(fs) => {
-                let mut docs = envs_only(state_environment.get(&fs).unwrap_or(&empty).clone());
-                docs.extend(identities(state_identity.get(&fs)));
-                docs
-            }
-            Anchor::ApiKey(k) => vec![DocKey::ApiKey(k)],
-            Anchor::Identity(i) => vec![DocKey::Identity(i)],
+        let docs = match (*anchor, slot(anchor)) {
+            (_, Some((kind, id))) => found.remove(&(KINDS[kind], id)).unwrap_or_default(),
+            (Anchor::Environment(e), None) => vec![DocKey::Environment(e)],
+            (Anchor::ApiKey(k), None) => vec![DocKey::ApiKey(k)],
+            (Anchor::Identity(i), None) => vec![DocKey::Identity(i)],
             // Paged by capture::fanout, never expanded in one statement.
-            Anchor::EnvironmentIdentities(_)
-            | Anchor::ProjectIdentities(_)
-            | Anchor::OrganisationIdentities(_)
-            | Anchor::FeatureIdentities(_)
-            | Anchor::OptionIdentities(_) => Vec::new(),
+            _ => Vec::new(),
         };
         out.insert(*anchor, docs);
     }
     Ok(out)
-}
-
-async fn query_pairs(
-    conn: &mut PgConnection,
-    sql: &str,
-    ids: &[i32],
-) -> Result<Pairs, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    sqlx::query_as(sql).bind(ids).fetch_all(conn).await
 }
 
 #[cfg(test)]
