@@ -3,13 +3,15 @@
 //! Every document goes through [`Replicator::replicate_now_with`]: its lock, a fresh
 //! snapshot, a version after the snapshot and conditional writes. A backfill can therefore
 //! run beside the live writer (and beside another backfill) without ever writing something
-//! older than what is stored. Documents are taken in key order, `concurrency` at a time, at
-//! most `rate` per second; the last key done is saved per scope in `edge.backfill_run`, so
-//! a stopped backfill resumes where it stopped.
+//! older than what is stored. Documents are taken in key order, `concurrency` in flight (a
+//! sliding window: a slow document does not hold the others back), at most `rate` per
+//! second; the last key below which every document is done is saved per scope in
+//! `edge.backfill_run`, so a stopped backfill resumes where it stopped.
 //!
 //! `--dry-run` projects each document and compares it with DynamoDB item by item (by the
 //! content hash the writer stores on every item), writing nothing.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -229,66 +231,82 @@ pub async fn run<S: ItemStore>(
     tracing::info!(scope = %scope_key, documents = todo.len(), dry_run = options.dry_run,
         resumed_after = ?summary.resumed_after, "backfill started");
 
-    let mut pacer = options.rate.filter(|r| *r > 0.0).map(|r| {
+    // Taken by one document at a time (the stream starts them in order).
+    let pacer = tokio::sync::Mutex::new(options.rate.filter(|r| *r > 0.0).map(|r| {
         let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
-    });
+    }));
     let mut progress = Progress::new(
         "documents",
         summary.documents,
         options.progress_bar,
         Duration::from_secs(5),
     );
-    for chunk in todo.chunks(options.concurrency.max(1)) {
-        if let Some(p) = pacer.as_mut() {
-            for _ in chunk {
-                p.tick().await;
-            }
-        }
-        let results: Vec<(String, Result<DocResult, String>)> = stream::iter(chunk.iter().cloned())
-            .map(|key| async move {
-                let r = replay_one(replicator, &key, options).await;
-                (key, r)
-            })
-            .buffered(options.concurrency.max(1))
-            .collect()
-            .await;
-        for (key, result) in results {
-            match result {
-                Ok(r) => {
-                    if r.written {
-                        summary.written += 1;
-                    } else {
-                        summary.unchanged += 1;
-                    }
-                    summary.items_compared += r.compared;
-                    summary.items_differing += r.differing;
-                    summary.items_missing += r.missing;
-                    if (r.differing > 0 || r.missing > 0) && summary.differing.len() < 50 {
-                        summary.differing.push(key.clone());
-                    }
+    // A sliding window of `concurrency` documents in flight. Documents finish out of order;
+    // the cursor saved is a low-water mark (every document at or below it is done), moved
+    // once per `concurrency` documents done and at the end.
+    let concurrency = options.concurrency.max(1);
+    let mut done_above: BTreeSet<usize> = BTreeSet::new();
+    let mut low_water = 0usize; // documents todo[..low_water] are done
+    let (mut saved_at, mut done_since_saved) = (0usize, 0i64);
+    let results = stream::iter(todo.iter().enumerate())
+        .then(|(i, key)| {
+            let pacer = &pacer;
+            async move {
+                if let Some(p) = pacer.lock().await.as_mut() {
+                    p.tick().await;
                 }
-                Err(e) => {
-                    tracing::warn!(doc = %key, error = %e, "backfill of a document failed; it is queued for the writer");
-                    summary.failed += 1;
-                    if summary.failures.len() < 50 {
-                        summary.failures.push((key.clone(), e));
-                    }
+                (i, key)
+            }
+        })
+        .map(|(i, key)| async move { (i, key, replay_one(replicator, key, options).await) })
+        .buffer_unordered(concurrency);
+    let mut results = std::pin::pin!(results);
+    while let Some((i, key, result)) = results.next().await {
+        match result {
+            Ok(r) => {
+                if r.written {
+                    summary.written += 1;
+                } else {
+                    summary.unchanged += 1;
+                }
+                summary.items_compared += r.compared;
+                summary.items_differing += r.differing;
+                summary.items_missing += r.missing;
+                if (r.differing > 0 || r.missing > 0) && summary.differing.len() < 50 {
+                    summary.differing.push(key.clone());
                 }
             }
+            Err(e) => {
+                tracing::warn!(doc = %key, error = %e, "backfill of a document failed; it is queued for the writer");
+                summary.failed += 1;
+                if summary.failures.len() < 50 {
+                    summary.failures.push((key.clone(), e));
+                }
+            }
         }
-        progress.advance(chunk.len() as u64);
-        if !options.dry_run {
-            let last = chunk.last().expect("chunks are not empty");
+        progress.advance(1);
+        done_since_saved += 1;
+        done_above.insert(i);
+        while done_above.remove(&low_water) {
+            low_water += 1;
+        }
+        let finished = low_water == todo.len();
+        if !options.dry_run
+            && low_water > saved_at
+            && (low_water - saved_at >= concurrency || finished)
+        {
             backfill_runs::advance(
                 pool,
                 &scope_key,
-                last,
-                chunk.len() as i64,
+                &todo[low_water - 1],
+                done_since_saved,
                 summary.failed as i64,
             )
             .await?;
+            saved_at = low_water;
+            done_since_saved = 0;
         }
     }
     progress.finish();
