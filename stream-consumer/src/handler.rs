@@ -15,13 +15,20 @@
 //!    version; otherwise the item was deleted behind the writer's back;
 //! 3. the acknowledgement (region, item, version, lag from the core commit) is recorded;
 //! 4. after the batch, the verified changes are invalidated in every cache target.
+//!
+//! Steps 1-3 are pipelined: a record's acknowledgement is sent as soon as it is checked, up
+//! to [`ACK_CONCURRENCY`] in flight (a sliding window), while the next records are checked.
+//! The outcome is the same as checking every record first: records after the first failure
+//! are neither checked nor acknowledged, and an acknowledgement written for a record before
+//! it is harmless on redelivery (acknowledgements never go backwards).
 
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use edge_documents::acks::{self, Ack};
 use edge_documents::item::{stored_meta, ATTR_VERSION};
-use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 
 use crate::ingest::{self, Ingestion};
 use crate::invalidate::{dedupe, Change, Invalidation};
@@ -30,7 +37,7 @@ use crate::record::{ChangeRecord, Malformed};
 use crate::verify::{verify, VerifyError};
 use edge_documents::tables::TableKind;
 
-/// Acknowledgements written at once within a batch.
+/// Acknowledgements in flight at once within a batch.
 const ACK_CONCURRENCY: usize = 16;
 
 /// What happened to one batch.
@@ -100,14 +107,25 @@ impl<L: Ledger> Consumer<L> {
     }
 
     /// Handles a batch, in order, up to its first failure.
-    pub async fn handle(&self, records: Vec<Result<ChangeRecord, Malformed>>) -> BatchReport {
+    /// Records may be decoded lazily (an iterator over the event's JSON): decoding is then
+    /// pipelined with the acknowledgements too.
+    pub async fn handle<I>(&self, records: I) -> BatchReport
+    where
+        I: IntoIterator<Item = Result<ChangeRecord, Malformed>>,
+        I::IntoIter: ExactSizeIterator + Send,
+    {
+        let records = records.into_iter();
         let started = Instant::now();
         let mut report = BatchReport {
             records: records.len(),
             ..BatchReport::default()
         };
-        // 1-2: check every record in order until one fails.
+        // 1-3, pipelined: records are checked in order until one fails, and each checked
+        // record's acknowledgement is sent at once, up to ACK_CONCURRENCY in flight, while
+        // the next records are checked. Results are put back in record order below.
         let mut checked: Vec<(String, Checked)> = Vec::with_capacity(records.len());
+        let mut acked: Vec<Option<Result<(), String>>> = Vec::with_capacity(records.len());
+        let mut in_flight = FuturesUnordered::new();
         for record in records {
             let record = match record {
                 Ok(r) => r,
@@ -116,8 +134,8 @@ impl<L: Ledger> Consumer<L> {
                     break;
                 }
             };
-            match self.check(&record).await {
-                Ok(c) => checked.push((record.sequence, c)),
+            let c = match self.check(&record).await {
+                Ok(c) => c,
                 Err(e) => {
                     report.failure = Some((
                         record.sequence.clone(),
@@ -125,22 +143,33 @@ impl<L: Ledger> Consumer<L> {
                     ));
                     break;
                 }
+            };
+            let slot = checked.len();
+            match &c {
+                Checked::Ack(ack, _) => {
+                    acked.push(None);
+                    in_flight.push(self.acknowledge(slot, ack.as_ref().clone()));
+                }
+                Checked::Skipped | Checked::Ingested | Checked::Parked => acked.push(Some(Ok(()))),
+            }
+            checked.push((record.sequence, c));
+            // Sends what was just pushed and takes what has finished, without waiting...
+            while let Some(Some((slot, result))) = in_flight.next().now_or_never() {
+                acked[slot] = Some(result);
+            }
+            // ...unless the window is full.
+            while in_flight.len() >= ACK_CONCURRENCY {
+                if let Some((slot, result)) = in_flight.next().await {
+                    acked[slot] = Some(result);
+                }
             }
         }
-        // 3: acknowledgements, concurrently, each result in record order.
-        let mut results: Vec<Result<(), String>> = Vec::with_capacity(checked.len());
-        for chunk in checked.chunks(ACK_CONCURRENCY) {
-            // A plain loop, not a closure returning futures: the latter makes the batch's
-            // future not provably Send (rust-lang/rust#110338).
-            let mut acks = Vec::with_capacity(chunk.len());
-            for (_, c) in chunk {
-                acks.push(self.acknowledge(c));
-            }
-            results.extend(join_all(acks).await);
+        while let Some((slot, result)) = in_flight.next().await {
+            acked[slot] = Some(result);
         }
         let mut changes = Vec::new();
-        for ((sequence, c), result) in checked.into_iter().zip(results) {
-            if let Err(e) = result {
+        for ((sequence, c), result) in checked.into_iter().zip(acked) {
+            if let Some(Err(e)) = result {
                 // An earlier record's failure wins over a later verification failure.
                 report.failure = Some((sequence.clone(), format!("record {sequence}: {e}")));
                 break;
@@ -177,15 +206,14 @@ impl<L: Ledger> Consumer<L> {
         report
     }
 
-    async fn acknowledge(&self, checked: &Checked) -> Result<(), String> {
-        match checked {
-            Checked::Ack(ack, _) => self
-                .ledger
-                .acknowledge(ack)
-                .await
-                .map_err(|e| e.to_string()),
-            Checked::Skipped | Checked::Ingested | Checked::Parked => Ok(()),
-        }
+    /// Writes one acknowledgement; `slot` travels with the result.
+    async fn acknowledge(&self, slot: usize, ack: Ack) -> (usize, Result<(), String>) {
+        let result = self
+            .ledger
+            .acknowledge(&ack)
+            .await
+            .map_err(|e| e.to_string());
+        (slot, result)
     }
 
     /// Ingests an edge write of an identity item into core.

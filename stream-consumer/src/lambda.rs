@@ -18,10 +18,8 @@ pub async fn handle_event<L: Ledger>(
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let decoded = records
-        .iter()
-        .map(|r| record::from_lambda(r, tables))
-        .collect();
+    // Decoded one by one as the handler takes them.
+    let decoded = records.iter().map(|r| record::from_lambda(r, tables));
     let report = consumer.handle(decoded).await;
     let mut response = DynamoDbEventResponse::default();
     if let Some((sequence, _)) = &report.failure {

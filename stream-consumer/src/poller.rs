@@ -293,7 +293,9 @@ pub async fn run<L: Ledger>(
             };
             for (shard, records) in batches {
                 any = true;
-                let decoded = records
+                // Collected first: a lazy iterator here makes the poller's future not provably
+                // Send (rust-lang/rust#110338).
+                let decoded: Vec<_> = records
                     .iter()
                     .map(|r| record::from_streams(r, *kind))
                     .collect();
