@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use edge_documents::item::Item;
 use edge_documents::tables::TableKind;
-use edge_writer::store::{BatchPutError, Guard, ItemStore, StoreError, WriteOutcome};
+use edge_writer::store::{
+    BatchPutError, Guard, GuardedPut, ItemStore, StoreError, TransactOutcome, WriteOutcome,
+};
 
 #[derive(Clone)]
 pub struct CountingStore<S> {
@@ -15,6 +17,8 @@ pub struct CountingStore<S> {
     pub deletes: Arc<AtomicUsize>,
     /// Conditional puts and deletes DynamoDB applied.
     pub applied: Arc<AtomicUsize>,
+    /// TransactWriteItems calls.
+    pub transactions: Arc<AtomicUsize>,
 }
 
 impl<S> CountingStore<S> {
@@ -25,6 +29,7 @@ impl<S> CountingStore<S> {
             environment_puts: Arc::default(),
             deletes: Arc::default(),
             applied: Arc::default(),
+            transactions: Arc::default(),
         }
     }
     pub fn puts(&self) -> usize {
@@ -35,6 +40,9 @@ impl<S> CountingStore<S> {
     }
     pub fn applied(&self) -> usize {
         self.applied.load(Ordering::SeqCst)
+    }
+    pub fn transactions(&self) -> usize {
+        self.transactions.load(Ordering::SeqCst)
     }
 
     fn count_applied(
@@ -85,6 +93,22 @@ impl<S: ItemStore> ItemStore for CountingStore<S> {
             .count();
         self.environment_puts.fetch_add(envs, Ordering::SeqCst);
         self.inner.batch_put(items).await
+    }
+
+    async fn put_all(&self, puts: Vec<GuardedPut>) -> Result<TransactOutcome, StoreError> {
+        let n = puts.len();
+        self.transactions.fetch_add(1, Ordering::SeqCst);
+        self.puts.fetch_add(n, Ordering::SeqCst);
+        let envs = puts
+            .iter()
+            .filter(|p| p.table == TableKind::Environments)
+            .count();
+        self.environment_puts.fetch_add(envs, Ordering::SeqCst);
+        let outcome = self.inner.put_all(puts).await;
+        if let Ok(TransactOutcome::Applied) = outcome {
+            self.applied.fetch_add(n, Ordering::SeqCst);
+        }
+        outcome
     }
 
     async fn get(&self, table: TableKind, key: Item) -> Result<Option<Item>, StoreError> {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use edge_documents::item::Item;
 use edge_documents::tables::TableKind;
-use edge_writer::store::{BatchPutError, Guard, ItemStore, StoreError, WriteOutcome};
+use edge_writer::store::{
+    BatchPutError, Guard, GuardedPut, ItemStore, StoreError, TransactOutcome, WriteOutcome,
+};
 use tokio::sync::watch;
 
 #[derive(Clone)]
@@ -78,6 +80,11 @@ impl<S: ItemStore> ItemStore for GatedStore<S> {
     async fn batch_put(&self, items: Vec<(TableKind, Item)>) -> Result<(), BatchPutError> {
         self.pass().await;
         self.inner.batch_put(items).await
+    }
+
+    async fn put_all(&self, puts: Vec<GuardedPut>) -> Result<TransactOutcome, StoreError> {
+        self.pass().await;
+        self.inner.put_all(puts).await
     }
 
     async fn get(&self, table: TableKind, key: Item) -> Result<Option<Item>, StoreError> {

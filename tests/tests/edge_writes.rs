@@ -247,6 +247,98 @@ async fn an_edge_edit_is_never_clobbered_by_core_or_repair_and_is_merged_after_i
     db.drop_db().await;
 }
 
+/// A storm's batches go out in transactions (TransactWriteItems, each identity item under the
+/// ownership condition). Identities written at the edge in the middle of a batch cancel their
+/// transaction but are never replaced: they wait for ingestion, exactly as the edge wrote
+/// them, and every other identity of their batches is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_written_in_transactions_never_replaces_an_edge_item() {
+    const IDENTITIES: usize = 60;
+    let (db, tables, core) = edge_tests::setup().await;
+    let (_, project, env) = basic_project(&core, "stormEnv").await;
+    let mut ids = Vec::new();
+    for i in 0..IDENTITIES {
+        let id = core.create_identity(env, &format!("u{i}")).await;
+        core.set_trait(id, "plan", TraitVal::Str("gold".into()))
+            .await;
+        ids.push(id);
+    }
+    edge_ingest::switch::set(&db.pool, project, Some(true))
+        .await
+        .unwrap();
+    let writer = patient_writer(&db, &tables);
+    wait::writer_idle(&db.pool, MERGE_DEADLINE).await;
+    writer.stop().await;
+
+    // The edge edits three identities spread over the batches, then core changes every
+    // identity at once (one statement: a storm) while no writer runs.
+    let edge_keys = ["stormEnv_u5", "stormEnv_u29", "stormEnv_u47"];
+    let mut edge_puts = HashMap::new();
+    for key in edge_keys {
+        let put = edge::edit_identity(&tables, key, |doc| {
+            edge::set_trait(doc, "edge_only", Some(json!(key)));
+        })
+        .await;
+        edge_puts.insert(key, put);
+    }
+    sqlx::query("UPDATE environments_trait SET string_value = 'platinum' WHERE trait_key = 'plan'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let store = edge_tests::counting::CountingStore::new(tables.store());
+    let settings = Settings {
+        ingest_grace: Duration::from_secs(3600),
+        ..test_settings()
+    };
+    let writer =
+        InProcessWriter::start(Replicator::new(db.pool.clone(), store.clone(), settings), 2);
+    for i in 0..IDENTITIES {
+        let key = format!("stormEnv_u{i}");
+        if edge_keys.contains(&key.as_str()) {
+            continue;
+        }
+        wait::until(
+            &format!("{key} with the storm's change"),
+            MERGE_DEADLINE,
+            || async {
+                let doc = document_of(&identity_item(&tables, &key).await?);
+                (edge::trait_of(&doc, "plan") == Some(&json!("platinum"))).then_some(())
+            },
+        )
+        .await;
+    }
+    wait::until(
+        "the edge's identities to wait for ingestion (not replaced by the storm)",
+        MERGE_DEADLINE,
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM edge.document WHERE foreign_state = 'awaiting_ingestion'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (waiting == edge_keys.len() as i64).then_some(())
+        },
+    )
+    .await;
+    writer.stop().await;
+    for key in edge_keys {
+        let item = identity_item(&tables, key).await.unwrap();
+        assert!(
+            !item.contains_key(ATTR_VERSION),
+            "{key}: the edge's item was replaced"
+        );
+        assert_eq!(&document_of(&item), &edge_puts[key], "{key}");
+    }
+    assert!(
+        store.transactions() >= 2,
+        "the storm went out in transactions ({} sent)",
+        store.transactions()
+    );
+    db.drop_db().await;
+}
+
 fn record(
     seq: &str,
     new: Option<&Value>,

@@ -770,6 +770,13 @@ impl ItemStore for FailingBatches {
         })
     }
 
+    async fn put_all(
+        &self,
+        puts: Vec<edge_writer::store::GuardedPut>,
+    ) -> Result<edge_writer::store::TransactOutcome, edge_writer::store::StoreError> {
+        self.inner.put_all(puts).await
+    }
+
     async fn get(
         &self,
         table: TableKind,

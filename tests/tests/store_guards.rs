@@ -9,7 +9,9 @@ use edge_documents::acks;
 use edge_documents::item::{encode, Item, ReplicationMeta};
 use edge_documents::tables::TableKind;
 use edge_tests::dynamo::TestTables;
-use edge_writer::store::{DynamoStore, Guard, ItemStore, WriteOutcome};
+use edge_writer::store::{
+    DynamoStore, Guard, GuardedPut, ItemStore, TransactOutcome, WriteOutcome,
+};
 use serde_json::{json, Value};
 
 /// An item as the writer encodes it: `body`, version `version`, document `doc_key`.
@@ -219,6 +221,138 @@ async fn owned_guard_refuses_older_versions_and_foreign_items_and_leaves_the_ite
         }
     );
     assert_eq!(stored(&store, table, &key).await.as_ref(), Some(&edge));
+}
+
+fn identity_named(name: &str, plan: &str) -> Value {
+    json!({"composite_key": format!("envGuard_{name}"), "environment_api_key": "envGuard",
+           "identifier": name, "identity_uuid": "0b2b1a8e-7e0f-4a43-9d5c-2f1f1c3f6b11",
+           "identity_traits": [{"trait_key": "plan", "trait_value": plan}]})
+}
+
+/// A transaction of puts (a storm's batch, `ItemStore::put_all`): every put keeps its own
+/// guard's condition, and one refusal applies none of them. An older version, an item written
+/// at the edge and an older environment version each cancel the whole transaction and are
+/// named; the stored items stay exactly as they were; a transaction sent again after it was
+/// applied is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_of_puts_keeps_each_guard_and_applies_all_or_nothing() {
+    edge_tests::init_logging();
+    let tables = TestTables::new().await;
+    let store = tables.store();
+    let ident = TableKind::Identities;
+    let env = TableKind::Environments;
+    let guarded = |table: TableKind, item: &Item, version: i64| GuardedPut {
+        table,
+        item: item.clone(),
+        version,
+        guard: Guard::for_put(table),
+    };
+    let ours = |name: &str, doc: &str, version: i64| {
+        writer_item(&identity_named(name, &format!("v{version}")), doc, version)
+    };
+    let env_item = |version: i64| {
+        writer_item(
+            &json!({"api_key": "envGuard", "id": 1, "name": format!("v{version}")}),
+            "environment:1",
+            version,
+        )
+    };
+    let a5 = ours("a", "identity:1", 5);
+    let e5 = env_item(5);
+    let edge = foreign_item(&identity_named("b", "edge"));
+    store
+        .put(ident, a5.clone(), 5, &Guard::Owned)
+        .await
+        .unwrap();
+    store
+        .put(env, e5.clone(), 5, &Guard::Version)
+        .await
+        .unwrap();
+    raw_put(&tables, ident, edge.clone()).await;
+    let c1 = ours("c", "identity:3", 1);
+    let c_key = key_of(ident, &c1);
+
+    let cases: Vec<(&str, Vec<GuardedPut>, Vec<usize>)> = vec![
+        (
+            "an older version of our identity",
+            vec![
+                guarded(ident, &c1, 1),
+                guarded(ident, &ours("a", "identity:1", 4), 4),
+            ],
+            vec![1],
+        ),
+        (
+            "an identity written at the edge",
+            vec![
+                guarded(ident, &ours("b", "identity:2", 9), 9),
+                guarded(ident, &c1, 1),
+            ],
+            vec![0],
+        ),
+        (
+            "an older environment",
+            vec![guarded(ident, &c1, 1), guarded(env, &env_item(4), 4)],
+            vec![1],
+        ),
+    ];
+    for (name, puts, refused) in cases {
+        assert_eq!(
+            store.put_all(puts).await.unwrap(),
+            TransactOutcome::Cancelled { refused },
+            "{name}"
+        );
+        assert_eq!(
+            stored(&store, ident, &c_key).await,
+            None,
+            "{name}: nothing applied"
+        );
+        assert_eq!(
+            stored(&store, ident, &key_of(ident, &a5)).await.as_ref(),
+            Some(&a5)
+        );
+        assert_eq!(
+            stored(&store, ident, &key_of(ident, &edge)).await.as_ref(),
+            Some(&edge)
+        );
+        assert_eq!(
+            stored(&store, env, &key_of(env, &e5)).await.as_ref(),
+            Some(&e5)
+        );
+    }
+
+    // Newer versions of everything apply together.
+    let (a6, e6) = (ours("a", "identity:1", 6), env_item(6));
+    let applied = vec![
+        guarded(ident, &a6, 6),
+        guarded(ident, &c1, 1),
+        guarded(env, &e6, 6),
+    ];
+    assert_eq!(
+        store.put_all(applied.clone()).await.unwrap(),
+        TransactOutcome::Applied
+    );
+    assert_eq!(
+        stored(&store, ident, &key_of(ident, &a6)).await.as_ref(),
+        Some(&a6)
+    );
+    assert_eq!(stored(&store, ident, &c_key).await.as_ref(), Some(&c1));
+    assert_eq!(
+        stored(&store, env, &key_of(env, &e6)).await.as_ref(),
+        Some(&e6)
+    );
+    // The same transaction again (a late or repeated request): refused, nothing changes.
+    assert!(matches!(
+        store.put_all(applied).await.unwrap(),
+        TransactOutcome::Cancelled { .. }
+    ));
+    assert_eq!(
+        stored(&store, ident, &key_of(ident, &a6)).await.as_ref(),
+        Some(&a6)
+    );
+    assert_eq!(
+        stored(&store, ident, &key_of(ident, &edge)).await.as_ref(),
+        Some(&edge)
+    );
 }
 
 /// [`Guard::Adopt`]: exactly the foreign item that was ingested is replaced; one that changed

@@ -1,12 +1,14 @@
 //! Backfill replays: re-project and re-write documents through the normal versioned path.
 //!
-//! Every document goes through [`Replicator::replicate_now_with`]: its lock, a fresh
-//! snapshot, a version after the snapshot and conditional writes. A backfill can therefore
-//! run beside the live writer (and beside another backfill) without ever writing something
-//! older than what is stored. Documents are taken in key order, `concurrency` in flight (a
-//! sliding window: a slow document does not hold the others back), at most `rate` per
-//! second; the last key below which every document is done is saved per scope in
-//! `edge.backfill_run`, so a stopped backfill resumes where it stopped.
+//! Every document goes through the live path's procedure, in batches of `batch` documents
+//! ([`Replicator::replicate_many_now`]): their locks (waited for, in key order), a fresh
+//! snapshot of each, a version after the snapshots and conditional writes (in transactions
+//! for a batch). A backfill can therefore run beside the live writer (and beside another
+//! backfill) without ever writing something older than what is stored. Documents are taken
+//! in key order, `concurrency` batches in flight (a sliding window: a slow batch does not
+//! hold the others back), at most `rate` per second; the last key below which every
+//! document is done is saved per scope in `edge.backfill_run`, so a stopped backfill
+//! resumes where it stopped.
 //!
 //! `--dry-run` projects each document and compares it with DynamoDB item by item (by the
 //! content hash the writer stores on every item), writing nothing.
@@ -77,7 +79,11 @@ pub struct Options {
     pub dry_run: bool,
     /// Documents per second at most (None: as fast as it goes).
     pub rate: Option<f64>,
+    /// Batches in flight.
     pub concurrency: usize,
+    /// Documents written together (one lock transaction, one version, their writes in
+    /// transactions, one commit).
+    pub batch: usize,
     /// Start from the first document even if a stopped run left a cursor.
     pub restart: bool,
     /// Compare each document with DynamoDB first (as a dry run does) and re-write only those
@@ -88,6 +94,9 @@ pub struct Options {
     /// A progress bar on a terminal (log lines every 5 s otherwise).
     pub progress_bar: bool,
 }
+
+/// Documents a backfill writes together, unless told otherwise.
+pub const DEFAULT_BATCH: usize = 25;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Summary {
@@ -243,52 +252,61 @@ pub async fn run<S: ItemStore>(
         options.progress_bar,
         Duration::from_secs(5),
     );
-    // A sliding window of `concurrency` documents in flight. Documents finish out of order;
+    // A sliding window of `concurrency` batches in flight. Documents finish out of order;
     // the cursor saved is a low-water mark (every document at or below it is done), moved
     // once per `concurrency` documents done and at the end.
     let concurrency = options.concurrency.max(1);
+    let batch = options.batch.max(1);
     let mut done_above: BTreeSet<usize> = BTreeSet::new();
     let mut low_water = 0usize; // documents todo[..low_water] are done
     let (mut saved_at, mut done_since_saved) = (0usize, 0i64);
-    let results = stream::iter(todo.iter().enumerate())
-        .then(|(i, key)| {
-            let pacer = &pacer;
-            async move {
-                if let Some(p) = pacer.lock().await.as_mut() {
-                    p.tick().await;
+    let results =
+        stream::iter(todo.chunks(batch).enumerate())
+            .then(|(c, keys)| {
+                let pacer = &pacer;
+                async move {
+                    if let Some(p) = pacer.lock().await.as_mut() {
+                        for _ in keys {
+                            p.tick().await;
+                        }
+                    }
+                    (c * batch, keys)
                 }
-                (i, key)
-            }
-        })
-        .map(|(i, key)| async move { (i, key, replay_one(replicator, key, options).await) })
-        .buffer_unordered(concurrency);
+            })
+            .map(|(start, keys)| async move {
+                (start, keys, replay_batch(replicator, keys, options).await)
+            })
+            .buffer_unordered(concurrency);
     let mut results = std::pin::pin!(results);
-    while let Some((i, key, result)) = results.next().await {
-        match result {
-            Ok(r) => {
-                if r.written {
-                    summary.written += 1;
-                } else {
-                    summary.unchanged += 1;
+    while let Some((start, keys, batch_results)) = results.next().await {
+        for (j, (key, result)) in keys.iter().zip(batch_results).enumerate() {
+            let i = start + j;
+            match result {
+                Ok(r) => {
+                    if r.written {
+                        summary.written += 1;
+                    } else {
+                        summary.unchanged += 1;
+                    }
+                    summary.items_compared += r.compared;
+                    summary.items_differing += r.differing;
+                    summary.items_missing += r.missing;
+                    if (r.differing > 0 || r.missing > 0) && summary.differing.len() < 50 {
+                        summary.differing.push(key.clone());
+                    }
                 }
-                summary.items_compared += r.compared;
-                summary.items_differing += r.differing;
-                summary.items_missing += r.missing;
-                if (r.differing > 0 || r.missing > 0) && summary.differing.len() < 50 {
-                    summary.differing.push(key.clone());
+                Err(e) => {
+                    tracing::warn!(doc = %key, error = %e, "backfill of a document failed; it is queued for the writer");
+                    summary.failed += 1;
+                    if summary.failures.len() < 50 {
+                        summary.failures.push((key.clone(), e));
+                    }
                 }
             }
-            Err(e) => {
-                tracing::warn!(doc = %key, error = %e, "backfill of a document failed; it is queued for the writer");
-                summary.failed += 1;
-                if summary.failures.len() < 50 {
-                    summary.failures.push((key.clone(), e));
-                }
-            }
+            progress.advance(1);
+            done_since_saved += 1;
+            done_above.insert(i);
         }
-        progress.advance(1);
-        done_since_saved += 1;
-        done_above.insert(i);
         while done_above.remove(&low_water) {
             low_water += 1;
         }
@@ -325,37 +343,64 @@ struct DocResult {
     missing: u64,
 }
 
-async fn replay_one<S: ItemStore>(
+/// One batch of documents, each one's result in order.
+async fn replay_batch<S: ItemStore>(
     replicator: &Replicator<S>,
-    key: &str,
+    keys: &[String],
     options: &Options,
-) -> Result<DocResult, String> {
-    let doc: DocKey = key.parse().map_err(|e| error_chain(&e))?;
-    if options.dry_run {
-        let c = compare_with_store(replicator, doc, key).await?;
-        return Ok(DocResult {
-            written: c.differing > 0 || c.missing > 0,
-            compared: c.compared,
-            differing: c.differing,
-            missing: c.missing,
-        });
+) -> Vec<Result<DocResult, String>> {
+    let mut out: Vec<Option<Result<DocResult, String>>> = keys.iter().map(|_| None).collect();
+    // Documents to write, forced or not, with their slots in `out`.
+    let mut forced: Vec<(usize, DocKey)> = Vec::new();
+    let mut unforced: Vec<(usize, DocKey)> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let doc: DocKey = match key.parse() {
+            Ok(doc) => doc,
+            Err(e) => {
+                out[i] = Some(Err(error_chain(&e)));
+                continue;
+            }
+        };
+        if !(options.dry_run || options.only_differing) {
+            forced.push((i, doc));
+            continue;
+        }
+        match compare_with_store(replicator, doc, key).await {
+            Err(e) => out[i] = Some(Err(e)),
+            Ok(c) if options.dry_run => {
+                out[i] = Some(Ok(DocResult {
+                    written: c.differing > 0 || c.missing > 0,
+                    compared: c.compared,
+                    differing: c.differing,
+                    missing: c.missing,
+                }))
+            }
+            Ok(c) if c.differing > 0 || c.missing > 0 || c.foreign > 0 => forced.push((i, doc)),
+            Ok(_) => unforced.push((i, doc)),
+        }
     }
-    let force = if options.only_differing {
-        let c = compare_with_store(replicator, doc, key).await?;
-        c.differing > 0 || c.missing > 0 || c.foreign > 0
-    } else {
-        true
-    };
-    let outcome = replicator
-        .replicate_now_with(doc, force)
-        .await
-        .map_err(|e| error_chain(&e))?;
-    Ok(DocResult {
-        written: outcome.written > 0 || outcome.deleted > 0,
-        compared: 0,
-        differing: 0,
-        missing: 0,
-    })
+    for (group, force) in [(forced, true), (unforced, false)] {
+        if group.is_empty() {
+            continue;
+        }
+        let docs: Vec<DocKey> = group.iter().map(|(_, d)| *d).collect();
+        let results = replicator.replicate_many_now(&docs, force).await;
+        for ((i, _), result) in group.into_iter().zip(results) {
+            out[i] = Some(
+                result
+                    .map(|outcome| DocResult {
+                        written: outcome.written > 0 || outcome.deleted > 0,
+                        compared: 0,
+                        differing: 0,
+                        missing: 0,
+                    })
+                    .map_err(|e| error_chain(&e)),
+            );
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("not replayed".into())))
+        .collect()
 }
 
 /// A document's projection compared with DynamoDB, item by item.

@@ -262,6 +262,7 @@ pub async fn run(
             dry_run: false,
             rate: options.rate,
             concurrency: options.concurrency.max(1),
+            batch: backfill::DEFAULT_BATCH,
             restart: false,
             only_differing: true,
             progress_bar: options.progress_bar,

@@ -157,6 +157,12 @@ mod tests {
                 None => Ok(()),
             }
         }
+        async fn put_all(
+            &self,
+            _: Vec<crate::store::GuardedPut>,
+        ) -> Result<crate::store::TransactOutcome, StoreError> {
+            unreachable!("the bulk step sends no transaction")
+        }
         async fn get(&self, _: TableKind, _: Item) -> Result<Option<Item>, StoreError> {
             unreachable!()
         }

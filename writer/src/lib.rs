@@ -32,6 +32,7 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod sync_wait;
+mod transact_write;
 pub mod verify;
 pub mod write_plan;
 

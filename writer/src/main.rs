@@ -342,9 +342,14 @@ struct BackfillArgs {
     /// At most this many documents per second.
     #[arg(long)]
     rate: Option<f64>,
-    /// Documents replayed at once.
+    /// Batches replayed at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
+    /// Documents written together: one lock transaction, one version, their writes in
+    /// transactions (unless --batch-writes puts), one commit.
+    #[arg(long, default_value_t = edge_writer::backfill::DEFAULT_BATCH as u16,
+          value_parser = clap::value_parser!(u16).range(1..=500))]
+    batch: u16,
     /// Start from the first document even if a stopped run of this scope left a cursor.
     #[arg(long)]
     restart: bool,
@@ -779,6 +784,17 @@ struct ReplicationArgs {
     /// it before the writer ingests it itself.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     ingest_grace_secs: u64,
+    /// How the documents of a batch (a fan-out storm's identities) are written:
+    /// `transactions` (TransactWriteItems of up to 100 items, each under its own condition:
+    /// fewer requests, twice the write capacity) or `puts` (one conditional PutItem per item).
+    #[arg(long, value_enum, default_value_t = BatchWrites::Transactions)]
+    batch_writes: BatchWrites,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BatchWrites {
+    Transactions,
+    Puts,
 }
 
 impl ReplicationArgs {
@@ -790,6 +806,7 @@ impl ReplicationArgs {
             max_attempts: self.max_attempts,
             retry_cap: Duration::from_millis(self.retry_cap_ms),
             ingest_grace: Duration::from_secs(self.ingest_grace_secs),
+            batch_transactions: self.batch_writes == BatchWrites::Transactions,
             retry_base: defaults
                 .retry_base
                 .min(Duration::from_millis(self.retry_cap_ms)),
@@ -1085,6 +1102,7 @@ async fn backfill(cli: &Cli, args: &BackfillArgs) -> Result<()> {
         dry_run: args.dry_run,
         rate: args.rate,
         concurrency: usize::from(args.concurrency),
+        batch: usize::from(args.batch),
         restart: args.restart,
         only_differing: false,
         progress_bar: false,

@@ -24,6 +24,7 @@ pub const TASK_RESTARTS_TOTAL: &str = "writer_task_restarts_total";
 pub const OLDEST_DUE_AGE_SECONDS: &str = "writer_oldest_due_age_seconds";
 pub const OLDEST_CHANGE_AGE_SECONDS: &str = "writer_oldest_change_age_seconds";
 pub const SYNC_REQUESTS_TOTAL: &str = "writer_sync_requests_total";
+pub const TRANSACTIONS_TOTAL: &str = "writer_transactions_total";
 
 /// Installs the global recorder (once per process) and returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
@@ -128,4 +129,11 @@ pub fn record_sync(result: &'static str) {
 pub fn record_capture(enabled: bool, open_gaps: usize) {
     metrics::gauge!("writer_capture_paused").set(if enabled { 0.0 } else { 1.0 });
     metrics::gauge!("writer_capture_gaps_open").set(open_gaps as f64);
+}
+
+/// TransactWriteItems calls of batches, by result: `applied`, `cancelled` (a condition failed
+/// or another write met one of its items: nothing applied, its documents written again) or
+/// `failed` (DynamoDB unreachable or throttled after the retries).
+pub fn record_transaction(result: &'static str) {
+    metrics::counter!(TRANSACTIONS_TOTAL, "result" => result).increment(1);
 }

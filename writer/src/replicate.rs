@@ -54,6 +54,7 @@ use crate::projection::{self, ProjectionError};
 use crate::state::documents::{self, DocState};
 use crate::state::{dead_letters, foreign, leases, pending};
 use crate::store::{Guard, ItemStore, StoreError, WriteOutcome};
+use crate::transact_write;
 use crate::write_plan::{self, Removals, WritePlan};
 
 /// Tuning of the replication of one document.
@@ -75,6 +76,9 @@ pub struct Settings {
     /// How long an identity item someone else wrote may wait for a stream consumer to ingest
     /// it before the writer ingests it itself (with the time it first found it).
     pub ingest_grace: Duration,
+    /// Write the documents of a batch in TransactWriteItems calls (conditional, twice the
+    /// write capacity of their puts) rather than one PutItem per item.
+    pub batch_transactions: bool,
 }
 
 impl Settings {
@@ -97,6 +101,7 @@ impl Default for Settings {
             retry_cap: Duration::from_secs(60),
             lock_timeout: Duration::from_secs(30),
             ingest_grace: Duration::from_secs(60),
+            batch_transactions: true,
         }
     }
 }
@@ -363,72 +368,159 @@ impl<S: ItemStore> Replicator<S> {
         force: bool,
     ) -> Result<Outcome, ReplicateError> {
         let doc_key = doc.to_string();
+        self.replicate_many_now(&[doc], force)
+            .await
+            .pop()
+            .unwrap_or(Err(ReplicateError::State {
+                doc_key,
+                source: sqlx::Error::RowNotFound,
+            }))
+    }
+
+    /// Replicates the documents now, together (the procedure applied to a batch: one lock
+    /// transaction, one version, their writes in transactions where there are several, one
+    /// commit), waiting for their locks in key order: backfills, sync, repairs. `force` writes
+    /// every item even when the projection matches what was last written. Each document's
+    /// result, in the order of `docs`; a failed document is queued for the daemon as well.
+    pub async fn replicate_many_now(
+        &self,
+        docs: &[DocKey],
+        force: bool,
+    ) -> Vec<Result<Outcome, ReplicateError>> {
+        let keys: Vec<String> = docs.iter().map(DocKey::to_string).collect();
+        let results = self.replicate_many_locked(docs, &keys, force).await;
+        let failed: Vec<String> = keys
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !failed.is_empty() {
+            // Left to the daemon's retry and dead-letter policy too.
+            if let Ok(mut conn) = self.pool.acquire().await {
+                let _ = pending::schedule_many(&mut conn, &failed, Utc::now()).await;
+            }
+        }
+        results
+    }
+
+    async fn replicate_many_locked(
+        &self,
+        docs: &[DocKey],
+        keys: &[String],
+        force: bool,
+    ) -> Vec<Result<Outcome, ReplicateError>> {
+        let Some(first) = keys.first() else {
+            return vec![];
+        };
         let state_err = |source| ReplicateError::State {
-            doc_key: doc_key.clone(),
+            doc_key: first.clone(),
             source,
         };
-        let mut lock = self.pool.begin().await.map_err(state_err)?;
-        sqlx::query(&format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            self.settings.lock_timeout.as_millis()
-        ))
-        .execute(&mut *lock)
-        .await
-        .map_err(state_err)?;
-        let state = documents::lock(&mut lock, &doc_key)
-            .await
-            .map_err(state_err)?;
-        let queued = pending::current(&mut lock, &doc_key)
-            .await
-            .map_err(state_err)?;
-        if let Some(until) = state.leased_until {
-            let _ = lock.rollback().await;
-            return Err(ReplicateError::Leased { doc_key, until });
-        }
-        let started = Instant::now();
-        let job = Job {
-            doc,
-            doc_key: doc_key.clone(),
-            state,
-            // Not a replication of queued changes: no lag is recorded for it.
-            queued: Queued {
-                seq: queued.map(|q| q.0),
-                first_change_at: None,
-                last_change_at: queued.and_then(|q| q.1),
-            },
-            force,
-        };
-        let result = match self
-            .replicate_locked(
-                &mut lock,
-                std::slice::from_ref(&job),
-                WriteStep::Conditional,
-            )
-            .await
-        {
-            Ok(mut done) => done.pop().unwrap_or_else(|| {
-                Err(ReplicateError::State {
-                    doc_key: doc_key.clone(),
-                    source: sqlx::Error::RowNotFound,
+        let fail_keys = |err: ReplicateError| -> Vec<Result<Outcome, ReplicateError>> {
+            let jobs: Vec<Job> = docs
+                .iter()
+                .zip(keys)
+                .map(|(doc, key)| Job {
+                    doc: *doc,
+                    doc_key: key.clone(),
+                    state: DocState::default(),
+                    queued: Queued::default(),
+                    force,
                 })
-            }),
+                .collect();
+            fail_all(&jobs, err)
+        };
+        let mut lock = match self.pool.begin().await {
+            Ok(lock) => lock,
+            Err(e) => return fail_keys(state_err(e)),
+        };
+        // Planned at every execution: a backfill's batch can meet tables much larger than
+        // when the connection planned them (see `pending::claim_due`).
+        let settings = format!(
+            "SET LOCAL lock_timeout = '{}ms'; SET LOCAL plan_cache_mode = force_custom_plan",
+            self.settings.lock_timeout.as_millis()
+        );
+        let set = crate::simple_query::sets(&mut lock, &settings).await;
+        let locked = match set {
+            Ok(_) => documents::lock_many(&mut lock, keys).await,
             Err(e) => Err(e),
         };
-        match result {
-            Ok(outcome) => {
-                lock.commit().await.map_err(state_err)?;
-                m::record_outcome(outcome.metrics(), started.elapsed());
-                Ok(outcome)
-            }
+        let mut locked: std::collections::HashMap<String, documents::Locked> = match locked {
+            Ok(rows) => rows.into_iter().map(|l| (l.doc_key.clone(), l)).collect(),
             Err(e) => {
                 let _ = lock.rollback().await;
-                // Leave it to the daemon's retry and dead-letter policy too.
-                if let Ok(mut conn) = self.pool.acquire().await {
-                    let _ = pending::schedule(&mut conn, &doc_key, Utc::now()).await;
-                }
-                Err(e)
+                return fail_keys(state_err(e));
             }
+        };
+        let started = Instant::now();
+        let mut results: Vec<Option<Result<Outcome, ReplicateError>>> =
+            keys.iter().map(|_| None).collect();
+        let mut jobs = Vec::with_capacity(keys.len());
+        let mut slots = Vec::with_capacity(keys.len());
+        for (slot, (doc, key)) in docs.iter().zip(keys).enumerate() {
+            let Some(l) = locked.remove(key) else {
+                // Pruned between its row's creation and the lock, or given twice: written
+                // by the daemon, for which it is queued.
+                results[slot] = Some(Err(ReplicateError::State {
+                    doc_key: key.clone(),
+                    source: sqlx::Error::RowNotFound,
+                }));
+                continue;
+            };
+            if let Some(until) = l.state.leased_until {
+                results[slot] = Some(Err(ReplicateError::Leased {
+                    doc_key: key.clone(),
+                    until,
+                }));
+                continue;
+            }
+            slots.push(slot);
+            jobs.push(Job {
+                doc: *doc,
+                doc_key: key.clone(),
+                state: l.state,
+                // Not a replication of queued changes: no lag is recorded for it.
+                queued: Queued {
+                    seq: l.pending.map(|p| p.0),
+                    first_change_at: None,
+                    last_change_at: l.pending.and_then(|p| p.1),
+                },
+                force,
+            });
         }
+        let done = match self
+            .replicate_locked(&mut lock, &jobs, WriteStep::Conditional)
+            .await
+        {
+            Ok(done) => match lock.commit().await {
+                Ok(()) => done,
+                Err(source) => fail_all(&jobs, ReplicateError::Commit { source }),
+            },
+            Err(e) => {
+                // Releases the locks; nothing of this attempt is recorded.
+                let _ = lock.rollback().await;
+                fail_all(&jobs, e)
+            }
+        };
+        for (slot, result) in slots.into_iter().zip(done) {
+            if let Ok(outcome) = &result {
+                m::record_outcome(outcome.metrics(), started.elapsed());
+            }
+            results[slot] = Some(result);
+        }
+        results
+            .into_iter()
+            .zip(keys)
+            .map(|(r, key)| {
+                r.unwrap_or_else(|| {
+                    Err(ReplicateError::State {
+                        doc_key: key.clone(),
+                        source: sqlx::Error::RowNotFound,
+                    })
+                })
+            })
+            .collect()
     }
 
     async fn handle_failure(
@@ -716,27 +808,8 @@ impl<S: ItemStore> Replicator<S> {
                     .await
                     .map_err(shared_state)?;
                 drop(snap);
-                // Each document's writes in order (see [`Self::write`]), documents
-                // concurrently.
                 t_write = Instant::now();
-                let writes: Vec<BoxFuture<'_, Result<usize, ReplicateError>>> = jobs
-                    .iter()
-                    .zip(&plans)
-                    .map(
-                        |(job, plan)| -> BoxFuture<'_, Result<usize, ReplicateError>> {
-                            match plan {
-                                Ok(plan) if !plan.nothing_to_write => {
-                                    Box::pin(self.write(&job.doc_key, plan))
-                                }
-                                _ => Box::pin(async { Ok(0) }),
-                            }
-                        },
-                    )
-                    .collect();
-                stream::iter(writes)
-                    .buffered(WRITES_IN_FLIGHT)
-                    .collect()
-                    .await
+                self.write_conditional(jobs, &plans).await
             }
             WriteStep::Bulk(settings) => {
                 let mut tx = snap.begin().await.map_err(shared_state)?;
@@ -834,13 +907,76 @@ impl<S: ItemStore> Replicator<S> {
         Ok(out)
     }
 
+    /// The conditional write step: the documents of a batch that only put items, in
+    /// transactions ([`transact_write`]); the rest, and those a transaction left out, one
+    /// document at a time ([`Self::write`]), concurrently. In the order of `jobs`.
+    async fn write_conditional(
+        &self,
+        jobs: &[Job],
+        plans: &[Result<WritePlan, ReplicateError>],
+    ) -> Vec<Result<usize, ReplicateError>> {
+        let mut done: Vec<Option<Result<usize, ReplicateError>>> =
+            jobs.iter().map(|_| None).collect();
+        if self.settings.batch_transactions && jobs.len() > 1 {
+            let together: Vec<usize> = plans
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    p.as_ref().is_ok_and(|p| {
+                        !p.nothing_to_write && p.stale.is_empty() && !p.puts.is_empty()
+                    })
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let docs: Vec<(&str, &WritePlan)> = together
+                .iter()
+                .filter_map(|&i| Some((jobs[i].doc_key.as_str(), plans[i].as_ref().ok()?)))
+                .collect();
+            let written =
+                transact_write::put_documents(&self.store, &docs, TRANSACTIONS_IN_FLIGHT).await;
+            for (&i, written) in together.iter().zip(written) {
+                done[i] = match written {
+                    transact_write::Written::Applied => Some(Ok(0)),
+                    transact_write::Written::Alone => None,
+                    transact_write::Written::Failed(source) => Some(Err(ReplicateError::Store {
+                        doc_key: jobs[i].doc_key.clone(),
+                        source,
+                    })),
+                };
+            }
+        }
+        // Each document's writes in order (see [`Self::write`]), documents concurrently.
+        let writes: Vec<BoxFuture<'_, Result<usize, ReplicateError>>> = jobs
+            .iter()
+            .zip(plans)
+            .zip(done.iter_mut())
+            .map(
+                |((job, plan), done)| -> BoxFuture<'_, Result<usize, ReplicateError>> {
+                    if let Some(result) = done.take() {
+                        return Box::pin(async { result });
+                    }
+                    match plan {
+                        Ok(plan) if !plan.nothing_to_write => {
+                            Box::pin(self.write(&job.doc_key, plan))
+                        }
+                        _ => Box::pin(async { Ok(0) }),
+                    }
+                },
+            )
+            .collect();
+        stream::iter(writes)
+            .buffered(WRITES_IN_FLIGHT)
+            .collect()
+            .await
+    }
+
     /// One document's writes, each conditional on the version. Items with other writers (an
     /// identity document's identity item: the edge writes it too) go first, one at a time,
     /// under [`Guard::Owned`]; the rest only once those are the writer's, all in parallel.
     /// Returns how many writes DynamoDB refused because a newer version was there.
     async fn write(&self, doc_key: &str, plan: &WritePlan) -> Result<usize, ReplicateError> {
         let version = plan.version;
-        let owned = |t: TableKind| t == TableKind::Identities;
+        let owned = |t: TableKind| Guard::for_put(t) == Guard::Owned;
         let store_err = |source| ReplicateError::Store {
             doc_key: doc_key.to_string(),
             source,
@@ -921,6 +1057,8 @@ impl<S: ItemStore> Replicator<S> {
 
 /// Documents of one batch whose writes are in flight at once.
 const WRITES_IN_FLIGHT: usize = 16;
+/// Transactions of one batch in flight at once.
+const TRANSACTIONS_IN_FLIGHT: usize = 4;
 
 /// How the procedure's writes reach DynamoDB.
 #[derive(Debug, Clone, Copy)]
@@ -1001,7 +1139,7 @@ fn fail_all(jobs: &[Job], err: ReplicateError) -> Vec<Result<Outcome, ReplicateE
 }
 
 /// The document's queue row, as far as a write needs it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Queued {
     /// The row's `seq` when the document was taken (None: not queued).
     pub(crate) seq: Option<i64>,
@@ -1024,10 +1162,10 @@ fn key_item(key: &Value) -> Item {
 
 /// Retries a DynamoDB call a few times in-process (exponential backoff with jitter) before
 /// the failure goes back to the queue's durable backoff.
-async fn with_retry<F, Fut>(op: F) -> Result<WriteOutcome, StoreError>
+pub(crate) async fn with_retry<T, F, Fut>(op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<WriteOutcome, StoreError>>,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     op.retry(
         ExponentialBuilder::default()

@@ -3,10 +3,15 @@
 //! while no writer runs. Throughput per process count as a ratio of the single process, and
 //! where the CPU went (DynamoDB Local, Postgres, the writers), to say where it stops scaling.
 //!
+//! The reference is the identity migration job (`writer migrate-identities --rewrite`, its
+//! defaults) copying the same identities into fresh tables, in the same run, between the
+//! storm rounds: a storm should drain at the job's rate. The single process also drains the
+//! storm with `--batch-writes puts` (one conditional PutItem per item, no transactions).
+//!
 //! Each round gets fresh DynamoDB tables (every document is written in full each round, into
 //! an empty table), deleted after it (DynamoDB Local slows down with what it holds), after a
-//! warm-up round that is not recorded; the single process runs first and last, and the
-//! faster of its two runs is the base of the ratios.
+//! warm-up round that is not recorded; the single process and the job run first and last,
+//! and the faster of their two runs is the base of the ratios.
 //!
 //! Run with `infra/local/bench.sh scale [--identities N] [--environments N]
 //! [--processes 1,2,4] [--workers N] [--batch N]`.
@@ -118,15 +123,50 @@ fn cpu_of(dynamo_port: &str, writers: &[u32]) -> (f64, f64, f64) {
     (dynamo, postgres, writers)
 }
 
+/// What a round runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// `processes` writers drain a storm, with `--batch-writes transactions` or `puts`.
+    Storm {
+        processes: usize,
+        transactions: bool,
+    },
+    /// The identity migration job copies every identity (the reference).
+    Job,
+}
+
+impl Kind {
+    fn label(&self) -> String {
+        match self {
+            Kind::Storm {
+                processes,
+                transactions: true,
+            } => format!("storm, {processes} writer process(es)"),
+            Kind::Storm {
+                processes,
+                transactions: false,
+            } => format!("storm, {processes} writer process(es), --batch-writes puts"),
+            Kind::Job => "migration job (reference)".into(),
+        }
+    }
+}
+
 struct Round {
-    processes: usize,
+    kind: Kind,
     documents: i64,
     seconds: f64,
     cpu: (f64, f64, f64),
 }
 
-/// Commits the storm (writers stopped), starts `processes` writers on fresh tables, and
-/// waits until every change is captured and every due document written.
+impl Round {
+    fn rate(&self) -> f64 {
+        self.documents as f64 / self.seconds
+    }
+}
+
+/// A storm round commits the storm (writers stopped), starts the writers on fresh tables and
+/// waits until every change is captured and every due document written; a job round runs
+/// the migration job to its end on fresh tables.
 #[allow(clippy::too_many_arguments)]
 async fn round(
     db: &TestDb,
@@ -134,16 +174,10 @@ async fn round(
     endpoint: &str,
     dynamo_port: &str,
     project: i32,
-    processes: usize,
+    kind: Kind,
     (workers, batch): (usize, usize),
     n: i32,
 ) -> Round {
-    core.exec(&format!(
-        "UPDATE environments_trait t SET integer_value = {n} FROM environments_identity i \
-         JOIN environments_environment e ON e.id = i.environment_id \
-         WHERE t.identity_id = i.id AND t.trait_key = 'age' AND e.project_id = {project}"
-    ))
-    .await;
     let tables = TestTables::on_with(endpoint, false).await;
     let binary = edge_tests::target_binary("writer");
     let documents = db
@@ -152,42 +186,97 @@ async fn round(
              ON e.id = i.environment_id WHERE e.project_id = {project}"
         ))
         .await;
-    let started = Instant::now();
     let mut children = Vec::new();
-    for _ in 0..processes {
-        let mut cmd = writer_command_for(&binary, &db.url, &tables);
-        cmd.args([
-            "run",
-            &format!("--workers={workers}"),
-            &format!("--batch={batch}"),
-            "--http-addr=127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-        children.push(cmd.spawn().expect("start a writer"));
-    }
-    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
-    let cpu_before = cpu_of(dynamo_port, &pids);
-    edge_tests::wait::until("the storm drained", Duration::from_secs(1800), || async {
-        let left = db
-            .scalar_i64(
-                "SELECT (SELECT count(*) FROM edge.change_log) \
-                 + (SELECT count(*) FROM edge.pending WHERE not_before <= now())",
-            )
+    let started;
+    let cpu_before;
+    let mut job_cpu_seconds = None;
+    let pids: Vec<u32>;
+    match kind {
+        Kind::Storm {
+            processes,
+            transactions,
+        } => {
+            core.exec(&format!(
+                "UPDATE environments_trait t SET integer_value = {n} FROM environments_identity i \
+                 JOIN environments_environment e ON e.id = i.environment_id \
+                 WHERE t.identity_id = i.id AND t.trait_key = 'age' AND e.project_id = {project}"
+            ))
             .await;
-        (left == 0).then_some(())
-    })
-    .await;
+            started = Instant::now();
+            for _ in 0..processes {
+                let mut cmd = writer_command_for(&binary, &db.url, &tables);
+                cmd.args([
+                    "run",
+                    &format!("--workers={workers}"),
+                    &format!("--batch={batch}"),
+                    if transactions {
+                        "--batch-writes=transactions"
+                    } else {
+                        "--batch-writes=puts"
+                    },
+                    "--http-addr=127.0.0.1:0",
+                ])
+                .env("RUST_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+                children.push(cmd.spawn().expect("start a writer"));
+            }
+            pids = children.iter().filter_map(|c| c.id()).collect();
+            cpu_before = cpu_of(dynamo_port, &pids);
+            edge_tests::wait::until("the storm drained", Duration::from_secs(1800), || async {
+                let left = db
+                    .scalar_i64(
+                        "SELECT (SELECT count(*) FROM edge.change_log) \
+                         + (SELECT count(*) FROM edge.pending WHERE not_before <= now())",
+                    )
+                    .await;
+                (left == 0).then_some(())
+            })
+            .await;
+        }
+        Kind::Job => {
+            started = Instant::now();
+            let mut cmd = writer_command_for(&binary, &db.url, &tables);
+            cmd.args([
+                "migrate-identities",
+                &format!("--project={project}"),
+                "--restart",
+                "--rewrite",
+                "--no-progress",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+            let mut child = cmd.spawn().expect("start the migration job");
+            pids = child.id().into_iter().collect();
+            cpu_before = cpu_of(dynamo_port, &pids);
+            // A process that has exited has no CPU figures: the job's own is its last sample,
+            // taken every 100 ms while it runs.
+            let mut job_cpu = 0.0;
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("the migration job") {
+                    break status;
+                }
+                job_cpu = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert!(status.success(), "the migration job failed: {status}");
+            job_cpu_seconds = Some(job_cpu);
+        }
+    }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_after = cpu_of(dynamo_port, &pids);
+    let mut cpu_after = cpu_of(dynamo_port, &pids);
+    if let Some(job) = job_cpu_seconds {
+        cpu_after.2 = job;
+    }
     for mut c in children {
         c.kill().await.ok();
     }
     // Every round starts on an instance holding only its own tables.
     tables.delete().await;
     Round {
-        processes,
+        kind,
         documents,
         seconds,
         cpu: (
@@ -236,42 +325,51 @@ async fn main() {
 
     eprintln!("bench: warm-up round");
     let mut n = 1;
+    let storm = |processes: usize, transactions: bool| Kind::Storm {
+        processes,
+        transactions,
+    };
     round(
         &db,
         &core,
         &dynamo.endpoint,
         &dynamo_port,
         project,
-        2,
+        storm(2, true),
         (o.workers, o.batch),
         n,
     )
     .await;
-    let mut order = o.processes.clone();
-    if order.first() == Some(&1) {
-        order.push(1);
-    }
+    // The single process and the job first and last, the rest in between.
+    let mut order = vec![storm(1, true), Kind::Job, storm(1, false)];
+    order.extend(
+        o.processes
+            .iter()
+            .filter(|p| **p != 1)
+            .map(|p| storm(*p, true)),
+    );
+    order.extend([Kind::Job, storm(1, true)]);
     let mut rounds = Vec::new();
-    for processes in order {
+    for kind in order {
         n += 1;
-        eprintln!("bench: {processes} writer process(es)");
+        eprintln!("bench: {}", kind.label());
         let r = round(
             &db,
             &core,
             &dynamo.endpoint,
             &dynamo_port,
             project,
-            processes,
+            kind,
             (o.workers, o.batch),
             n,
         )
         .await;
         println!(
-            "processes={} documents={} seconds={:.1} documents_per_s={:.0} cpu_s dynamodb={:.1} postgres={:.1} writers={:.1} machine_busy={:.0}%",
-            r.processes,
+            "{}: documents={} seconds={:.1} documents_per_s={:.0} cpu_s dynamodb={:.1} postgres={:.1} writers={:.1} machine_busy={:.0}%",
+            r.kind.label(),
             r.documents,
             r.seconds,
-            r.documents as f64 / r.seconds,
+            r.rate(),
             r.cpu.0,
             r.cpu.1,
             r.cpu.2,
@@ -280,27 +378,37 @@ async fn main() {
         );
         rounds.push(r);
     }
-    let base = rounds
-        .iter()
-        .filter(|r| r.processes == 1)
-        .map(|r| r.documents as f64 / r.seconds)
-        .fold(0.0, f64::max);
+    let best = |pick: &dyn Fn(&Kind) -> bool| {
+        rounds
+            .iter()
+            .filter(|r| pick(&r.kind))
+            .map(Round::rate)
+            .fold(0.0, f64::max)
+    };
+    let single = best(&|k| *k == storm(1, true));
+    let job = best(&|k| *k == Kind::Job);
+    let ratio = |rate: f64, base: f64| {
+        if base > 0.0 {
+            format!("{:.2}", rate / base)
+        } else {
+            "-".into()
+        }
+    };
     println!();
-    println!("| writer processes | documents/s | ratio to 1 process | CPU s: DynamoDB Local / Postgres / writers |");
-    println!("|---|---|---|---|");
+    println!("| round | documents/s | ratio to 1 process | ratio to the job | CPU s: DynamoDB Local / Postgres / writer or job |");
+    println!("|---|---|---|---|---|");
     for r in &rounds {
-        let rate = r.documents as f64 / r.seconds;
         println!(
-            "| {} | {:.0} ({} documents in {:.1} s) | {} | {:.0} / {:.0} / {:.0} |",
-            r.processes,
-            rate,
+            "| {} | {:.0} ({} documents in {:.1} s) | {} | {} | {:.0} / {:.0} / {:.0} |",
+            r.kind.label(),
+            r.rate(),
             r.documents,
             r.seconds,
-            if base > 0.0 {
-                format!("{:.2}", rate / base)
-            } else {
-                "-".into()
+            match r.kind {
+                Kind::Job => "-".into(),
+                _ => ratio(r.rate(), single),
             },
+            ratio(r.rate(), job),
             r.cpu.0,
             r.cpu.1,
             r.cpu.2

@@ -201,6 +201,86 @@ pub async fn lock_many_skip_locked(
     .await
 }
 
+/// A document locked by [`lock_many`]: its state, as [`lock`] returns it, and its queue row
+/// at lock time (`seq`, capture time of the newest change), if it is queued.
+#[derive(Debug, Clone)]
+pub struct Locked {
+    pub doc_key: String,
+    pub state: DocState,
+    pub pending: Option<(i64, Option<DateTime<Utc>>)>,
+}
+
+type LockedRow = (
+    String,
+    Option<i64>,
+    Option<String>,
+    bool,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<i64>,
+    Option<DateTime<Utc>>,
+);
+
+/// [`lock`] for many documents in one statement (and one to create the rows of those that
+/// have none): in the caller's transaction, in key order, waiting for each (up to the
+/// transaction's `lock_timeout`). Every waiting locker of many documents takes them in the
+/// same order, and the live path never waits while it holds documents, so lockers never wait
+/// for each other in a circle. A row pruned between the two statements (a deleted
+/// identity's, `state::prune`) is created again, as [`lock`] does.
+pub async fn lock_many(
+    conn: &mut PgConnection,
+    doc_keys: &[String],
+) -> Result<Vec<Locked>, sqlx::Error> {
+    let mut rows: Vec<LockedRow> = Vec::with_capacity(doc_keys.len());
+    let mut missing: Vec<String> = doc_keys.to_vec();
+    for _ in 0..3 {
+        ensure_many(conn, &missing).await?;
+        let found: Vec<LockedRow> = sqlx::query_as(&format!(
+            "SELECT d.doc_key, d.version, d.content_hash, d.deleted, {LEASE_COLUMNS},
+                    p.seq, p.last_change_at
+             FROM edge.document d LEFT JOIN edge.pending p ON p.doc_key = d.doc_key
+             WHERE d.doc_key = ANY($1)
+             ORDER BY d.doc_key
+             FOR NO KEY UPDATE OF d"
+        ))
+        .bind(&missing)
+        .fetch_all(&mut *conn)
+        .await?;
+        missing.retain(|k| !found.iter().any(|r| &r.0 == k));
+        rows.extend(found);
+        if missing.is_empty() {
+            break;
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                doc_key,
+                version,
+                content_hash,
+                deleted,
+                leased_until,
+                lease_settles_at,
+                seq,
+                last,
+            )| {
+                Locked {
+                    doc_key,
+                    state: DocState {
+                        version,
+                        content_hash,
+                        deleted,
+                        leased_until,
+                        lease_settles_at,
+                    },
+                    pending: seq.map(|s| (s, last)),
+                }
+            },
+        )
+        .collect())
+}
+
 pub async fn recorded_items(
     conn: &mut PgConnection,
     doc_key: &str,

@@ -8,15 +8,19 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest,
+    AttributeValue, Put, PutRequest, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+    WriteRequest,
 };
 use aws_smithy_types::error::display::DisplayErrorContext;
 use edge_documents::acks;
 use edge_documents::item::{Item, ATTR_DOC, ATTR_VERSION};
 use edge_documents::tables::{TableKind, TableNames};
 
-use super::{BatchPutError, Guard, ItemStore, StoreError, WriteOutcome};
+use super::{
+    BatchPutError, Guard, GuardedPut, ItemStore, StoreError, TransactOutcome, WriteOutcome,
+};
 
 /// [`Guard::Version`]: put only over an older version, an item that carries no version, or
 /// nothing.
@@ -356,6 +360,69 @@ impl ItemStore for DynamoStore {
         Ok(())
     }
 
+    async fn put_all(&self, puts: Vec<GuardedPut>) -> Result<TransactOutcome, StoreError> {
+        debug_assert!(puts.len() <= super::TRANSACT_MAX_ITEMS);
+        let mut tables: Vec<&str> = Vec::new();
+        let mut actions = Vec::with_capacity(puts.len());
+        for p in puts {
+            let name = self.tables.name(p.table);
+            if !tables.contains(&name) {
+                tables.push(name);
+            }
+            let doc_key = match p.item.get(ATTR_DOC) {
+                Some(AttributeValue::S(d)) => d.clone(),
+                _ => String::new(),
+            };
+            let key_attr = p.table.key_attributes()[0];
+            let c = condition(&p.guard, key_attr, &doc_key, p.version, PUT_CONDITION);
+            let put = Put::builder()
+                .table_name(name)
+                .set_item(Some(p.item))
+                .condition_expression(&c.expression)
+                .set_expression_attribute_names(Some(c.used_names()))
+                .set_expression_attribute_values(Some(c.used_values()))
+                .build()
+                .map_err(|e| StoreError {
+                    op: "TransactWriteItems",
+                    table: name.to_string(),
+                    message: e.to_string(),
+                    retryable: false,
+                })?;
+            actions.push(TransactWriteItem::builder().put(put).build());
+        }
+        // The SDK gives the call an idempotency token and keeps it across its own retries, so
+        // a retried transaction is applied once; every put is conditional on its version as
+        // well, so a late one can never replace a newer item.
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(TransactOutcome::Applied),
+            Err(SdkError::ServiceError(e))
+                if matches!(
+                    e.err(),
+                    TransactWriteItemsError::TransactionCanceledException(_)
+                ) =>
+            {
+                let TransactWriteItemsError::TransactionCanceledException(c) = e.err() else {
+                    unreachable!("matched above")
+                };
+                let refused = c
+                    .cancellation_reasons()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.code().is_some_and(|code| code != "None"))
+                    .map(|(i, _)| i)
+                    .collect();
+                Ok(TransactOutcome::Cancelled { refused })
+            }
+            Err(e) => Err(classify("TransactWriteItems", &tables.join(","), e)),
+        }
+    }
+
     async fn get(&self, table: TableKind, key: Item) -> Result<Option<Item>, StoreError> {
         let name = self.tables.name(table);
         let out = self
@@ -385,6 +452,7 @@ pub(crate) fn retryable_code(code: &str) -> bool {
             | "ServiceUnavailable"
             | "ResourceNotFoundException"
             | "TransactionConflictException"
+            | "TransactionInProgressException"
             | "LimitExceededException"
             | "UnrecognizedClientException"
             | "AccessDeniedException"

@@ -19,6 +19,12 @@ pub use dynamo::DynamoStore;
 /// BatchWriteItem's limit on the number of requests in one call.
 pub const BATCH_MAX_ITEMS: usize = 25;
 
+/// TransactWriteItems' limit on the number of actions in one call.
+pub const TRANSACT_MAX_ITEMS: usize = 100;
+/// TransactWriteItems' limit on the aggregate size of its items is 4 MB; this leaves room for
+/// the request's own attributes (table names, conditions).
+pub const TRANSACT_MAX_BYTES: usize = 3_500_000;
+
 /// Result of one conditional write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOutcome {
@@ -47,6 +53,39 @@ pub enum Guard {
     /// attributes): its content was ingested into core, so the merged document may take
     /// its place. Anything else written meanwhile is left alone.
     Adopt(Box<Item>),
+}
+
+impl Guard {
+    /// The guard of a put into `table`: [`Guard::Owned`] for identity items (the edge writes
+    /// them too), [`Guard::Version`] for everything core owns.
+    pub fn for_put(table: TableKind) -> Guard {
+        match table {
+            TableKind::Identities => Guard::Owned,
+            _ => Guard::Version,
+        }
+    }
+}
+
+/// One put of a conditional transaction ([`ItemStore::put_all`]).
+#[derive(Debug, Clone)]
+pub struct GuardedPut {
+    pub table: TableKind,
+    /// Carries `_replication_doc`.
+    pub item: Item,
+    pub version: i64,
+    /// [`Guard::Version`] or [`Guard::Owned`].
+    pub guard: Guard,
+}
+
+/// What a conditional transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransactOutcome {
+    /// Every put was applied.
+    Applied,
+    /// Nothing was applied: DynamoDB cancelled the transaction. `refused` holds the indexes
+    /// of the puts whose condition failed or that met another write of the same item at the
+    /// same time; empty when it did not say which.
+    Cancelled { refused: Vec<usize> },
 }
 
 /// A failed DynamoDB call, classified for the retry policy.
@@ -110,6 +149,15 @@ pub trait ItemStore: Clone + Send + Sync + 'static {
         &self,
         items: Vec<(TableKind, Item)>,
     ) -> impl Future<Output = Result<(), BatchPutError>> + Send;
+
+    /// Puts up to [`TRANSACT_MAX_ITEMS`] items (at most [`TRANSACT_MAX_BYTES`] in all) in one
+    /// TransactWriteItems, each under its own guard's condition, exactly as [`Self::put`]
+    /// would write it alone: all of them are applied, or none. No two puts may be of the
+    /// same item.
+    fn put_all(
+        &self,
+        puts: Vec<GuardedPut>,
+    ) -> impl Future<Output = Result<TransactOutcome, StoreError>> + Send;
 
     /// Reads one item (consistent read).
     fn get(
