@@ -21,6 +21,9 @@ pub fn test_settings() -> Settings {
         retry_cap: Duration::from_millis(500),
         delete_recheck_after: Duration::from_secs(2),
         max_attempts: 3,
+        // The suites exercise the batches' transactions; the processes they start use the
+        // command's default, one PutItem per item.
+        batch_transactions: true,
         ..Settings::default()
     }
 }

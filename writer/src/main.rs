@@ -345,8 +345,8 @@ struct BackfillArgs {
     /// Batches replayed at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
-    /// Documents written together: one lock transaction, one version, their writes in
-    /// transactions (unless --batch-writes puts), one commit.
+    /// Documents written together: one lock transaction, one version, their writes (see
+    /// --batch-writes), one commit.
     #[arg(long, default_value_t = edge_writer::backfill::DEFAULT_BATCH as u16,
           value_parser = clap::value_parser!(u16).range(1..=500))]
     batch: u16,
@@ -784,10 +784,11 @@ struct ReplicationArgs {
     /// it before the writer ingests it itself.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     ingest_grace_secs: u64,
-    /// How the documents of a batch (a fan-out storm's identities) are written:
-    /// `transactions` (TransactWriteItems of up to 100 items, each under its own condition:
-    /// fewer requests, twice the write capacity) or `puts` (one conditional PutItem per item).
-    #[arg(long, value_enum, default_value_t = BatchWrites::Transactions)]
+    /// How the documents of a batch (a fan-out storm's identities, a backfill's batch) are
+    /// written: `puts` (one conditional PutItem per item) or `transactions`
+    /// (TransactWriteItems of up to 100 items, each under its own condition: one request per
+    /// batch, a third of the writer's CPU, twice the write capacity).
+    #[arg(long, value_enum, default_value_t = BatchWrites::Puts)]
     batch_writes: BatchWrites,
 }
 

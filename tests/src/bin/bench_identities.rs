@@ -9,10 +9,12 @@
 //!   else; measured right before and right after the job, after a warm-up of the JVM, and
 //!   the faster of the two is the one compared with;
 //! - the job's peak RSS for each size (it should be flat: memory is bounded by pages);
-//! - backfill throughput in environments per second (`writer backfill --project`), as a
-//!   ratio to raw conditional PutItem of the same items (each environment's item and its
-//!   `_META` item, in parallel) at the same concurrency, measured warm before and after the
-//!   job, the faster compared with;
+//! - backfill throughput in environments per second (`writer backfill --project`, its
+//!   defaults: 4 batches of 25 in flight, conditional PutItem; then again with
+//!   `--batch-writes transactions`), as a ratio to raw conditional PutItem of the same items
+//!   (each environment's item and its `_META` item, in parallel) with as many documents in
+//!   flight as the backfill can have (4 batches of which 16 documents each write at once),
+//!   measured warm before and after the backfills, the faster compared with;
 //! - `writer verify` over the migrated project (one region): wall time and peak RSS.
 //!
 //! Run with `infra/local/bench.sh identities [--counts 100000,1000000] [--environments 200]`.
@@ -404,28 +406,45 @@ async fn backfill_case(environments: i32) {
     let warm = TestTables::on_with(&dynamo.endpoint, false).await;
     raw_puts(&warm, &docs, "w").await;
     let before = raw_puts(&reference_tables, &docs, "a").await;
-    let mut cmd = writer(&db, &tables);
-    cmd.arg("backfill")
-        .arg(format!("--project={project}"))
-        .arg("--concurrency=4");
-    let (summary, wall, _) = run_measured(cmd).await;
+    let mut runs = Vec::new();
+    for mode in ["puts", "transactions"] {
+        let tables = if mode == "puts" {
+            tables.clone()
+        } else {
+            TestTables::on_with(&dynamo.endpoint, false).await
+        };
+        let mut cmd = writer(&db, &tables);
+        cmd.arg("backfill")
+            .arg(format!("--project={project}"))
+            .arg(format!("--batch-writes={mode}"));
+        let (summary, wall, _) = run_measured(cmd).await;
+        runs.push((mode, summary, wall));
+    }
     let after_tables = TestTables::on_with(&dynamo.endpoint, false).await;
     let after = raw_puts(&after_tables, &docs, "b").await;
     let raw = before.max(after);
-    let rate = environments as f64 / wall.as_secs_f64();
-    println!(
-        "backfill environments={environments} written={} items_per_environment={items_per_env:.1} \
-         wall_s={:.1} environments_per_s={rate:.1} raw_put_environments_per_s_before={before:.1} \
-         raw_put_environments_per_s_after={after:.1} ratio={:.2}",
-        summary["written"],
-        wall.as_secs_f64(),
-        rate / raw
-    );
+    for (mode, summary, wall) in runs {
+        let rate = environments as f64 / wall.as_secs_f64();
+        println!(
+            "backfill batch_writes={mode} environments={environments} written={} items_per_environment={items_per_env:.1} \
+             wall_s={:.2} (its own run {:.2} s, process start and connections aside) \
+             environments_per_s={rate:.1} raw_put_environments_per_s_before={before:.1} \
+             raw_put_environments_per_s_after={after:.1} ratio={:.2}",
+            summary["written"],
+            wall.as_secs_f64(),
+            summary["seconds"].as_f64().unwrap_or(f64::NAN),
+            rate / raw
+        );
+    }
     db.drop_db().await;
 }
 
-/// Reference: conditional PutItem of each document's items (in parallel), 4 documents at a
-/// time, as the backfill writes them. Returns documents per second.
+/// Documents a backfill can have writing at once with its defaults: 4 batches in flight, 16
+/// documents of each writing at a time.
+const BACKFILL_DOCUMENTS_IN_FLIGHT: usize = 4 * 16;
+
+/// Reference: conditional PutItem of each document's items (in parallel), as many documents
+/// at a time as the backfill can have. Returns documents per second.
 async fn raw_puts(tables: &TestTables, docs: &[Vec<(TableKind, Item)>], tag: &str) -> f64 {
     let store = tables.store();
     let started = Instant::now();
@@ -443,7 +462,7 @@ async fn raw_puts(tables: &TestTables, docs: &[Vec<(TableKind, Item)>], tag: &st
                 });
             }
         })
-        .buffer_unordered(4)
+        .buffer_unordered(BACKFILL_DOCUMENTS_IN_FLIGHT)
         .for_each(|()| async {})
         .await;
     docs.len() as f64 / started.elapsed().as_secs_f64()

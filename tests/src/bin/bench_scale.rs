@@ -14,7 +14,8 @@
 //! and the faster of their two runs is the base of the ratios.
 //!
 //! Run with `infra/local/bench.sh scale [--identities N] [--environments N]
-//! [--processes 1,2,4] [--workers N] [--batch N]`.
+//! [--processes 1,2,4] [--workers N] [--batch N]`; `BENCH_WRITER_LOG` (e.g. `edge_writer=debug`)
+//! sets the writers' `RUST_LOG` (default `warn`).
 
 use std::time::{Duration, Instant};
 
@@ -155,6 +156,8 @@ struct Round {
     kind: Kind,
     documents: i64,
     seconds: f64,
+    /// When every change of the storm was captured (the change log empty).
+    captured_seconds: Option<f64>,
     cpu: (f64, f64, f64),
 }
 
@@ -190,6 +193,7 @@ async fn round(
     let started;
     let cpu_before;
     let mut job_cpu_seconds = None;
+    let mut captured_seconds = None;
     let pids: Vec<u32>;
     match kind {
         Kind::Storm {
@@ -216,23 +220,33 @@ async fn round(
                     },
                     "--http-addr=127.0.0.1:0",
                 ])
-                .env("RUST_LOG", "warn")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("BENCH_WRITER_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdin(std::process::Stdio::null())
                 .kill_on_drop(true);
                 children.push(cmd.spawn().expect("start a writer"));
             }
             pids = children.iter().filter_map(|c| c.id()).collect();
             cpu_before = cpu_of(dynamo_port, &pids);
+            let captured_at = std::sync::Mutex::new(None);
             edge_tests::wait::until("the storm drained", Duration::from_secs(1800), || async {
-                let left = db
-                    .scalar_i64(
-                        "SELECT (SELECT count(*) FROM edge.change_log) \
-                         + (SELECT count(*) FROM edge.pending WHERE not_before <= now())",
-                    )
-                    .await;
-                (left == 0).then_some(())
+                let (changes, due) = sqlx::query_as::<_, (i64, i64)>(
+                    "SELECT (SELECT count(*) FROM edge.change_log), \
+                            (SELECT count(*) FROM edge.pending WHERE not_before <= now())",
+                )
+                .fetch_one(&db.pool)
+                .await
+                .expect("the queue's depth");
+                let mut captured = captured_at.lock().unwrap();
+                if changes == 0 && captured.is_none() {
+                    *captured = Some(started.elapsed().as_secs_f64());
+                }
+                (changes == 0 && due == 0).then_some(())
             })
             .await;
+            captured_seconds = captured_at.into_inner().unwrap();
         }
         Kind::Job => {
             started = Instant::now();
@@ -279,6 +293,7 @@ async fn round(
         kind,
         documents,
         seconds,
+        captured_seconds,
         cpu: (
             cpu_after.0 - cpu_before.0,
             cpu_after.1 - cpu_before.1,
@@ -365,10 +380,11 @@ async fn main() {
         )
         .await;
         println!(
-            "{}: documents={} seconds={:.1} documents_per_s={:.0} cpu_s dynamodb={:.1} postgres={:.1} writers={:.1} machine_busy={:.0}%",
+            "{}: documents={} seconds={:.1} captured_after_s={} documents_per_s={:.0} cpu_s dynamodb={:.1} postgres={:.1} writers={:.1} machine_busy={:.0}%",
             r.kind.label(),
             r.documents,
             r.seconds,
+            r.captured_seconds.map_or("-".into(), |c| format!("{c:.1}")),
             r.rate(),
             r.cpu.0,
             r.cpu.1,
@@ -398,8 +414,13 @@ async fn main() {
     println!("| round | documents/s | ratio to 1 process | ratio to the job | CPU s: DynamoDB Local / Postgres / writer or job |");
     println!("|---|---|---|---|---|");
     for r in &rounds {
+        // The job's Postgres backends have exited when it is sampled: their CPU is not seen.
+        let postgres = match r.kind {
+            Kind::Job => "-".to_string(),
+            _ => format!("{:.0}", r.cpu.1),
+        };
         println!(
-            "| {} | {:.0} ({} documents in {:.1} s) | {} | {} | {:.0} / {:.0} / {:.0} |",
+            "| {} | {:.0} ({} documents in {:.1} s) | {} | {} | {:.0} / {} / {:.0} |",
             r.kind.label(),
             r.rate(),
             r.documents,
@@ -410,7 +431,7 @@ async fn main() {
             },
             ratio(r.rate(), job),
             r.cpu.0,
-            r.cpu.1,
+            postgres,
             r.cpu.2
         );
     }
