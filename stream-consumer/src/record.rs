@@ -47,12 +47,48 @@ fn json_image(record: &Value, which: &'static str) -> Result<Option<Item>, Malfo
     let Some(raw) = record["dynamodb"].get(which).filter(|v| !v.is_null()) else {
         return Ok(None);
     };
-    let item: serde_dynamo::Item = serde_json::from_value(raw.clone()).map_err(|e| Malformed {
+    // Deserialised from the borrowed JSON: no copy of the image first.
+    let item =
+        <serde_dynamo::Item as serde::Deserialize>::deserialize(raw).map_err(|e| Malformed {
+            sequence: sequence_number(record),
+            what: which,
+            reason: e.to_string(),
+        })?;
+    Ok(Some(to_item(item)))
+}
+
+/// Whether an old image is used only for its replication attributes: a record with a new
+/// image of an item that only core writes, where the old image serves the version-order
+/// check alone. Identity items' old images feed ingestion, and a removal's old image names
+/// what to invalidate: those are decoded in full.
+fn only_replication_attrs(table: TableKind, has_new: bool) -> bool {
+    has_new && table != TableKind::Identities
+}
+
+fn is_replication_attr(name: &str) -> bool {
+    name.starts_with("_replication_")
+}
+
+/// [`json_image`] of only the replication attributes (`_replication_*`) of the image.
+fn json_replication_attrs(record: &Value, which: &'static str) -> Result<Option<Item>, Malformed> {
+    let Some(raw) = record["dynamodb"].get(which).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let malformed = |reason: String| Malformed {
         sequence: sequence_number(record),
         what: which,
-        reason: e.to_string(),
-    })?;
-    Ok(Some(to_item(item)))
+        reason,
+    };
+    let Some(attrs) = raw.as_object() else {
+        return Err(malformed(format!("not a map of attributes: {raw}")));
+    };
+    let mut item = Item::new();
+    for (name, value) in attrs.iter().filter(|(n, _)| is_replication_attr(n)) {
+        let value = <serde_dynamo::AttributeValue as serde::Deserialize>::deserialize(value)
+            .map_err(|e| malformed(format!("{name}: {e}")))?;
+        item.insert(name.clone(), value.into());
+    }
+    Ok(Some(item))
 }
 
 fn to_item(item: serde_dynamo::Item) -> Item {
@@ -92,9 +128,15 @@ pub fn from_lambda(record: &Value, tables: &TableNames) -> Result<ChangeRecord, 
     let created_at = record["dynamodb"]["ApproximateCreationDateTime"]
         .as_f64()
         .and_then(|s| DateTime::from_timestamp_micros((s * 1e6) as i64));
+    let new = json_image(record, "NewImage")?;
+    let old = if only_replication_attrs(table, new.is_some()) {
+        json_replication_attrs(record, "OldImage")?
+    } else {
+        json_image(record, "OldImage")?
+    };
     Ok(ChangeRecord {
-        new: json_image(record, "NewImage")?,
-        old: json_image(record, "OldImage")?,
+        new,
+        old,
         sequence,
         table,
         keys,
@@ -106,6 +148,18 @@ type StreamsImage = HashMap<String, aws_sdk_dynamodbstreams::types::AttributeVal
 
 fn streams_image(image: Option<&StreamsImage>) -> Option<Item> {
     image.map(|m| to_item(serde_dynamo::Item::from(m.clone())))
+}
+
+/// [`streams_image`] of only the replication attributes.
+fn streams_replication_attrs(image: Option<&StreamsImage>) -> Option<Item> {
+    image.map(|m| {
+        let attrs: StreamsImage = m
+            .iter()
+            .filter(|(n, _)| is_replication_attr(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        to_item(serde_dynamo::Item::from(attrs))
+    })
 }
 
 /// Decodes a record read with `aws-sdk-dynamodbstreams` from the stream of `table`.
@@ -128,10 +182,16 @@ pub fn from_streams(
     let created_at = data
         .approximate_creation_date_time()
         .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+    let new = streams_image(data.new_image.as_ref());
+    let old = if only_replication_attrs(table, new.is_some()) {
+        streams_replication_attrs(data.old_image.as_ref())
+    } else {
+        streams_image(data.old_image.as_ref())
+    };
     Ok(ChangeRecord {
         keys: streams_image(data.keys.as_ref()).unwrap_or_default(),
-        new: streams_image(data.new_image.as_ref()),
-        old: streams_image(data.old_image.as_ref()),
+        new,
+        old,
         sequence,
         table,
         created_at,
@@ -222,11 +282,26 @@ mod properties {
     }
 
     fn image() -> impl Strategy<Value = Image> {
-        prop::collection::hash_map(any::<String>(), attribute(), 0..6)
+        let name = prop_oneof![
+            any::<String>(),
+            Just("_replication_version".to_string()),
+            Just("_replication_doc".to_string()),
+        ];
+        prop::collection::hash_map(name, attribute(), 0..6)
     }
 
     fn sdk(image: &Image) -> Item {
         to_item(serde_dynamo::Item::from(image.clone()))
+    }
+
+    /// The old image as decoded: only its replication attributes where nothing else of it
+    /// is used.
+    fn old_as_kept(table: TableKind, has_new: bool, old: &Image) -> Item {
+        let mut item = sdk(old);
+        if only_replication_attrs(table, has_new) {
+            item.retain(|name, _| is_replication_attr(name));
+        }
+        item
     }
 
     fn lambda_json(image: &Image) -> Value {
@@ -296,7 +371,7 @@ mod properties {
             prop_assert_eq!(decoded.table, table);
             prop_assert_eq!(decoded.keys, sdk(&keys));
             prop_assert_eq!(decoded.new, new.as_ref().map(sdk));
-            prop_assert_eq!(decoded.old, old.as_ref().map(sdk));
+            prop_assert_eq!(decoded.old, old.as_ref().map(|o| old_as_kept(table, new.is_some(), o)));
         }
 
         #[test]
@@ -321,7 +396,7 @@ mod properties {
             prop_assert_eq!(decoded.sequence, sequence);
             prop_assert_eq!(decoded.keys, sdk(&keys));
             prop_assert_eq!(decoded.new, new.as_ref().map(sdk));
-            prop_assert_eq!(decoded.old, old.as_ref().map(sdk));
+            prop_assert_eq!(decoded.old, old.as_ref().map(|o| old_as_kept(table, new.is_some(), o)));
             prop_assert_eq!(decoded.created_at.map(|t| t.timestamp()), DateTime::from_timestamp(created, 0).map(|t| t.timestamp()));
         }
 

@@ -326,20 +326,7 @@ impl<S: ItemStore> Replicator<S> {
                 (Err(e), _) => results[slot] = Some(Err(e.into())),
             }
         }
-        let done = match self
-            .replicate_locked(&mut lock, &jobs, WriteStep::Conditional)
-            .await
-        {
-            Ok(done) => match lock.commit().await {
-                Ok(()) => done,
-                Err(source) => fail_all(&jobs, ReplicateError::Commit { source }),
-            },
-            Err(e) => {
-                // Releases the locks; nothing of this attempt is recorded.
-                let _ = lock.rollback().await;
-                fail_all(&jobs, e)
-            }
-        };
+        let done = self.replicate_and_commit(lock, &jobs).await;
         for (slot, result) in slots.into_iter().zip(done) {
             results[slot] = Some(result);
         }
@@ -356,6 +343,29 @@ impl<S: ItemStore> Replicator<S> {
             }
         }
         Ok(results)
+    }
+
+    /// The procedure with conditional writes for `jobs`, whose locks `lock` holds, and its
+    /// commit; on a failure of a shared step, the rollback, which releases the locks with
+    /// nothing of the attempt recorded.
+    async fn replicate_and_commit(
+        &self,
+        mut lock: sqlx::Transaction<'_, sqlx::Postgres>,
+        jobs: &[Job],
+    ) -> Vec<Result<Outcome, ReplicateError>> {
+        match self
+            .replicate_locked(&mut lock, jobs, WriteStep::Conditional)
+            .await
+        {
+            Ok(done) => match lock.commit().await {
+                Ok(()) => done,
+                Err(source) => fail_all(jobs, ReplicateError::Commit { source }),
+            },
+            Err(e) => {
+                let _ = lock.rollback().await;
+                fail_all(jobs, e)
+            }
+        }
     }
 
     /// Replicates one document now, waiting for its lock (write-through for callers that
@@ -492,20 +502,7 @@ impl<S: ItemStore> Replicator<S> {
                 force,
             });
         }
-        let done = match self
-            .replicate_locked(&mut lock, &jobs, WriteStep::Conditional)
-            .await
-        {
-            Ok(done) => match lock.commit().await {
-                Ok(()) => done,
-                Err(source) => fail_all(&jobs, ReplicateError::Commit { source }),
-            },
-            Err(e) => {
-                // Releases the locks; nothing of this attempt is recorded.
-                let _ = lock.rollback().await;
-                fail_all(&jobs, e)
-            }
-        };
+        let done = self.replicate_and_commit(lock, &jobs).await;
         for (slot, result) in slots.into_iter().zip(done) {
             if let Ok(outcome) = &result {
                 m::record_outcome(outcome.metrics(), started.elapsed());
