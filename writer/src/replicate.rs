@@ -3,8 +3,8 @@
 //! is the same procedure with each step done once for all of its documents: every lock is
 //! taken by the claim, then one snapshot, one version, one statement recording the item keys,
 //! the documents' writes (or, with `batch_transactions`, transactions of them,
-//! [`crate::transact_write`]), and the bookkeeping of
-//! every document in one statement before one commit. Backfills take batches the same way,
+//! [`crate::transact_write`]), and the bookkeeping of every document in one statement
+//! before one commit. Backfills take batches the same way,
 //! waiting for the locks in key order ([`Replicator::replicate_many_now`]).
 //!
 //! How this keeps the invariants of the design (for each document of a batch):
@@ -22,8 +22,8 @@
 //!   DynamoDB's condition refuses it.
 //! - **Conditional writes.** Puts apply only over an older version; deletes only to our own
 //!   older item. A transaction of a batch's puts keeps each item's condition, and applies
-//!   none of them if one fails. A delete cannot carry its version forward (the item is gone), so a late put
-//!   could resurrect it; every applied delete is re-checked after the longest time a write can
+//!   none of them if one fails. A delete cannot carry its version forward (the item is
+//!   gone), so a late put could resurrect it; every applied delete is re-checked after the longest time a write can
 //!   be in flight ([`Settings::delete_recheck_after`]), durably, through the queue.
 //! - **Bulk writes settle.** The identity migration writes without conditions, under a lease
 //!   per document (`edge.write_lease`): a document whose lease has not ended is not written
@@ -392,9 +392,10 @@ impl<S: ItemStore> Replicator<S> {
     }
 
     /// Replicates the documents now, together (the procedure applied to a batch: one lock
-    /// transaction, one version, their writes, one commit), waiting for their locks in key order: backfills, sync, repairs. `force` writes
-    /// every item even when the projection matches what was last written. Each document's
-    /// result, in the order of `docs`; a failed document is queued for the daemon as well.
+    /// transaction, one version, their writes, one commit), waiting for their locks in key
+    /// order ([`documents::lock_many`]): backfills, sync, repairs. `force` writes every item
+    /// even when the projection matches what was last written. Each document's result, in
+    /// the order of `docs`; a failed document is queued for the daemon as well.
     pub async fn replicate_many_now(
         &self,
         docs: &[DocKey],

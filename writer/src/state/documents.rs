@@ -30,51 +30,12 @@ pub struct RecordedItem {
     pub removed_at: Option<DateTime<Utc>>,
 }
 
-/// version, content_hash, deleted, leased_until, lease_settles_at.
-type StateRow = (
-    Option<i64>,
-    Option<String>,
-    bool,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
-
 /// The lease columns of a document's state (`d`): an unexpired lease's end, and when an
 /// ended, unreleased one settles.
 pub(crate) const LEASE_COLUMNS: &str = "(SELECT l.until FROM edge.write_lease l
         WHERE l.doc_key = d.doc_key AND l.until > now()) AS leased_until,
        (SELECT COALESCE(l.settled_at, l.until) FROM edge.write_lease l
         WHERE l.doc_key = d.doc_key AND l.until <= now()) AS lease_settles_at";
-
-/// Takes a document's lock in the caller's transaction, waiting for it (bounded by the
-/// transaction's `lock_timeout`), and returns its state.
-pub async fn lock(conn: &mut PgConnection, doc_key: &str) -> Result<DocState, sqlx::Error> {
-    // The row can be removed between the insert and the lock by pruning (a deleted
-    // identity's row, `state::prune`); it is then simply created again.
-    for _ in 0..3 {
-        sqlx::query("INSERT INTO edge.document (doc_key) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(doc_key)
-            .execute(&mut *conn)
-            .await?;
-        let row: Option<StateRow> = sqlx::query_as(&format!(
-            "SELECT d.version, d.content_hash, d.deleted, {LEASE_COLUMNS}
-             FROM edge.document d WHERE d.doc_key = $1 FOR NO KEY UPDATE OF d"
-        ))
-        .bind(doc_key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some((version, content_hash, deleted, leased_until, lease_settles_at)) = row {
-            return Ok(DocState {
-                version,
-                content_hash,
-                deleted,
-                leased_until,
-                lease_settles_at,
-            });
-        }
-    }
-    Err(sqlx::Error::RowNotFound)
-}
 
 /// Records the items about to be written, before writing them (committed at once, on a
 /// connection other than the lock's), so an item is known even if the writer dies right

@@ -1,5 +1,5 @@
 //! `edge.write_lease`: bulk-write leases (see the identity capture migration and
-//! `migrate_identities::page`). Writers read them through `documents::lock`,
+//! `migrate_identities::page`). Writers read them through `documents::lock_many`,
 //! `documents::lock_many_skip_locked` and `pending::claim_due`.
 //!
 //! A lease has two times. Until `until` no other writer writes the document. Between `until`

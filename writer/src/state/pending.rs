@@ -194,17 +194,6 @@ fn claim_of(row: &sqlx::postgres::PgRow) -> Result<Claim, sqlx::Error> {
     })
 }
 
-/// The queue row of a document, if any: `(seq, last_change_at)`.
-pub async fn current(
-    conn: &mut PgConnection,
-    doc_key: &str,
-) -> Result<Option<(i64, Option<DateTime<Utc>>)>, sqlx::Error> {
-    sqlx::query_as("SELECT seq, last_change_at FROM edge.pending WHERE doc_key = $1")
-        .bind(doc_key)
-        .fetch_optional(conn)
-        .await
-}
-
 /// Makes sure the document is projected again at `at` (or earlier, if it already is due
 /// earlier). Durable: a restarted writer finds it.
 pub async fn schedule(

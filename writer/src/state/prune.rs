@@ -11,7 +11,7 @@
 //! row without its lock, which no writer claims). Such transactions hold the *prune lock*
 //! shared ([`hold_off`]); pruning takes it exclusively when it is free, so it runs only
 //! between them and sees everything they queued. Taking a document's lock
-//! (`documents::lock`) needs no such care: a row pruned under it is created again, and a
+//! (`documents::lock_many`) needs no such care: a row pruned under it is created again, and a
 //! locked row is never pruned.
 
 use sqlx::{PgConnection, PgPool};
