@@ -240,7 +240,7 @@ pub async fn run<S: ItemStore>(
     tracing::info!(scope = %scope_key, documents = todo.len(), dry_run = options.dry_run,
         resumed_after = ?summary.resumed_after, "backfill started");
 
-    // Taken by one document at a time (the stream starts them in order).
+    // One tick per document, taken as its batch starts (the stream starts batches in order).
     let pacer = tokio::sync::Mutex::new(options.rate.filter(|r| *r > 0.0).map(|r| {
         let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

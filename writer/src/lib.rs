@@ -1,8 +1,8 @@
 //! The edge writer: core Postgres changes to Flagsmith's edge documents in DynamoDB.
 //!
 //! Data flow: row triggers append to the change log ([`capture`] turns it into a coalesced
-//! queue of documents), [`replicate`] takes one document at a time under its lock, builds it
-//! from one snapshot ([`projection`]) and writes it conditionally ([`store`]), recording
+//! queue of documents), [`replicate`] takes a document (or a batch of them) under its lock,
+//! builds it from one snapshot ([`projection`]) and writes it conditionally ([`store`]), recording
 //! progress in the writer's own tables ([`state`]). [`daemon`] runs this continuously;
 //! [`sync`] and [`http`] do it on request.
 
