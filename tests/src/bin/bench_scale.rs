@@ -266,14 +266,14 @@ async fn round(
             pids = child.id().into_iter().collect();
             cpu_before = cpu_of(dynamo_port, &pids);
             // A process that has exited has no CPU figures: the job's own is its last sample,
-            // taken every 100 ms while it runs.
-            let mut job_cpu = 0.0;
-            let status = loop {
-                if let Some(status) = child.try_wait().expect("the migration job") {
-                    break status;
+            // taken every 100 ms while it runs. Its end is seen as it happens (the wait is
+            // what times out), so the job's time is not rounded up to a sample.
+            let (status, job_cpu) = loop {
+                let sampled = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+                match tokio::time::timeout(Duration::from_millis(100), child.wait()).await {
+                    Ok(status) => break (status.expect("the migration job"), sampled),
+                    Err(_) => continue,
                 }
-                job_cpu = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
-                tokio::time::sleep(Duration::from_millis(100)).await;
             };
             assert!(status.success(), "the migration job failed: {status}");
             job_cpu_seconds = Some(job_cpu);
