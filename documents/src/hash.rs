@@ -15,64 +15,94 @@ pub const HASH_PREFIX: &str = "sha256:";
 
 /// Hash of a logical document (an item without its replication attributes, decompressed).
 pub fn content_hash(document: &Value) -> String {
-    let mut text = String::with_capacity(4096);
+    let mut text = Vec::with_capacity(4096);
     write_canonical(document, &mut text);
-    let digest = Sha256::digest(text.as_bytes());
-    format!("{HASH_PREFIX}{}", hex::encode(digest))
+    hash_of_canonical(&text)
 }
 
 /// Canonical JSON text (see the module docs).
 pub fn canonical_json(value: &Value) -> String {
-    let mut text = String::new();
+    let mut text = Vec::new();
     write_canonical(value, &mut text);
-    text
+    String::from_utf8(text).expect("canonical JSON is UTF-8")
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// The content hash of a canonical JSON text.
+pub(crate) fn hash_of_canonical(text: &[u8]) -> String {
+    let digest = Sha256::digest(text);
+    let mut out = String::with_capacity(HASH_PREFIX.len() + 64);
+    out.push_str(HASH_PREFIX);
+    out.push_str(&hex::encode(digest));
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Number(n) => write_number(n, out),
-        Value::String(s) => out.push_str(&Value::String(s.clone()).to_string()),
+        Value::String(s) => write_str(s, out),
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push('{');
+            out.push(b'{');
             for (i, key) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
+                write_str(key, out);
+                out.push(b':');
                 write_canonical(&map[key], out);
             }
-            out.push('}');
+            out.push(b'}');
         }
     }
 }
 
-fn write_number(n: &serde_json::Number, out: &mut String) {
+/// A JSON string, escaped as serde_json escapes it.
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+fn write_number(n: &serde_json::Number, out: &mut Vec<u8>) {
     if let Some(i) = n.as_i64() {
-        out.push_str(&i.to_string());
+        write_i64(i, out);
     } else if let Some(u) = n.as_u64() {
-        out.push_str(&u.to_string());
+        write_u64(u, out);
     } else if let Some(f) = n.as_f64() {
-        // 2^53: beyond it not every integer is representable, keep the float form.
-        if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-            out.push_str(&(f as i64).to_string());
-        } else {
-            out.push_str(&f.to_string());
-        }
+        write_f64(f, out);
+    }
+}
+
+pub(crate) fn write_i64(i: i64, out: &mut Vec<u8>) {
+    use std::io::Write;
+    write!(out, "{i}").expect("writing to a Vec cannot fail");
+}
+
+pub(crate) fn write_u64(u: u64, out: &mut Vec<u8>) {
+    use std::io::Write;
+    write!(out, "{u}").expect("writing to a Vec cannot fail");
+}
+
+/// A finite float: integral ones below 2^53 as integers, others in their shortest
+/// round-trip form.
+pub(crate) fn write_f64(f: f64, out: &mut Vec<u8>) {
+    use std::io::Write;
+    // 2^53: beyond it not every integer is representable, keep the float form.
+    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+        write_i64(f as i64, out);
+    } else {
+        write!(out, "{f}").expect("writing to a Vec cannot fail");
     }
 }
 

@@ -299,6 +299,84 @@ pub fn logical_item(item: &Item) -> Result<Value, ItemError> {
     Ok(Value::Object(value))
 }
 
+/// The content hash of a stored item: [`content_hash`] of its [`logical_item`], computed from
+/// the attributes directly when the item is plain (no copy of the item, no JSON tree), which
+/// is what the stream consumer does for every record. Compressed items, and attribute kinds
+/// JSON never produces, take the general path.
+pub fn item_content_hash(item: &Item) -> Result<String, ItemError> {
+    match plain_canonical(item) {
+        Some(text) => Ok(crate::hash::hash_of_canonical(&text)),
+        None => Ok(content_hash(&logical_item(item)?)),
+    }
+}
+
+/// The canonical JSON text of a plain item's logical item, or `None` when the item needs
+/// [`logical_item`] (compressed, or holding a kind of value this walk does not take).
+fn plain_canonical(item: &Item) -> Option<Vec<u8>> {
+    if matches!(item.get(COMPRESSED_FLAG), Some(AttributeValue::Bool(true))) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(4096);
+    let fields = item
+        .iter()
+        .filter(|(k, _)| !REPLICATION_ATTRS.contains(&k.as_str()) && *k != COMPRESSED_FLAG);
+    write_canonical_map(fields, &mut out)?;
+    Some(out)
+}
+
+fn write_canonical_map<'a>(
+    fields: impl Iterator<Item = (&'a String, &'a AttributeValue)>,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    let mut fields: Vec<(&String, &AttributeValue)> = fields.collect();
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (i, (key, value)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        crate::hash::write_str(key, out);
+        out.push(b':');
+        write_canonical_value(value, out)?;
+    }
+    out.push(b'}');
+    Some(())
+}
+
+/// One attribute as [`logical_item`] reads it (serde_dynamo into serde_json) and the hash
+/// writes it: numbers are tried as i64, then u64, then f64, in that order.
+fn write_canonical_value(value: &AttributeValue, out: &mut Vec<u8>) -> Option<()> {
+    match value {
+        AttributeValue::S(s) => crate::hash::write_str(s, out),
+        AttributeValue::N(n) => {
+            if let Ok(i) = n.parse::<i64>() {
+                crate::hash::write_i64(i, out);
+            } else if let Ok(u) = n.parse::<u64>() {
+                crate::hash::write_u64(u, out);
+            } else {
+                let f = n.parse::<f64>().ok().filter(|f| f.is_finite())?;
+                crate::hash::write_f64(f, out);
+            }
+        }
+        AttributeValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        AttributeValue::Null(true) => out.extend_from_slice(b"null"),
+        AttributeValue::L(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical_value(item, out)?;
+            }
+            out.push(b']');
+        }
+        AttributeValue::M(map) => write_canonical_map(map.iter(), out)?,
+        // Binary, sets, `NULL: false` and kinds the SDK may add: the general path.
+        _ => return None,
+    }
+    Some(())
+}
+
 /// Reads the replication attributes of a stored item.
 pub fn stored_meta(item: &Item) -> Result<StoredMeta, ItemError> {
     let version = match item.get(ATTR_VERSION) {

@@ -9,8 +9,8 @@ use serde_json::{Map, Number, Value};
 
 use crate::hash::content_hash;
 use crate::item::{
-    encode, logical_item, stored_meta, Item, ItemError, ReplicationMeta, COMPRESSED_FLAG,
-    MAX_ITEM_BYTES,
+    encode, item_content_hash, logical_item, stored_meta, Item, ItemError, ReplicationMeta,
+    COMPRESSED_FLAG, MAX_ITEM_BYTES,
 };
 
 /// Strings with anything Unicode has (the default `String` strategy), short or long.
@@ -202,8 +202,21 @@ proptest! {
                 .iter()
                 .map(|(k, v)| (k.clone(), as_dynamodb_returns(v)))
                 .collect();
-            prop_assert_eq!(content_hash(&logical_item(&returned).unwrap()), encoded.hash);
+            prop_assert_eq!(content_hash(&logical_item(&returned).unwrap()), encoded.hash.clone());
+            // The direct walk the consumer and `writer verify` use.
+            prop_assert_eq!(item_content_hash(&encoded.item).unwrap(), encoded.hash.clone());
+            prop_assert_eq!(item_content_hash(&returned).unwrap(), encoded.hash);
         }
+    }
+
+    /// The direct walk over a plain item's attributes gives what the logical item's hash
+    /// gives, for any item anyone may have written (and fails where that fails).
+    #[test]
+    fn the_items_hash_is_its_logical_items_hash(item in stored_item()) {
+        let general = logical_item(&item).map(|l| content_hash(&l));
+        let direct = item_content_hash(&item);
+        prop_assert_eq!(direct.as_ref().ok(), general.as_ref().ok());
+        prop_assert_eq!(direct.is_err(), general.is_err());
     }
 
     #[test]

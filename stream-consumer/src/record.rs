@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use edge_documents::item::Item;
 use edge_documents::tables::{TableKind, TableNames};
@@ -47,14 +48,61 @@ fn json_image(record: &Value, which: &'static str) -> Result<Option<Item>, Malfo
     let Some(raw) = record["dynamodb"].get(which).filter(|v| !v.is_null()) else {
         return Ok(None);
     };
-    // Deserialised from the borrowed JSON: no copy of the image first.
-    let item =
-        <serde_dynamo::Item as serde::Deserialize>::deserialize(raw).map_err(|e| Malformed {
-            sequence: sequence_number(record),
-            what: which,
-            reason: e.to_string(),
-        })?;
-    Ok(Some(to_item(item)))
+    decode_image(raw).map(Some).map_err(|reason| Malformed {
+        sequence: sequence_number(record),
+        what: which,
+        reason,
+    })
+}
+
+/// An image in Lambda's JSON (`{"name": {"S": "..."}, ...}`), decoded straight into the
+/// SDK's attribute values from the borrowed JSON. What this does not take itself (binary
+/// values, sets, anything malformed) is decoded by serde_dynamo, which also words the error.
+fn decode_image(raw: &Value) -> Result<Item, String> {
+    let Some(attrs) = raw.as_object() else {
+        return serde_dynamo_image(raw);
+    };
+    let mut item = Item::with_capacity(attrs.len());
+    for (name, value) in attrs {
+        match decode_attribute(value) {
+            Some(value) => {
+                item.insert(name.clone(), value);
+            }
+            // The whole image through serde_dynamo, so that the error reads as it always has.
+            None => return serde_dynamo_image(raw),
+        }
+    }
+    Ok(item)
+}
+
+fn serde_dynamo_image(raw: &Value) -> Result<Item, String> {
+    <serde_dynamo::Item as serde::Deserialize>::deserialize(raw)
+        .map(to_item)
+        .map_err(|e| e.to_string())
+}
+
+/// One attribute of the kinds JSON documents are made of; `None` for anything else.
+fn decode_attribute(value: &Value) -> Option<AttributeValue> {
+    let attr = value.as_object().filter(|o| o.len() == 1)?;
+    let (kind, inner) = attr.iter().next()?;
+    Some(match (kind.as_str(), inner) {
+        ("S", Value::String(s)) => AttributeValue::S(s.clone()),
+        ("N", Value::String(n)) => AttributeValue::N(n.clone()),
+        ("BOOL", Value::Bool(b)) => AttributeValue::Bool(*b),
+        ("NULL", Value::Bool(b)) => AttributeValue::Null(*b),
+        ("M", Value::Object(map)) => {
+            let mut out = HashMap::with_capacity(map.len());
+            for (name, value) in map {
+                out.insert(name.clone(), decode_attribute(value)?);
+            }
+            AttributeValue::M(out)
+        }
+        ("L", Value::Array(items)) => {
+            AttributeValue::L(items.iter().map(decode_attribute).collect::<Option<_>>()?)
+        }
+        // Binary (base64) and sets, and what is malformed: serde_dynamo's.
+        _ => return None,
+    })
 }
 
 /// Whether an old image is used only for its replication attributes: a record with a new
@@ -84,9 +132,13 @@ fn json_replication_attrs(record: &Value, which: &'static str) -> Result<Option<
     };
     let mut item = Item::new();
     for (name, value) in attrs.iter().filter(|(n, _)| is_replication_attr(n)) {
-        let value = <serde_dynamo::AttributeValue as serde::Deserialize>::deserialize(value)
-            .map_err(|e| malformed(format!("{name}: {e}")))?;
-        item.insert(name.clone(), value.into());
+        let value = match decode_attribute(value) {
+            Some(value) => value,
+            None => <serde_dynamo::AttributeValue as serde::Deserialize>::deserialize(value)
+                .map_err(|e| malformed(format!("{name}: {e}")))?
+                .into(),
+        };
+        item.insert(name.clone(), value);
     }
     Ok(Some(item))
 }
@@ -398,6 +450,24 @@ mod properties {
             prop_assert_eq!(decoded.new, new.as_ref().map(sdk));
             prop_assert_eq!(decoded.old, old.as_ref().map(|o| old_as_kept(table, new.is_some(), o)));
             prop_assert_eq!(decoded.created_at.map(|t| t.timestamp()), DateTime::from_timestamp(created, 0).map(|t| t.timestamp()));
+        }
+
+        /// The direct decoding of an image gives what serde_dynamo gives, for valid images
+        /// and for anything at all in an image's place (and refuses what it refuses).
+        #[test]
+        fn images_decode_as_serde_dynamo_decodes_them(
+            image in image(),
+            anything in json(),
+            wrapped in json(),
+        ) {
+            let valid = lambda_json(&image);
+            prop_assert_eq!(decode_image(&valid), Ok(sdk(&image)));
+            for raw in [anything, json!({"name": wrapped}), json!({"a": {"M": {"b": valid}}})] {
+                let direct = decode_image(&raw);
+                let general = serde_dynamo_image(&raw);
+                prop_assert_eq!(direct.as_ref().ok(), general.as_ref().ok());
+                prop_assert_eq!(direct.is_err(), general.is_err());
+            }
         }
 
         /// Anything at all in a record's place, or in its images: decoded, or refused as

@@ -4,8 +4,7 @@
 //! writer recorded (`_replication_hash`) from the item itself, and checks that the version
 //! never goes backwards between the old and the new image.
 
-use edge_documents::hash::content_hash;
-use edge_documents::item::{logical_item, stored_meta, Item, ItemError, StoredMeta};
+use edge_documents::item::{item_content_hash, stored_meta, Item, ItemError, StoredMeta};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -41,7 +40,7 @@ impl From<ItemError> for VerifyError {
 /// image, when there is one. Returns the item's replication metadata.
 pub fn verify(new: &Item, old: Option<&Item>) -> Result<StoredMeta, VerifyError> {
     let meta = stored_meta(new)?;
-    let actual = content_hash(&logical_item(new)?);
+    let actual = item_content_hash(new)?;
     if actual != meta.hash {
         return Err(VerifyError::HashMismatch {
             doc_key: meta.doc_key,

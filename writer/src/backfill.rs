@@ -17,8 +17,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use edge_documents::hash::content_hash;
-use edge_documents::item::{encode, logical_item, stored_meta, ReplicationMeta};
+use edge_documents::item::{encode, item_content_hash, stored_meta, ReplicationMeta};
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -456,7 +455,7 @@ async fn compare_with_store<S: ItemStore>(
         match stored {
             None => c.missing += 1,
             Some(item) => {
-                let stored_hash = logical_item(&item).map(|l| content_hash(&l)).ok();
+                let stored_hash = item_content_hash(&item).ok();
                 if stored_hash.as_deref() != Some(encoded.hash.as_str()) {
                     c.differing += 1;
                 } else if stored_meta(&item).is_err() {

@@ -10,8 +10,7 @@ use backon::{ExponentialBuilder, Retryable};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use edge_documents::acks::{self, Ack};
-use edge_documents::hash::content_hash;
-use edge_documents::item::{logical_item, stored_meta, Item, ATTR_VERSION};
+use edge_documents::item::{item_content_hash, stored_meta, Item, ATTR_VERSION};
 use edge_documents::tables::TableKind;
 use futures::future::try_join_all;
 use sha2::{Digest as _, Sha256};
@@ -76,9 +75,8 @@ pub fn observe(table: TableKind, item: &Item) -> Option<(Box<str>, Observed)> {
     if !item.contains_key(ATTR_VERSION) {
         return Some((item_key, observed));
     }
-    match (stored_meta(item), logical_item(item)) {
-        (Ok(meta), Ok(logical)) => {
-            let actual = content_hash(&logical);
+    match (stored_meta(item), item_content_hash(item)) {
+        (Ok(meta), Ok(actual)) => {
             if actual != meta.hash {
                 observed.corrupted = Some(
                     format!(
@@ -268,7 +266,7 @@ mod tests {
 
     #[test]
     fn digests_are_the_hashes_bytes() {
-        let h = content_hash(&serde_json::json!({"a": 1}));
+        let h = edge_documents::hash::content_hash(&serde_json::json!({"a": 1}));
         let d = digest(&h);
         assert_eq!(format!("sha256:{}", hex::encode(d)), h);
         assert_ne!(digest("not a hash"), [0u8; 32]);
