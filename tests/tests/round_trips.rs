@@ -12,6 +12,7 @@ use edge_tests::wait;
 use edge_tests::writer::test_settings;
 use edge_writer::replicate::{Outcome, Replicator};
 use edge_writer::store::ItemStore;
+use edge_writer::DocKey;
 
 /// Round trips of the live path for one environment document and for one identity document
 /// (the daemon's `replicate_next`: claim, snapshot, version, writes, bookkeeping, commit).
@@ -252,6 +253,72 @@ async fn a_storm_of_identity_documents_is_taken_in_batches() {
         "a batch of {} took {trips} round trips (at most {})",
         full.len(),
         MAX_IDENTITY + 1
+    );
+    db.drop_db().await;
+}
+
+/// A backfill takes its documents in batches (`replicate_many_now`): the lock transaction,
+/// its settings, the locks, the version, the item records, the bookkeeping and the commit
+/// once for the batch, whatever its size; only the snapshot is one message per environment
+/// (each environment document is its own snapshot of about ten kinds of rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_batch_costs_its_round_trips_once_for_the_batch() {
+    const ENVIRONMENTS: usize = 10;
+    let (db, tables, core) = setup().await;
+    let (_, project, first) = basic_project(&core, "envBatch0").await;
+    let mut docs = vec![DocKey::Environment(first)];
+    for n in 1..ENVIRONMENTS {
+        let env = core
+            .create_environment(project, &format!("Env {n}"), &format!("envBatch{n}"))
+            .await;
+        docs.push(DocKey::Environment(env));
+    }
+    core.create_feature(project, "checkout", "STANDARD", true, Val::str("v1"))
+        .await;
+    edge_writer::capture::drain_all(&db.pool, 1000)
+        .await
+        .expect("capture");
+
+    let proxy = PgCountingProxy::start_for(&db.url).await;
+    let counted = edge_writer::db::connect(&proxy.url_for(&db.url), 4)
+        .await
+        .expect("pool through the counting proxy");
+    let replicator = Replicator::new(counted, tables.store(), test_settings());
+    let pool = replicator.pool().clone();
+    let mut trips = Vec::new();
+    // Two warm-up rounds (statements prepared once per connection), then a batch of one and
+    // the batch of all; forced, as a backfill writes.
+    for batch in [&docs[..], &docs[..], &docs[..1], &docs[..]] {
+        let before = proxy.round_trips();
+        let results = replicator.replicate_many_now(batch, true).await;
+        wait::until(
+            "every connection back in the pool",
+            wait::DEFAULT,
+            || async { (pool.num_idle() as u32 == pool.size()).then_some(()) },
+        )
+        .await;
+        for result in &results {
+            let outcome = result.as_ref().expect("replicated");
+            assert!(outcome.written > 0, "{outcome:?}");
+        }
+        trips.push(proxy.round_trips() - before);
+    }
+    let (one, all) = (trips[2], trips[3]);
+    println!(
+        "round trips of a backfill batch: {one} for one environment, {all} for {ENVIRONMENTS} ({:.2} per environment)",
+        all as f64 / ENVIRONMENTS as f64
+    );
+    // One document as the live path writes it, with the lock transaction's settings instead
+    // of the claim, and its own BEGIN.
+    assert!(
+        one <= MAX_ENVIRONMENT + 2,
+        "a backfill batch of one took {one} round trips (at most {}); rounds: {trips:?}",
+        MAX_ENVIRONMENT + 2
+    );
+    // Each further environment adds its snapshot, nothing else.
+    assert!(
+        all <= one + (ENVIRONMENTS as u64 - 1),
+        "a backfill batch of {ENVIRONMENTS} took {all} round trips, one of one {one}: more than one per further environment; rounds: {trips:?}"
     );
     db.drop_db().await;
 }

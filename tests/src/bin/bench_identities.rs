@@ -15,7 +15,11 @@
 //!   (each environment's item and its `_META` item, in parallel) with as many documents in
 //!   flight as the backfill can have (4 batches of which 16 documents each write at once),
 //!   measured warm before and after the backfills, the faster compared with;
-//! - `writer verify` over the migrated project (one region): wall time and peak RSS.
+//! - `writer verify` over the migrated project (one region): wall time and peak RSS, and its
+//!   items per second as a ratio to a raw parallel Scan of the tables it reads (the same
+//!   segments, one table after the other), right before and right after it, the faster
+//!   compared with. Verify also projects every document from Postgres and compares; the
+//!   ratio says what that adds to reading DynamoDB.
 //!
 //! Run with `infra/local/bench.sh identities [--counts 100000,1000000] [--environments 200]`.
 
@@ -353,17 +357,64 @@ async fn migration_case(count: i32, verify_only: bool) {
             "--recheck-after-secs=0",
             "--json",
         ]);
+    let before = raw_scan(&tables).await;
     let (report, wall, peak_kb) = run_measured(cmd).await;
     assert_eq!(report["counts"], json!({}), "no drift: {report}");
+    let after = raw_scan(&tables).await;
+    let (scanned, reference) = [before, after]
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("two reference scans");
+    eprintln!(
+        "bench: raw parallel Scan of the verified tables: {:.0} items/s before verify, {:.0} after ({scanned} items)",
+        before.1, after.1
+    );
     println!(
-        "verify identities={count} expected_items={} region_items={} wall_s={:.1} items_per_s={:.0} peak_rss_mb={:.1}",
+        "verify identities={count} expected_items={} region_items={} wall_s={:.1} items_per_s={:.0} raw_scan_items_per_s={reference:.0} ratio={:.2} peak_rss_mb={:.1}",
         report["expected_items"],
         report["regions"][0]["items"],
         wall.as_secs_f64(),
         report["expected_items"].as_f64().unwrap_or(0.0) / wall.as_secs_f64(),
+        report["regions"][0]["items"].as_f64().unwrap_or(0.0) / wall.as_secs_f64() / reference,
         peak_kb as f64 / 1024.0
     );
     db.drop_db().await;
+}
+
+/// Reference for `writer verify`: a raw parallel Scan of the tables it verifies, with as many
+/// segments as it uses, one table after the other as it goes, items counted and dropped.
+/// Returns (items, items/s).
+async fn raw_scan(tables: &TestTables) -> (u64, f64) {
+    let started = Instant::now();
+    let mut items = 0u64;
+    for kind in edge_writer::verify::VERIFIED_TABLES {
+        let name = tables.names.name(kind);
+        let segments = edge_writer::verify::scan::SEGMENTS;
+        let counts = join_all((0..segments).map(|segment| async move {
+            let mut start = None;
+            let mut n = 0u64;
+            loop {
+                let page = tables
+                    .client
+                    .scan()
+                    .table_name(name)
+                    .segment(segment)
+                    .total_segments(segments)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .expect("reference Scan");
+                n += page.items().len() as u64;
+                match page.last_evaluated_key() {
+                    Some(k) if !k.is_empty() => start = Some(k.clone()),
+                    _ => return n,
+                }
+            }
+        }))
+        .await;
+        items += counts.iter().sum::<u64>();
+    }
+    (items, items as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn backfill_case(environments: i32) {

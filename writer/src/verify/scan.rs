@@ -17,7 +17,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 /// Segments of one parallel scan.
-const SEGMENTS: i32 = 4;
+/// Segments of each table's parallel scan.
+pub const SEGMENTS: i32 = 4;
 /// One Scan page may take longer than the writer's 5 s per call: it is a full 1 MB page, and
 /// DynamoDB Local on a large table is slow to produce one.
 const PAGE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
