@@ -22,6 +22,22 @@ pub struct DynamoLocal {
     _process: Option<Child>,
 }
 
+/// An instance started by [`start_instance`] stops with its handle (a benchmark that measures
+/// several sizes one after the other must not keep the earlier sizes' JVMs, and their items,
+/// beside the later ones); the shared instances live as long as the test binary.
+impl Drop for DynamoLocal {
+    fn drop(&mut self) {
+        if let Some(watchdog) = &mut self._process {
+            // DynamoDB Local is the watchdog shell's child: stop it, then the shell.
+            let _ = Command::new("pkill")
+                .args(["-TERM", "-P", &watchdog.id().to_string()])
+                .status();
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
 fn jar_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("DYNAMODB_LOCAL_DIR") {
         // Absolute: DynamoDB Local runs from another working directory.
@@ -50,7 +66,8 @@ fn free_port() -> u16 {
         .expect("a free local port")
 }
 
-/// Starts a DynamoDB Local process (stopped when this process exits).
+/// Starts a DynamoDB Local process (stopped when its handle is dropped, or when this process
+/// exits).
 pub fn start_instance() -> DynamoLocal {
     let dir = jar_dir();
     let port = free_port();
@@ -265,4 +282,30 @@ pub fn version_of(item: &Item) -> i64 {
 /// The logical document of an item, as JSON.
 pub fn document_of(item: &Item) -> serde_json::Value {
     edge_documents::item::logical_item(item).expect("a decodable item")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_started_instance_stops_with_its_handle() {
+        let instance = start_instance();
+        let port: u16 = instance
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the endpoint's port");
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+        drop(instance);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "DynamoDB Local still listens on {port} 60 s after its handle was dropped"
+            );
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+    }
 }
