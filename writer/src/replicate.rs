@@ -23,8 +23,8 @@
 //! - **Conditional writes.** Puts apply only over an older version; deletes only to our own
 //!   older item. A transaction of a batch's puts keeps each item's condition, and applies
 //!   none of them if one fails. A delete cannot carry its version forward (the item is
-//!   gone), so a late put could resurrect it; every applied delete is re-checked after the longest time a write can
-//!   be in flight ([`Settings::delete_recheck_after`]), durably, through the queue.
+//!   gone), so a late put could resurrect it; every applied delete is re-checked after the
+//!   longest time a write can be in flight ([`Settings::delete_recheck_after`]), durably, through the queue.
 //! - **Bulk writes settle.** The identity migration writes without conditions, under a lease
 //!   per document (`edge.write_lease`): a document whose lease has not ended is not written
 //!   (retried after it). One whose lease ended without being released may still receive a

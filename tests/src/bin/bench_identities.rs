@@ -382,7 +382,8 @@ async fn migration_case(count: i32, verify_only: bool) {
 }
 
 /// Reference for `writer verify`: a raw parallel Scan of the tables it verifies, with as many
-/// segments as it uses, one table after the other as it goes, items counted and dropped.
+/// segments as it uses and consistent reads as it reads, one table after the other as it
+/// goes, items counted and dropped.
 /// Returns (items, items/s).
 async fn raw_scan(tables: &TestTables) -> (u64, f64) {
     let started = Instant::now();
@@ -400,6 +401,7 @@ async fn raw_scan(tables: &TestTables) -> (u64, f64) {
                     .table_name(name)
                     .segment(segment)
                     .total_segments(segments)
+                    .consistent_read(true)
                     .set_exclusive_start_key(start.take())
                     .send()
                     .await

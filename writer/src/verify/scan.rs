@@ -16,7 +16,6 @@ use futures::future::try_join_all;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-/// Segments of one parallel scan.
 /// Segments of each table's parallel scan.
 pub const SEGMENTS: i32 = 4;
 /// One Scan page may take longer than the writer's 5 s per call: it is a full 1 MB page, and
